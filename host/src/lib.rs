@@ -1,0 +1,13 @@
+//! Switchyard: a Kafka-to-Kafka stream router that runs WebAssembly plugins on every record.
+//!
+//! # Layout
+//!
+//! ```text
+//! Kafka -> source -> ring -> workers (plugin chain) -> router -> sink -> Kafka
+//!                                                                  \-> dead-letter topic
+//! ```
+//!
+//! - [`plugin`]: the sandboxed WebAssembly runtime: engine, limits, instances, the stage
+//!   chain and its failure isolation.
+
+pub mod plugin;

@@ -1,0 +1,12 @@
+//! Rust types generated from `wit/plugin.wit`. Everything else in the host uses these types
+//! directly (no mirror types), so records move through the chain without being copied.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    additional_derives: [PartialEq],
+});
+
+pub use exports::switchyard::plugin::transform::Guest as Transform;
+pub use switchyard::plugin::host::Level;
+pub use switchyard::plugin::types::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};

@@ -1,0 +1,588 @@
+//! Runs a pipeline's chain of stages over one batch, and isolates misbehaving records.
+//!
+//! Every surviving record of stage k is an input of stage k+1, carrying the route chosen so
+//! far; after the last stage each record goes to its route, or to the default route.
+//!
+//! Isolation: when a call into a stage fails (trap, timeout, memory cap) or returns verdicts
+//! the host refuses (wrong count, undeclared route, too much output), the instance is
+//! dropped and the batch is re-run one record at a time on fresh instances. Only the records
+//! that fail on their own are dead-lettered, each with its error kind and message; the rest
+//! go on exactly as if nothing had happened. Nothing is lost: every input record ends as
+//! outputs, dead letters, or a deliberate drop.
+
+use super::bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
+use super::engine::{PluginEngine, PluginModule, PluginVersion};
+use super::error::{ErrorKind, LoadError, RecordError};
+use super::host_api::{HostServices, Tags};
+use super::instance::{InstanceSetup, StageInstance};
+use super::limits::StageLimits;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Index of a route in [`ChainSpec::routes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u16);
+
+/// One stage as configured.
+#[derive(Clone, Debug)]
+pub struct StageSpec {
+    /// Stage name, unique in its pipeline; used in logs, metrics and dead-letter headers.
+    pub name: String,
+    /// The compiled plugin.
+    pub module: Arc<PluginModule>,
+    /// The config map handed to `init`.
+    pub config: Vec<(String, String)>,
+    /// Resource limits.
+    pub limits: StageLimits,
+}
+
+/// A pipeline's chain: its declared routes, default route and stages.
+#[derive(Clone, Debug)]
+pub struct ChainSpec {
+    pipeline: String,
+    routes: Vec<String>,
+    route_ids: HashMap<String, RouteId>,
+    default_route: RouteId,
+    stages: Vec<StageSpec>,
+}
+
+impl ChainSpec {
+    /// Checks and assembles a chain. Errors name the offending route, stage or limit.
+    pub fn new(
+        pipeline: impl Into<String>,
+        routes: Vec<String>,
+        default_route: &str,
+        mut stages: Vec<StageSpec>,
+    ) -> Result<Self, String> {
+        let pipeline = pipeline.into();
+        if routes.len() > usize::from(u16::MAX) {
+            return Err(format!("pipeline {pipeline}: too many routes"));
+        }
+        let mut route_ids = HashMap::new();
+        for (i, name) in routes.iter().enumerate() {
+            let id = RouteId(u16::try_from(i).map_err(|_| "too many routes".to_string())?);
+            if route_ids.insert(name.clone(), id).is_some() {
+                return Err(format!("pipeline {pipeline}: route `{name}` is declared twice"));
+            }
+        }
+        let default_route = *route_ids.get(default_route).ok_or_else(|| {
+            format!(
+                "pipeline {pipeline}: default route `{default_route}` is not declared (declared: {})",
+                routes.join(", ")
+            )
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for stage in &mut stages {
+            if !seen.insert(stage.name.clone()) {
+                return Err(format!(
+                    "pipeline {pipeline}: stage `{}` appears twice",
+                    stage.name
+                ));
+            }
+            stage
+                .limits
+                .validate()
+                .map_err(|e| format!("pipeline {pipeline}, stage {}: {e}", stage.name))?;
+            stage.config.sort();
+        }
+        Ok(ChainSpec {
+            pipeline,
+            routes,
+            route_ids,
+            default_route,
+            stages,
+        })
+    }
+
+    /// The pipeline name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The declared route names, indexed by [`RouteId`].
+    pub fn routes(&self) -> &[String] {
+        &self.routes
+    }
+
+    /// The id of a declared route.
+    pub fn route_id(&self, name: &str) -> Option<RouteId> {
+        self.route_ids.get(name).copied()
+    }
+
+    /// The name of a route.
+    pub fn route_name(&self, id: RouteId) -> &str {
+        self.routes
+            .get(usize::from(id.0))
+            .map_or("<unknown route>", String::as_str)
+    }
+
+    /// The default route.
+    pub fn default_route(&self) -> RouteId {
+        self.default_route
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[StageSpec] {
+        &self.stages
+    }
+}
+
+/// Where one record went.
+#[derive(Debug, PartialEq)]
+pub enum Destination {
+    /// To a route. The record carries the source record's offset and timestamp, and the key,
+    /// value and headers the chain left it with.
+    Route {
+        /// The route.
+        route: RouteId,
+        /// The record.
+        record: InputRecord,
+    },
+    /// To the dead-letter topic.
+    DeadLetter(DeadLetter),
+}
+
+/// A record a stage refused or could not process.
+#[derive(Debug, PartialEq)]
+pub struct DeadLetter {
+    /// Index of the failing stage.
+    pub stage: usize,
+    /// Name of the failing stage.
+    pub stage_name: String,
+    /// Version of the failing stage's plugin.
+    pub version: PluginVersion,
+    /// Kind and reason.
+    pub error: RecordError,
+    /// The record as the failing stage received it.
+    pub record: InputRecord,
+}
+
+/// One result of a batch: which input record it descends from, and where it goes.
+#[derive(Debug, PartialEq)]
+pub struct Delivery {
+    /// Index of the source record in the batch given to [`ChainRunner::process`].
+    pub source: usize,
+    /// Where it goes.
+    pub destination: Destination,
+}
+
+/// What happened in one stage, cumulatively since the runner was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageStats {
+    /// Records given to the stage.
+    pub records_in: u64,
+    /// Records the stage passed on (after fan-out).
+    pub records_out: u64,
+    /// Records the stage dropped.
+    pub dropped: u64,
+    /// Records dead-lettered, by kind.
+    pub dead_lettered: HashMap<ErrorKind, u64>,
+    /// Batch calls that failed and were re-run record by record.
+    pub isolations: u64,
+    /// Fresh instances made after a failure.
+    pub restarts: u64,
+}
+
+/// A record on its way through the chain.
+struct InFlight {
+    source: usize,
+    route: Option<RouteId>,
+    record: InputRecord,
+}
+
+struct StageSlot {
+    spec: StageSpec,
+    setup: InstanceSetup,
+    instance: Option<StageInstance>,
+    stats: StageStats,
+}
+
+/// One worker's instances of a chain. Not shared: each worker thread owns its own runner.
+pub struct ChainRunner {
+    engine: Arc<PluginEngine>,
+    spec: Arc<ChainSpec>,
+    stages: Vec<StageSlot>,
+}
+
+/// A chain could not run at all: a stage could not even be instantiated. Records of the
+/// batch are not lost (the caller still owns nothing has been produced for them).
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline {pipeline}, stage {stage}: {error}")]
+pub struct StageLoadError {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// Why.
+    #[source]
+    pub error: LoadError,
+}
+
+impl ChainRunner {
+    /// Makes a warm instance of every stage and calls its `init`.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        spec: Arc<ChainSpec>,
+        services: HostServices,
+    ) -> Result<Self, StageLoadError> {
+        let mut stages = Vec::with_capacity(spec.stages.len());
+        for stage in &spec.stages {
+            let setup = InstanceSetup {
+                tags: Tags {
+                    pipeline: spec.pipeline.clone(),
+                    stage: stage.name.clone(),
+                },
+                services: services.clone(),
+                limits: stage.limits.clone(),
+                config: stage.config.clone(),
+            };
+            let instance = StageInstance::new(engine.engine(), &stage.module, &setup).map_err(
+                |error| StageLoadError {
+                    pipeline: spec.pipeline.clone(),
+                    stage: stage.name.clone(),
+                    error,
+                },
+            )?;
+            stages.push(StageSlot {
+                spec: stage.clone(),
+                setup,
+                instance: Some(instance),
+                stats: StageStats::default(),
+            });
+        }
+        Ok(ChainRunner {
+            engine,
+            spec,
+            stages,
+        })
+    }
+
+    /// The chain this runner runs.
+    pub fn spec(&self) -> &Arc<ChainSpec> {
+        &self.spec
+    }
+
+    /// Cumulative counts per stage, in stage order.
+    pub fn stats(&self) -> Vec<StageStats> {
+        self.stages.iter().map(|s| s.stats.clone()).collect()
+    }
+
+    /// Runs every stage over `records` (all from `topic`/`partition`, in offset order).
+    /// Returns every delivery, ordered by source record and, within one source record, in
+    /// the order the plugins produced them. A source record with no delivery was dropped.
+    pub fn process(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Vec<InputRecord>,
+    ) -> Result<Vec<Delivery>, StageLoadError> {
+        let mut deliveries = Vec::new();
+        let mut current: Vec<InFlight> = records
+            .into_iter()
+            .enumerate()
+            .map(|(source, record)| InFlight {
+                source,
+                route: None,
+                record,
+            })
+            .collect();
+        for index in 0..self.stages.len() {
+            if current.is_empty() {
+                break;
+            }
+            current = self.run_stage(index, topic, partition, current, &mut deliveries)?;
+        }
+        let default_route = self.spec.default_route;
+        deliveries.extend(current.into_iter().map(|f| Delivery {
+            source: f.source,
+            destination: Destination::Route {
+                route: f.route.unwrap_or(default_route),
+                record: f.record,
+            },
+        }));
+        // Stable: keeps the plugins' order within one source record.
+        deliveries.sort_by_key(|d| d.source);
+        Ok(deliveries)
+    }
+
+    fn run_stage(
+        &mut self,
+        index: usize,
+        topic: &str,
+        partition: i32,
+        inputs: Vec<InFlight>,
+        deliveries: &mut Vec<Delivery>,
+    ) -> Result<Vec<InFlight>, StageLoadError> {
+        let spec = Arc::clone(&self.spec);
+        let engine = Arc::clone(&self.engine);
+        let slot = &mut self.stages[index];
+        slot.stats.records_in += inputs.len() as u64;
+
+        let mut meta = Vec::with_capacity(inputs.len());
+        let mut records = Vec::with_capacity(inputs.len());
+        for f in inputs {
+            meta.push((f.source, f.route));
+            records.push(f.record);
+        }
+        let mut batch = RecordBatch {
+            topic: topic.to_owned(),
+            partition,
+            records,
+        };
+
+        let mut out = Vec::with_capacity(meta.len());
+        let verdicts = slot.call(&engine, &batch)?.and_then(|verdicts| {
+            check_verdicts(&verdicts, batch.records.len(), &spec, &slot.spec.limits)?;
+            Ok(verdicts)
+        });
+        match verdicts {
+            Ok(verdicts) => {
+                for ((verdict, record), (source, route)) in
+                    verdicts.into_iter().zip(batch.records).zip(meta)
+                {
+                    apply(slot, index, &spec, verdict, source, route, record, &mut out, deliveries);
+                }
+            }
+            Err(error) if batch.records.len() == 1 => {
+                slot.instance = None;
+                let (source, _) = meta[0];
+                let record = batch.records.remove(0);
+                dead_letter(slot, index, source, error, record, deliveries);
+            }
+            Err(error) => {
+                slot.instance = None;
+                slot.stats.isolations += 1;
+                tracing::warn!(
+                    pipeline = %spec.pipeline,
+                    stage = %slot.spec.name,
+                    records = batch.records.len(),
+                    error = %error,
+                    "Plugin call failed; re-running the batch one record at a time."
+                );
+                let RecordBatch {
+                    topic, records, ..
+                } = batch;
+                let mut single = RecordBatch {
+                    topic,
+                    partition,
+                    records: Vec::with_capacity(1),
+                };
+                for (record, (source, route)) in records.into_iter().zip(meta) {
+                    single.records.push(record);
+                    let verdict = slot.call(&engine, &single)?.and_then(|mut verdicts| {
+                        check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
+                        verdicts.pop().ok_or_else(|| RecordError::bad_output("no verdict"))
+                    });
+                    let Some(record) = single.records.pop() else {
+                        continue;
+                    };
+                    match verdict {
+                        Ok(verdict) => apply(
+                            slot, index, &spec, verdict, source, route, record, &mut out,
+                            deliveries,
+                        ),
+                        Err(error) => {
+                            slot.instance = None;
+                            dead_letter(slot, index, source, error, record, deliveries);
+                        }
+                    }
+                }
+            }
+        }
+        slot.stats.records_out += out.len() as u64;
+        Ok(out)
+    }
+}
+
+impl StageSlot {
+    /// Calls the stage's instance, making a fresh one first if the last call failed.
+    /// The outer error means no instance could be made at all.
+    fn call(
+        &mut self,
+        engine: &PluginEngine,
+        batch: &RecordBatch,
+    ) -> Result<Result<Vec<Verdict>, RecordError>, StageLoadError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            empty => {
+                self.stats.restarts += 1;
+                let fresh = StageInstance::new(engine.engine(), &self.spec.module, &self.setup)
+                    .map_err(|error| StageLoadError {
+                        pipeline: self.setup.tags.pipeline.clone(),
+                        stage: self.spec.name.clone(),
+                        error,
+                    })?;
+                empty.insert(fresh)
+            }
+        };
+        let budget = self.spec.limits.batch_budget(batch.records.len());
+        Ok(instance.process(batch, budget))
+    }
+}
+
+fn dead_letter(
+    slot: &mut StageSlot,
+    stage: usize,
+    source: usize,
+    error: RecordError,
+    record: InputRecord,
+    deliveries: &mut Vec<Delivery>,
+) {
+    *slot.stats.dead_lettered.entry(error.kind).or_insert(0) += 1;
+    deliveries.push(Delivery {
+        source,
+        destination: Destination::DeadLetter(DeadLetter {
+            stage,
+            stage_name: slot.spec.name.clone(),
+            version: slot.spec.module.version.clone(),
+            error,
+            record,
+        }),
+    });
+}
+
+/// Carries out one checked verdict.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    slot: &mut StageSlot,
+    stage: usize,
+    spec: &ChainSpec,
+    verdict: Verdict,
+    source: usize,
+    route: Option<RouteId>,
+    record: InputRecord,
+    out: &mut Vec<InFlight>,
+    deliveries: &mut Vec<Delivery>,
+) {
+    match verdict {
+        Verdict::Pass => out.push(InFlight {
+            source,
+            route,
+            record,
+        }),
+        Verdict::Route(name) => match spec.route_id(&name) {
+            Some(id) => out.push(InFlight {
+                source,
+                route: Some(id),
+                record,
+            }),
+            None => dead_letter(slot, stage, source, unknown_route(spec, &name), record, deliveries),
+        },
+        Verdict::Emit(outputs) => {
+            for output in outputs {
+                let OutputRecord {
+                    route: out_route,
+                    key,
+                    value,
+                    headers,
+                } = output;
+                let route = match out_route {
+                    None => route,
+                    Some(name) => match spec.route_id(&name) {
+                        Some(id) => Some(id),
+                        // Checked before; kept so a mistake here can never lose a record.
+                        None => {
+                            let error = unknown_route(spec, &name);
+                            let copy = InputRecord {
+                                offset: record.offset,
+                                timestamp_ms: record.timestamp_ms,
+                                key: record.key.clone(),
+                                value: record.value.clone(),
+                                headers: record.headers.clone(),
+                            };
+                            dead_letter(slot, stage, source, error, copy, deliveries);
+                            continue;
+                        }
+                    },
+                };
+                out.push(InFlight {
+                    source,
+                    route,
+                    record: InputRecord {
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp_ms,
+                        key,
+                        value,
+                        headers,
+                    },
+                });
+            }
+        }
+        Verdict::Drop => slot.stats.dropped += 1,
+        Verdict::DeadLetter(reason) => dead_letter(
+            slot,
+            stage,
+            source,
+            RecordError::new(ErrorKind::Rejected, reason),
+            record,
+            deliveries,
+        ),
+    }
+}
+
+fn unknown_route(spec: &ChainSpec, name: &str) -> RecordError {
+    RecordError::bad_output(format!(
+        "route `{name}` is not declared in pipeline {} (declared: {})",
+        spec.pipeline,
+        spec.routes.join(", ")
+    ))
+}
+
+/// Refuses verdicts the host will not carry out. Allocation-free on the happy path.
+fn check_verdicts(
+    verdicts: &[Verdict],
+    records: usize,
+    spec: &ChainSpec,
+    limits: &StageLimits,
+) -> Result<(), RecordError> {
+    if verdicts.len() != records {
+        return Err(RecordError::bad_output(format!(
+            "the plugin returned {} verdicts for {} records; it must return exactly one per record",
+            verdicts.len(),
+            records
+        )));
+    }
+    for verdict in verdicts {
+        match verdict {
+            Verdict::Route(name) if spec.route_id(name).is_none() => {
+                return Err(unknown_route(spec, name));
+            }
+            Verdict::Emit(outputs) => {
+                if outputs.len() > limits.max_outputs as usize {
+                    return Err(RecordError::bad_output(format!(
+                        "the plugin emitted {} records for one input; the stage allows {} (limits.max_outputs)",
+                        outputs.len(),
+                        limits.max_outputs
+                    )));
+                }
+                let mut bytes: u64 = 0;
+                for output in outputs {
+                    if let Some(name) = &output.route
+                        && spec.route_id(name).is_none()
+                    {
+                        return Err(unknown_route(spec, name));
+                    }
+                    bytes = bytes.saturating_add(output_size(output));
+                }
+                if bytes > limits.max_output_bytes {
+                    return Err(RecordError::bad_output(format!(
+                        "the plugin emitted {bytes} bytes for one input; the stage allows {} (limits.max_output_bytes)",
+                        limits.max_output_bytes
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn output_size(output: &OutputRecord) -> u64 {
+    let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len) as u64;
+    let headers: u64 = output
+        .headers
+        .iter()
+        .map(|h: &Header| h.key.len() as u64 + len(&h.value))
+        .sum();
+    len(&output.key) + len(&output.value) + headers
+}

@@ -1,0 +1,234 @@
+//! The one wasmtime [`Engine`] of the process, and loading plugins into it.
+//!
+//! Loading is the whole sequence a plugin goes through before it may touch a record:
+//! check the bytes -> compile -> link against the host's imports (this type-checks the
+//! component against the `plugin` world) -> pre-instantiate. Every failure is a [`LoadError`]
+//! naming what is wrong. Loading never runs on the hot path: callers do it at start-up or on
+//! an admin request, then hand the resulting [`PluginModule`] to the workers.
+
+use super::bindings::PluginPre;
+use super::error::LoadError;
+use super::host_api::HostState;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances: the resolution of every time budget.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Engine-wide settings. The defaults suit a router with a few pipelines of a few stages on
+/// a handful of worker threads.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How many plugin instances may be alive at once, across all pipelines, workers and
+    /// stages, counting the fresh instances made after a trap. It sizes the pooling
+    /// allocator, which reserves (but does not commit) address space for each.
+    pub max_instances: u32,
+    /// The largest memory cap any stage may ask for, in bytes.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: 1000,
+            max_memory_bytes: 4 << 30,
+        }
+    }
+}
+
+/// The wasmtime engine, the linker with the host's imports, and the epoch ticker.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    max_memory_bytes: usize,
+}
+
+impl PluginEngine {
+    /// Builds the engine and starts its epoch ticker thread (which stops when the engine is
+    /// dropped).
+    pub fn new(settings: &EngineConfig) -> anyhow::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Time budgets: compiled code checks a per-store deadline against a global epoch
+        // counter that a ticker thread bumps every EPOCH_TICK. Much cheaper than fuel, and a
+        // guest stuck in `loop {}` is interrupted all the same.
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        // Pooling: every instance slot (memories, tables, instance state) is reserved once
+        // up front and recycled, so making a fresh instance after a trap costs microseconds
+        // and memory stays flat however often plugins crash.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(settings.max_instances)
+            // A component made by wasm-component-ld has a few core instances (the guest, the
+            // WASI adapter, shims); Python and JavaScript components have more.
+            .total_core_instances(settings.max_instances.saturating_mul(8))
+            .total_memories(settings.max_instances.saturating_mul(2))
+            .total_tables(settings.max_instances.saturating_mul(4))
+            .max_memories_per_module(1)
+            .max_tables_per_module(4)
+            .max_memory_size(settings.max_memory_bytes)
+            // Linear memory is reset on reuse; keep the first pages resident so a recycled
+            // instance does not page-fault its stack and data back in.
+            .linear_memory_keep_resident(64 * 1024)
+            .table_keep_resident(64 * 1024);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        super::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state| state,
+        )?;
+
+        let this = Arc::new(PluginEngine {
+            engine,
+            linker,
+            max_memory_bytes: settings.max_memory_bytes,
+        });
+        spawn_epoch_ticker(Arc::downgrade(&this));
+        Ok(this)
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The largest memory cap a stage may have on this engine.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+
+    /// Compiles and type-checks a component. Slow (milliseconds to seconds): never call this
+    /// on the hot path.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<PluginModule>, LoadError> {
+        check_header(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        Ok(Arc::new(PluginModule {
+            version: PluginVersion::of(bytes),
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            pre,
+        }))
+    }
+
+    /// Reads and loads a component file; the error names the file.
+    pub fn load_file(&self, path: &std::path::Path) -> anyhow::Result<Arc<PluginModule>> {
+        use anyhow::Context;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read plugin file {}", path.display()))?;
+        self.load(&bytes)
+            .with_context(|| format!("cannot load plugin {}", path.display()))
+    }
+}
+
+/// Distinguishes "not wasm" and "core module" from a compile error, so an upload of the
+/// wrong kind of file is told exactly that.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8: version (2 bytes) and layer (2 bytes). Layer 0 is a core module, 1 a
+    // component.
+    if bytes[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn spawn_epoch_ticker(engine: Weak<PluginEngine>) {
+    let spawned = std::thread::Builder::new()
+        .name("switchyard-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        // Without the ticker no call would ever time out; refuse to run that way.
+        panic!("cannot start the epoch ticker thread: {error}");
+    }
+}
+
+/// A plugin version: the sha256 of the component's bytes, as lowercase hex.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PluginVersion(pub String);
+
+impl PluginVersion {
+    /// The version of these component bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        PluginVersion(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl std::fmt::Display for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A compiled, type-checked plugin, ready to instantiate. Shared by every worker.
+pub struct PluginModule {
+    /// sha256 of the component bytes.
+    pub version: PluginVersion,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// When it was compiled.
+    pub loaded_at: SystemTime,
+    pub(crate) pre: PluginPre<HostState>,
+}
+
+impl std::fmt::Debug for PluginModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginModule")
+            .field("version", &self.version)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_names_the_kind_of_file() {
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm"), Err(LoadError::NotWasm)));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn version_is_sha256_hex() {
+        let v = PluginVersion::of(b"");
+        assert_eq!(
+            v.0,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(v.short(), "e3b0c44298fc");
+    }
+}

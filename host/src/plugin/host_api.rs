@@ -1,0 +1,395 @@
+//! What a plugin instance's store holds, and the `host` interface the plugin imports:
+//! logging, table lookups and counters, plus a WASI context with no capabilities.
+//!
+//! Guests built by the Python and JavaScript toolchains import WASI whether they use it or
+//! not, so WASI is linked, but the context grants nothing: no preopened directories, no
+//! sockets, no name lookups, no environment variables or arguments, an empty stdin. Clocks
+//! and random numbers work. Whatever the guest writes to stdout or stderr becomes host log
+//! lines tagged with the pipeline and stage.
+
+use super::bindings::{Level, switchyard};
+use super::limits::MemoryLimiter;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+/// Enrichment tables as plugins see them through `lookup`. The host's table subsystem
+/// implements this; until it exists, [`MemoryTables`] (fixed contents) stands in.
+pub trait Tables: Send + Sync + 'static {
+    /// The value stored under `key` in `table`, if any.
+    fn lookup(&self, table: &str, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// A fixed set of in-memory tables.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryTables {
+    tables: HashMap<String, HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryTables {
+    /// No tables: every lookup answers `none`.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `table`, creating the table if needed.
+    pub fn insert(&mut self, table: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.tables
+            .entry(table.to_owned())
+            .or_default()
+            .insert(key.into(), value.into());
+    }
+}
+
+impl Tables for MemoryTables {
+    fn lookup(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        self.tables.get(table)?.get(key).cloned()
+    }
+}
+
+/// Plugin-defined counters (`counter-add`), per pipeline, stage and name. Instances add to a
+/// private map during a call and fold it in here after the call, so the hot path takes this
+/// lock once per batch at most.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    totals: Mutex<HashMap<CounterKey, u64>>,
+}
+
+/// Identifies one plugin-defined counter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// The name the plugin gave.
+    pub name: String,
+}
+
+impl PluginCounters {
+    /// The current totals, sorted by key.
+    pub fn snapshot(&self) -> Vec<(CounterKey, u64)> {
+        let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = totals.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort();
+        all
+    }
+
+    /// The total of one counter (0 if never added to).
+    pub fn get(&self, pipeline: &str, stage: &str, name: &str) -> u64 {
+        let key = CounterKey {
+            pipeline: pipeline.into(),
+            stage: stage.into(),
+            name: name.into(),
+        };
+        let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        totals.get(&key).copied().unwrap_or(0)
+    }
+
+    fn fold(&self, tags: &Tags, pending: &mut HashMap<String, u64>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, delta) in pending.drain() {
+            let key = CounterKey {
+                pipeline: tags.pipeline.clone(),
+                stage: tags.stage.clone(),
+                name,
+            };
+            let total = totals.entry(key).or_insert(0);
+            *total = total.saturating_add(delta);
+        }
+    }
+}
+
+/// Services the host offers every plugin instance. Cheap to clone.
+#[derive(Clone)]
+pub struct HostServices {
+    /// What `lookup` reads.
+    pub tables: Arc<dyn Tables>,
+    /// Where `counter-add` goes.
+    pub counters: Arc<PluginCounters>,
+}
+
+impl Default for HostServices {
+    fn default() -> Self {
+        HostServices {
+            tables: Arc::new(MemoryTables::empty()),
+            counters: Arc::new(PluginCounters::default()),
+        }
+    }
+}
+
+/// Which pipeline and stage an instance serves: every log line of the guest carries these.
+#[derive(Clone, Debug)]
+pub(crate) struct Tags {
+    pub(crate) pipeline: String,
+    pub(crate) stage: String,
+}
+
+/// Longest counter name and log message accepted from a guest; longer ones are cut, so a
+/// plugin cannot flood the host's log or metric labels.
+const MAX_GUEST_TEXT: usize = 8 * 1024;
+/// How many distinct counter names one stage may create.
+const MAX_COUNTER_NAMES: usize = 1_000;
+/// How much of a guest's recent stderr is kept to explain a trap (a panic message).
+const STDERR_TAIL: usize = 1024;
+
+/// The data of one plugin instance's store.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) services: HostServices,
+    pub(crate) tags: Tags,
+    pending_counters: HashMap<String, u64>,
+    pub(crate) stderr: Arc<Mutex<GuestOutput>>,
+}
+
+impl HostState {
+    pub(crate) fn new(tags: Tags, services: HostServices, memory_cap: usize) -> Self {
+        let stdout = GuestStream::new(tags.clone(), "stdout");
+        let stderr = GuestStream::new(tags.clone(), "stderr");
+        let stderr_state = stderr.state.clone();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout)
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { cap: memory_cap },
+            services,
+            tags,
+            pending_counters: HashMap::new(),
+            stderr: stderr_state,
+        }
+    }
+
+    /// Folds the counters added during the last call into the shared totals.
+    pub(crate) fn flush_counters(&mut self) {
+        self.services
+            .counters
+            .fold(&self.tags, &mut self.pending_counters);
+    }
+
+    /// Forgets the stderr seen so far; called before each plugin call.
+    pub(crate) fn reset_stderr_tail(&self) {
+        let mut out = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        out.tail.clear();
+    }
+
+    /// The last lines the guest wrote to stderr since the call began (a panic message,
+    /// typically), flushed to the log, or `None`.
+    pub(crate) fn stderr_tail(&self) -> Option<String> {
+        let mut out = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        out.flush_partial_line();
+        let text = String::from_utf8_lossy(&out.tail).trim().to_owned();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn truncate_text(mut s: String) -> String {
+    if s.len() > MAX_GUEST_TEXT {
+        let mut cut = MAX_GUEST_TEXT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…");
+    }
+    s
+}
+
+impl switchyard::plugin::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let message = truncate_text(message);
+        let (pipeline, stage) = (&self.tags.pipeline, &self.tags.stage);
+        match level {
+            Level::Debug => tracing::debug!(pipeline, stage, "{message}"),
+            Level::Info => tracing::info!(pipeline, stage, "{message}"),
+            Level::Warn => tracing::warn!(pipeline, stage, "{message}"),
+            Level::Error => tracing::error!(pipeline, stage, "{message}"),
+        }
+    }
+
+    fn lookup(&mut self, table: String, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.services.tables.lookup(&table, &key)
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        if let Some(total) = self.pending_counters.get_mut(&name) {
+            *total = total.saturating_add(delta);
+            return;
+        }
+        if self.pending_counters.len() >= MAX_COUNTER_NAMES {
+            tracing::warn!(
+                pipeline = %self.tags.pipeline,
+                stage = %self.tags.stage,
+                counter = %name,
+                "Plugin counter dropped: too many distinct counter names in one call."
+            );
+            return;
+        }
+        self.pending_counters.insert(truncate_text(name), delta);
+    }
+}
+
+impl switchyard::plugin::types::Host for HostState {}
+
+/// Line-buffered guest output that becomes host log lines.
+#[derive(Debug)]
+pub(crate) struct GuestOutput {
+    tags: Tags,
+    stream: &'static str,
+    line: Vec<u8>,
+    /// The most recent bytes written (stderr only matters), to explain a trap.
+    tail: Vec<u8>,
+}
+
+impl GuestOutput {
+    fn write(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > STDERR_TAIL {
+            let excess = self.tail.len() - STDERR_TAIL;
+            self.tail.drain(..excess);
+        }
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            if chunk.ends_with(b"\n") {
+                self.line.extend_from_slice(&chunk[..chunk.len() - 1]);
+                self.emit_line();
+            } else {
+                self.line.extend_from_slice(chunk);
+                if self.line.len() >= MAX_GUEST_TEXT {
+                    self.emit_line();
+                }
+            }
+        }
+    }
+
+    fn flush_partial_line(&mut self) {
+        if !self.line.is_empty() {
+            self.emit_line();
+        }
+    }
+
+    fn emit_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        tracing::info!(
+            pipeline = %self.tags.pipeline,
+            stage = %self.tags.stage,
+            stream = self.stream,
+            "{text}"
+        );
+        self.line.clear();
+    }
+}
+
+/// The guest's stdout or stderr.
+struct GuestStream {
+    state: Arc<Mutex<GuestOutput>>,
+}
+
+impl GuestStream {
+    fn new(tags: Tags, stream: &'static str) -> Self {
+        GuestStream {
+            state: Arc::new(Mutex::new(GuestOutput {
+                tags,
+                stream,
+                line: Vec::new(),
+                tail: Vec::new(),
+            })),
+        }
+    }
+}
+
+impl IsTerminal for GuestStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(GuestWriter {
+            state: self.state.clone(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(GuestWriter {
+            state: self.state.clone(),
+        })
+    }
+}
+
+struct GuestWriter {
+    state: Arc<Mutex<GuestOutput>>,
+}
+
+impl GuestWriter {
+    fn write_bytes(&self, bytes: &[u8]) {
+        let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        out.write(bytes);
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,122 @@
+//! One live plugin instance: a store, the instance in it, and the calls into it.
+//!
+//! An instance is owned by one worker for one stage and reused call after call (it is
+//! "warm": its memory and any state the plugin keeps survive between batches). After any
+//! failed call the owner drops it; a trapped component refuses further calls anyway, and a
+//! fresh instance from the pre-instantiated module costs microseconds.
+
+use super::bindings::{Plugin, RecordBatch, Verdict};
+use super::engine::{EPOCH_TICK, PluginModule};
+use super::error::{ErrorKind, LoadError, RecordError};
+use super::host_api::{HostServices, HostState, Tags};
+use super::limits::{MemoryCapExceeded, StageLimits};
+use std::time::Duration;
+use wasmtime::{Engine, Store, Trap};
+
+/// Everything needed to make an instance of one stage.
+#[derive(Clone)]
+pub(crate) struct InstanceSetup {
+    pub(crate) tags: Tags,
+    pub(crate) services: HostServices,
+    pub(crate) limits: StageLimits,
+    /// The stage's config map, sorted by key, as `init` receives it.
+    pub(crate) config: Vec<(String, String)>,
+}
+
+pub(crate) struct StageInstance {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+impl StageInstance {
+    /// Instantiates `module` and calls its `init`.
+    pub(crate) fn new(
+        engine: &Engine,
+        module: &PluginModule,
+        setup: &InstanceSetup,
+    ) -> Result<Self, LoadError> {
+        let cap = usize::try_from(setup.limits.memory_bytes()).unwrap_or(usize::MAX);
+        let state = HostState::new(setup.tags.clone(), setup.services.clone(), cap);
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let init_budget = Duration::from_millis(setup.limits.init_timeout_ms);
+        store.set_epoch_deadline(deadline_ticks(init_budget));
+
+        let plugin = module.pre.instantiate(&mut store).map_err(|e| {
+            match classify(&store, &e) {
+                // A trap or cap hit while instantiating is the component's own fault.
+                failure if failure.kind != ErrorKind::Trap => LoadError::InitCrashed(failure),
+                _ => LoadError::Instantiate(format!("{e:#}")),
+            }
+        })?;
+        store.data().reset_stderr_tail();
+        let outcome = plugin
+            .switchyard_plugin_transform()
+            .call_init(&mut store, &setup.config);
+        store.data_mut().flush_counters();
+        match outcome {
+            Ok(Ok(())) => Ok(StageInstance { store, plugin }),
+            Ok(Err(message)) => Err(LoadError::Init(message)),
+            Err(e) => Err(LoadError::InitCrashed(classify(&store, &e))),
+        }
+    }
+
+    /// Calls `process` with a time budget. The verdicts are not checked here.
+    pub(crate) fn process(
+        &mut self,
+        batch: &RecordBatch,
+        budget: Duration,
+    ) -> Result<Vec<Verdict>, RecordError> {
+        self.store.set_epoch_deadline(deadline_ticks(budget));
+        self.store.data().reset_stderr_tail();
+        let result = self
+            .plugin
+            .switchyard_plugin_transform()
+            .call_process(&mut self.store, batch);
+        self.store.data_mut().flush_counters();
+        result.map_err(|e| classify(&self.store, &e))
+    }
+}
+
+/// The epoch deadline for a budget: rounded up, plus one tick because the current tick may
+/// be nearly over when the call starts.
+fn deadline_ticks(budget: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    let ticks = budget.as_nanos().div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Turns a failed call into the kind and message a dead-letter record carries.
+fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> RecordError {
+    if let Some(cap) = error.chain().find_map(|e| e.downcast_ref::<MemoryCapExceeded>()) {
+        return RecordError::new(ErrorKind::Memory, cap.to_string());
+    }
+    let stderr = store.data().stderr_tail();
+    let with_stderr = |message: String| match &stderr {
+        Some(text) => format!("{message}; the plugin wrote to stderr: {text}"),
+        None => message,
+    };
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => RecordError::new(
+            ErrorKind::Timeout,
+            "the plugin ran past its time budget (limits.time_per_record_ms) and was interrupted",
+        ),
+        Some(trap) => RecordError::new(ErrorKind::Trap, with_stderr(format!("wasm trap: {trap}"))),
+        // Not a wasm trap: a host-side failure during the call, such as an unrepresentable
+        // value while lifting the results (an invalid UTF-8 string, a bad discriminant).
+        None => RecordError::new(ErrorKind::Trap, with_stderr(format!("{error:#}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up_and_adds_a_tick() {
+        assert_eq!(deadline_ticks(Duration::from_millis(50)), 51);
+        assert_eq!(deadline_ticks(Duration::from_micros(1)), 2);
+        assert_eq!(deadline_ticks(Duration::ZERO), 1);
+        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,32 @@
+//! The plugin runtime: loads WebAssembly components that implement the
+//! `switchyard:plugin/plugin` world and runs them, sandboxed and bounded, over batches.
+//!
+//! - [`engine`]: the one wasmtime engine (component model, pooling allocator, epoch
+//!   interruption) and loading: bytes -> compiled, type-checked [`PluginModule`].
+//! - `instance`: one warm instance in its own store; calls with a time budget; classifies
+//!   failures.
+//! - [`chain`]: a pipeline's stages run in order over a batch; failed calls are isolated
+//!   record by record so only the offending records are dead-lettered.
+//! - [`limits`]: per-stage limits and their defaults.
+//! - [`host_api`]: what the plugin imports (log, lookup, counters) and its empty WASI context.
+//!
+//! It does not know about Kafka: records come in as [`InputRecord`]s and leave as
+//! [`Delivery`]s.
+
+pub mod bindings;
+pub mod chain;
+pub mod engine;
+pub mod error;
+pub mod host_api;
+mod instance;
+pub mod limits;
+
+pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
+pub use chain::{
+    ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId, StageLoadError, StageSpec,
+    StageStats,
+};
+pub use engine::{EngineConfig, PluginEngine, PluginModule, PluginVersion};
+pub use error::{ErrorKind, LoadError, RecordError};
+pub use host_api::{HostServices, MemoryTables, PluginCounters, Tables};
+pub use limits::StageLimits;

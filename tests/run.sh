@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The test command: sets up what the tests need, then runs lints and every test.
+#
+#   tests/run.sh
+#
+# Needs rustup and cargo. Installs the wasm32-wasip2 target and clippy/rustfmt if missing.
+# CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
+
+# The plugins are their own workspace (target wasm32-wasip2) with their own target directory.
+export SWITCHYARD_PLUGINS_TARGET_DIR="${SWITCHYARD_PLUGINS_TARGET_DIR:-$PWD/plugins/target}"
+plugins_cargo() { (cd plugins && CARGO_TARGET_DIR="$SWITCHYARD_PLUGINS_TARGET_DIR" cargo "$@"); }
+
+step "format"
+cargo fmt --all --check
+plugins_cargo fmt --all --check
+
+step "build the example plugins (wasm32-wasip2, release)"
+plugins_cargo build --release --target wasm32-wasip2
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+plugins_cargo clippy --all-targets -- -D warnings
+plugins_cargo clippy --target wasm32-wasip2 -- -D warnings
+
+step "plugin unit tests (native)"
+plugins_cargo test
+
+step "workspace tests"
+cargo test --workspace

@@ -1,0 +1,133 @@
+//! Shared set-up for Switchyard's tests and benchmarks: building the example plugins,
+//! one plugin engine per process, and realistic events.
+//!
+//! Plugins are built from source by [`plugin_path`] the first time a test asks for one (a
+//! `cargo build` of the `plugins/` workspace for wasm32-wasip2), never committed as binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use switchyard::plugin::{EngineConfig, InputRecord, PluginEngine, PluginModule};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Where the plugins workspace builds: `$SWITCHYARD_PLUGINS_TARGET_DIR`, else `plugins/target`.
+pub fn plugins_target_dir() -> PathBuf {
+    std::env::var_os("SWITCHYARD_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("plugins").join("target"))
+}
+
+/// Builds every example plugin (release, wasm32-wasip2) once per process; panics with cargo's
+/// output if the build fails, since no plugin test can run without them.
+fn build_plugins() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = plugins_target_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(repo_root().join("plugins").join("Cargo.toml"))
+            // The plugins are a separate workspace with their own target directory, so this
+            // nested build never waits on the lock of the build that runs the tests.
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("cannot run cargo to build the plugins");
+        assert!(
+            output.status.success(),
+            "building the plugins failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target_dir.join("wasm32-wasip2").join("release")
+    })
+}
+
+/// Path of a built example plugin: `noop`, `route`, `validate`, `enrich`, `transform`,
+/// `misbehave`.
+pub fn plugin_path(name: &str) -> PathBuf {
+    let path = build_plugins().join(format!("{name}.wasm"));
+    assert!(path.exists(), "plugin {name} was not built: {}", path.display());
+    path
+}
+
+/// The bytes of a built example plugin.
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    let path = plugin_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// One engine per test process, as in the router.
+pub fn engine() -> Arc<PluginEngine> {
+    static ENGINE: OnceLock<Arc<PluginEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| PluginEngine::new(&EngineConfig::default()).expect("engine"))
+        .clone()
+}
+
+/// An example plugin, compiled once per process.
+pub fn module(name: &str) -> Arc<PluginModule> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static MODULES: OnceLock<Mutex<HashMap<String, Arc<PluginModule>>>> = OnceLock::new();
+    let modules = MODULES.get_or_init(Default::default);
+    if let Some(m) = modules.lock().expect("module cache").get(name) {
+        return m.clone();
+    }
+    let m = engine()
+        .load(&plugin_bytes(name))
+        .unwrap_or_else(|e| panic!("cannot load plugin {name}: {e}"));
+    modules
+        .lock()
+        .expect("module cache")
+        .insert(name.into(), m.clone());
+    m
+}
+
+/// A record with this value and no key or headers.
+pub fn record(offset: i64, value: impl Into<Vec<u8>>) -> InputRecord {
+    InputRecord {
+        offset,
+        timestamp_ms: Some(1_700_000_000_000 + offset),
+        key: None,
+        value: Some(value.into()),
+        headers: Vec::new(),
+    }
+}
+
+/// A realistic event of about 220 bytes: the shape the use cases route, validate, enrich
+/// and transform. Deterministic in `i`: every 10th is high priority, every 7th an error.
+pub fn event(i: u64) -> String {
+    const TYPES: [&str; 4] = ["page_view", "click", "purchase", "signup"];
+    let event_type = if i % 7 == 3 {
+        "error"
+    } else {
+        TYPES[(i % 4) as usize]
+    };
+    let priority = if i % 10 == 0 { "high" } else { "normal" };
+    format!(
+        concat!(
+            r#"{{"event_id":"evt-{:012}","user_id":"user-{:05}","event_type":"{}","#,
+            r#""priority":"{}","timestamp":{},"session":"s-{:08x}","#,
+            r#""page":"/products/{}","email":"user{}@example.com","amount":{}.{:02}}}"#
+        ),
+        i,
+        i % 10_000,
+        event_type,
+        priority,
+        1_700_000_000_000u64 + i,
+        i.wrapping_mul(2_654_435_761) & 0xffff_ffff,
+        i % 500,
+        i % 10_000,
+        i % 1000,
+        i % 100
+    )
+}
