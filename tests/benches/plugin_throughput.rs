@@ -1,1 +1,115 @@
-fn main() {}
+//! Records per second on one core through the plugin runtime, at batch sizes 1, 16 and 256,
+//! on realistic ~220-byte JSON events, next to the same plugin logic compiled natively with
+//! no WebAssembly (the floor), all in the same run:
+//!
+//! - `noop/wasm`: a plugin that passes everything: the cost of the boundary alone.
+//! - `route/wasm` vs `route/native`, `validate/wasm` vs `validate/native`.
+//!
+//! Run: `cargo bench -p switchyard-tests --bench plugin_throughput`, then
+//! `python3 tests/bench_report.py` to print the table for BENCHMARKS.md.
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::sync::Arc;
+use switchyard::plugin::{
+    ChainRunner, ChainSpec, HostServices, InputRecord, StageLimits, StageSpec,
+};
+use switchyard_plugin_sdk::{Batch, Config, Plugin, Record};
+use switchyard_tests::{engine, event, module};
+
+const BATCH_SIZES: [usize; 3] = [1, 16, 256];
+const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
+
+fn wasm_runner(plugin: &str, config: &[(&str, &str)]) -> ChainRunner {
+    let stage = StageSpec {
+        name: plugin.into(),
+        module: module(plugin),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        limits: StageLimits::default(),
+    };
+    let spec = ChainSpec::new(
+        "bench",
+        vec!["standard".into(), "urgent".into(), "errors".into()],
+        "standard",
+        vec![stage],
+    )
+    .expect("valid chain");
+    ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
+}
+
+fn host_records(n: usize) -> Vec<InputRecord> {
+    (0..n)
+        .map(|i| InputRecord {
+            offset: i as i64,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(format!("user-{:05}", i % 10_000).into_bytes()),
+            value: Some(event(i as u64).into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+fn sdk_batch(n: usize) -> Batch {
+    let records = (0..n)
+        .map(|i| {
+            Record::new()
+                .with_offset(i as i64)
+                .with_timestamp(1_700_000_000_000)
+                .with_key(format!("user-{:05}", i % 10_000))
+                .with_value(event(i as u64))
+        })
+        .collect();
+    Batch::new("events", 0, records)
+}
+
+fn bench_wasm(c: &mut Criterion, group: &str, plugin: &str, config: &[(&str, &str)]) {
+    let mut g = c.benchmark_group(group);
+    let mut runner = wasm_runner(plugin, config);
+    for n in BATCH_SIZES {
+        g.throughput(Throughput::Elements(n as u64));
+        let records = host_records(n);
+        g.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
+            b.iter_batched(
+                || records.clone(),
+                |batch| black_box(runner.process("events", 0, batch).expect("runs")),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_native<P: Plugin>(c: &mut Criterion, group: &str, config: &[(&str, &str)]) {
+    let mut g = c.benchmark_group(group);
+    let mut plugin = P::init(&Config::from_pairs(config.iter().copied())).expect("init");
+    for n in BATCH_SIZES {
+        g.throughput(Throughput::Elements(n as u64));
+        let batch = sdk_batch(n);
+        g.bench_with_input(BenchmarkId::new("native", n), &n, |b, _| {
+            b.iter(|| black_box(plugin.process_batch(black_box(&batch))))
+        });
+    }
+    g.finish();
+}
+
+fn plugins(c: &mut Criterion) {
+    let size = event(1).len();
+    eprintln!("event size: {size} bytes, e.g. {}", event(1));
+    bench_wasm(c, "noop", "noop", &[]);
+    bench_wasm(c, "route", "route", &[]);
+    bench_native::<route::Route>(c, "route", &[]);
+    bench_wasm(c, "validate", "validate", &[("required", REQUIRED)]);
+    bench_native::<validate::Validate>(c, "validate", &[("required", REQUIRED)]);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = plugins
+}
+criterion_main!(benches);

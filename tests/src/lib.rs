@@ -32,7 +32,13 @@ fn build_plugins() -> &'static PathBuf {
         let target_dir = plugins_target_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let output = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(repo_root().join("plugins").join("Cargo.toml"))
             // The plugins are a separate workspace with their own target directory, so this
             // nested build never waits on the lock of the build that runs the tests.
@@ -55,7 +61,11 @@ fn build_plugins() -> &'static PathBuf {
 /// `misbehave`.
 pub fn plugin_path(name: &str) -> PathBuf {
     let path = build_plugins().join(format!("{name}.wasm"));
-    assert!(path.exists(), "plugin {name} was not built: {}", path.display());
+    assert!(
+        path.exists(),
+        "plugin {name} was not built: {}",
+        path.display()
+    );
     path
 }
 

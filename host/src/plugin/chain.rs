@@ -62,7 +62,9 @@ impl ChainSpec {
         for (i, name) in routes.iter().enumerate() {
             let id = RouteId(u16::try_from(i).map_err(|_| "too many routes".to_string())?);
             if route_ids.insert(name.clone(), id).is_some() {
-                return Err(format!("pipeline {pipeline}: route `{name}` is declared twice"));
+                return Err(format!(
+                    "pipeline {pipeline}: route `{name}` is declared twice"
+                ));
             }
         }
         let default_route = *route_ids.get(default_route).ok_or_else(|| {
@@ -236,13 +238,14 @@ impl ChainRunner {
                 limits: stage.limits.clone(),
                 config: stage.config.clone(),
             };
-            let instance = StageInstance::new(engine.engine(), &stage.module, &setup).map_err(
-                |error| StageLoadError {
-                    pipeline: spec.pipeline.clone(),
-                    stage: stage.name.clone(),
-                    error,
-                },
-            )?;
+            let instance =
+                StageInstance::new(engine.engine(), &stage.module, &setup).map_err(|error| {
+                    StageLoadError {
+                        pipeline: spec.pipeline.clone(),
+                        stage: stage.name.clone(),
+                        error,
+                    }
+                })?;
             stages.push(StageSlot {
                 spec: stage.clone(),
                 setup,
@@ -340,7 +343,9 @@ impl ChainRunner {
                 for ((verdict, record), (source, route)) in
                     verdicts.into_iter().zip(batch.records).zip(meta)
                 {
-                    apply(slot, index, &spec, verdict, source, route, record, &mut out, deliveries);
+                    apply(
+                        slot, index, &spec, verdict, source, route, record, &mut out, deliveries,
+                    );
                 }
             }
             Err(error) if batch.records.len() == 1 => {
@@ -359,9 +364,7 @@ impl ChainRunner {
                     error = %error,
                     "Plugin call failed; re-running the batch one record at a time."
                 );
-                let RecordBatch {
-                    topic, records, ..
-                } = batch;
+                let RecordBatch { topic, records, .. } = batch;
                 let mut single = RecordBatch {
                     topic,
                     partition,
@@ -371,7 +374,9 @@ impl ChainRunner {
                     single.records.push(record);
                     let verdict = slot.call(&engine, &single)?.and_then(|mut verdicts| {
                         check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
-                        verdicts.pop().ok_or_else(|| RecordError::bad_output("no verdict"))
+                        verdicts
+                            .pop()
+                            .ok_or_else(|| RecordError::bad_output("no verdict"))
                     });
                     let Some(record) = single.records.pop() else {
                         continue;
@@ -466,7 +471,14 @@ fn apply(
                 route: Some(id),
                 record,
             }),
-            None => dead_letter(slot, stage, source, unknown_route(spec, &name), record, deliveries),
+            None => dead_letter(
+                slot,
+                stage,
+                source,
+                unknown_route(spec, &name),
+                record,
+                deliveries,
+            ),
         },
         Verdict::Emit(outputs) => {
             for output in outputs {

@@ -88,7 +88,10 @@ fn deadline_ticks(budget: Duration) -> u64 {
 
 /// Turns a failed call into the kind and message a dead-letter record carries.
 fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> RecordError {
-    if let Some(cap) = error.chain().find_map(|e| e.downcast_ref::<MemoryCapExceeded>()) {
+    if let Some(cap) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<MemoryCapExceeded>())
+    {
         return RecordError::new(ErrorKind::Memory, cap.to_string());
     }
     let stderr = store.data().stderr_tail();

@@ -87,7 +87,9 @@ impl StageLimits {
 /// into a trap whose error chain carries this value, which is how a failed call is classified
 /// as [`ErrorKind::Memory`](super::ErrorKind::Memory) rather than a plain trap.
 #[derive(Debug, thiserror::Error)]
-#[error("the plugin asked for {desired} bytes of memory; the stage cap is {cap} bytes (limits.memory_mib)")]
+#[error(
+    "the plugin asked for {desired} bytes of memory; the stage cap is {cap} bytes (limits.memory_mib)"
+)]
 pub struct MemoryCapExceeded {
     /// What the guest asked for.
     pub desired: usize,

@@ -1,0 +1,636 @@
+//! A scanner that finds top-level fields of a JSON object without building a tree.
+//!
+//! [`field`] and [`fields`] walk the top-level object key by key and skip each value in
+//! place; a found field is a [`Field`] borrowing its raw value bytes. Nothing is allocated
+//! (except by [`Field::as_str`] when a string has escapes), nothing recurses, and no input
+//! makes it panic.
+//!
+//! What is checked is what is walked: the top-level object's structure, every key, and every
+//! skipped value's outline (strings and their escapes, number grammar, `true`/`false`/`null`,
+//! bracket matching of nested objects and arrays, strings inside them). Tokens inside nested
+//! values are not checked, strings are not checked for UTF-8, and the scan stops at the last
+//! field asked for, so the rest of the document is not looked at. Use
+//! [`Record::json`](crate::Record::json) or serde_json when the whole document must be valid.
+//!
+//! When a key appears more than once, the first occurrence wins.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The top-level field `name` of the JSON object in `input`: `Ok(None)` when the object has no
+/// such key, an error with the byte position when `input` is not an object or cannot be
+/// scanned up to that field.
+pub fn field<'a>(input: &'a [u8], name: &str) -> Result<Option<Field<'a>>, ScanError> {
+    let [found] = fields(input, [name])?;
+    Ok(found)
+}
+
+/// The top-level fields `names` of the JSON object in `input`, in one pass: one entry per name,
+/// in the same order. The scan stops once every name is found.
+pub fn fields<'a, const N: usize>(
+    input: &'a [u8],
+    names: [&str; N],
+) -> Result<[Option<Field<'a>>; N], ScanError> {
+    let mut found = [None; N];
+    let mut missing = N;
+    let mut s = Scanner { input, at: 0 };
+    s.skip_ws();
+    match s.peek() {
+        Some(b'{') => s.at += 1,
+        other => {
+            return Err(ScanError::new(
+                s.at,
+                ScanErrorKind::NotObject { found: other },
+            ));
+        }
+    }
+    if missing == 0 {
+        return Ok(found);
+    }
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        s.at += 1;
+        s.end()?;
+        return Ok(found);
+    }
+    loop {
+        s.skip_ws();
+        if s.peek() != Some(b'"') {
+            return Err(s.unexpected());
+        }
+        let key_start = s.at + 1;
+        let key_escaped = s.string()?;
+        // `string` succeeded, so `s.at` is just past the closing quote.
+        let key = &input[key_start..s.at - 1];
+        s.skip_ws();
+        if s.peek() != Some(b':') {
+            return Err(s.unexpected());
+        }
+        s.at += 1;
+        s.skip_ws();
+        let value_start = s.at;
+        let (kind, escaped) = s.value()?;
+        let raw = &input[value_start..s.at];
+        // The value must end where a value may end, or `01` would be found as `0`.
+        s.skip_ws();
+        let last = match s.peek() {
+            Some(b',') => false,
+            Some(b'}') => true,
+            _ => return Err(s.unexpected()),
+        };
+        s.at += 1;
+        for (slot, name) in found.iter_mut().zip(names) {
+            if slot.is_none() && unescaped_eq(key, key_escaped, name.as_bytes()) {
+                *slot = Some(Field { raw, kind, escaped });
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            return Ok(found);
+        }
+        if last {
+            s.end()?;
+            return Ok(found);
+        }
+    }
+}
+
+/// The JSON type of a [`Field`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldKind {
+    /// A string.
+    String,
+    /// A number.
+    Number,
+    /// `true` or `false`.
+    Bool,
+    /// `null`.
+    Null,
+    /// An object.
+    Object,
+    /// An array.
+    Array,
+}
+
+impl FieldKind {
+    /// The kind's name as in JSON Schema: `string`, `number`, `boolean`, `null`, `object`,
+    /// `array`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Number => "number",
+            Self::Bool => "boolean",
+            Self::Null => "null",
+            Self::Object => "object",
+            Self::Array => "array",
+        }
+    }
+}
+
+impl fmt::Display for FieldKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A top-level field found by the scanner: its kind and raw value bytes, borrowed from the
+/// record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field<'a> {
+    /// The value's bytes as they appear in the document, quotes included for a string.
+    raw: &'a [u8],
+    kind: FieldKind,
+    /// Whether a string value contains escapes (so reading it needs unescaping).
+    escaped: bool,
+}
+
+impl<'a> Field<'a> {
+    /// The value's JSON type.
+    pub fn kind(&self) -> FieldKind {
+        self.kind
+    }
+
+    /// The value's bytes as they appear in the document (a string keeps its quotes and
+    /// escapes).
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// The string value, borrowed unless it has escapes. `None` when the value is not a
+    /// string, or is not valid UTF-8 or has a lone surrogate escape.
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        let inner = self.string_contents()?;
+        if !self.escaped {
+            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+        }
+        let mut bytes = Vec::with_capacity(inner.len());
+        let complete = unescape(inner, |piece| {
+            bytes.extend_from_slice(piece);
+            true
+        });
+        if !complete {
+            return None;
+        }
+        String::from_utf8(bytes).ok().map(Cow::Owned)
+    }
+
+    /// Whether the value is the string `text`, compared without allocating even when the
+    /// value has escapes.
+    pub fn str_eq(&self, text: &str) -> bool {
+        self.string_contents()
+            .is_some_and(|inner| unescaped_eq(inner, self.escaped, text.as_bytes()))
+    }
+
+    /// The number value as an `f64` (the nearest one). `None` when the value is not a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        self.number_text()?.parse().ok()
+    }
+
+    /// The number value as an `i64`. `None` when the value is not a number, has a fraction or
+    /// exponent, or is out of range.
+    pub fn as_i64(&self) -> Option<i64> {
+        self.number_text()?.parse().ok()
+    }
+
+    /// The number value as a `u64`. `None` when the value is not a number, has a fraction or
+    /// exponent, is negative, or is out of range.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.number_text()?.parse().ok()
+    }
+
+    /// The boolean value. `None` when the value is not `true` or `false`.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.raw {
+            b"true" => Some(true),
+            b"false" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether the value is `null`.
+    pub fn is_null(&self) -> bool {
+        self.kind == FieldKind::Null
+    }
+
+    fn string_contents(&self) -> Option<&'a [u8]> {
+        match (self.kind, self.raw) {
+            (FieldKind::String, [b'"', inner @ .., b'"']) => Some(inner),
+            _ => None,
+        }
+    }
+
+    fn number_text(&self) -> Option<&'a str> {
+        match self.kind {
+            // A scanned number is ASCII, so this never fails.
+            FieldKind::Number => std::str::from_utf8(self.raw).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Why the scanner could not find a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanError {
+    at: usize,
+    kind: ScanErrorKind,
+}
+
+/// What went wrong in a [`ScanError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScanErrorKind {
+    /// The record's value is null (a tombstone).
+    NullValue,
+    /// The value is not a JSON object; `found` is its first non-blank byte, `None` when it is
+    /// empty or blank.
+    NotObject {
+        /// First non-blank byte.
+        found: Option<u8>,
+    },
+    /// The input ends in the middle of the object.
+    UnexpectedEnd,
+    /// A byte that cannot appear here.
+    UnexpectedByte(u8),
+}
+
+impl ScanError {
+    /// The error for a record whose value is null.
+    pub const NULL_VALUE: Self = Self {
+        at: 0,
+        kind: ScanErrorKind::NullValue,
+    };
+
+    fn new(at: usize, kind: ScanErrorKind) -> Self {
+        Self { at, kind }
+    }
+
+    /// 0-based byte offset of the problem.
+    pub fn at(&self) -> usize {
+        self.at
+    }
+
+    /// What the problem is.
+    pub fn kind(&self) -> ScanErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.at;
+        match self.kind {
+            ScanErrorKind::NullValue => f.write_str("null value"),
+            ScanErrorKind::NotObject { found: Some(c) } => {
+                write!(f, "not a JSON object: found `{}` at byte {at}", ShowByte(c))
+            }
+            ScanErrorKind::NotObject { found: None } => {
+                write!(f, "not a JSON object: empty value (end at byte {at})")
+            }
+            ScanErrorKind::UnexpectedEnd => write!(f, "invalid JSON: unexpected end at byte {at}"),
+            ScanErrorKind::UnexpectedByte(c) => {
+                write!(f, "invalid JSON: unexpected `{}` at byte {at}", ShowByte(c))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// A byte as text: itself when printable ASCII, `\xNN` otherwise.
+struct ShowByte(u8);
+
+impl fmt::Display for ShowByte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "{}", char::from(self.0))
+        } else {
+            write!(f, "\\x{:02x}", self.0)
+        }
+    }
+}
+
+/// A cursor over the input. Every method leaves `at` just past what it consumed, or returns an
+/// error at the offending byte.
+struct Scanner<'a> {
+    input: &'a [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.at).copied()
+    }
+
+    #[cold]
+    fn unexpected(&self) -> ScanError {
+        unexpected_at(self.input, self.at)
+    }
+
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// After the top-level object: only blanks may follow.
+    fn end(&mut self) -> Result<(), ScanError> {
+        self.skip_ws();
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.unexpected()),
+        }
+    }
+
+    /// One value of any kind; returns its kind and, for a string, whether it has escapes.
+    #[inline]
+    fn value(&mut self) -> Result<(FieldKind, bool), ScanError> {
+        let kind = match self.peek() {
+            Some(b'"') => return Ok((FieldKind::String, self.string()?)),
+            Some(b'{') => {
+                self.nested()?;
+                FieldKind::Object
+            }
+            Some(b'[') => {
+                self.nested()?;
+                FieldKind::Array
+            }
+            Some(b't') => {
+                self.literal(b"true")?;
+                FieldKind::Bool
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                FieldKind::Bool
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+                FieldKind::Null
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.number()?;
+                FieldKind::Number
+            }
+            _ => return Err(self.unexpected()),
+        };
+        Ok((kind, false))
+    }
+
+    /// A string, `at` on its opening quote; returns whether it has escapes.
+    #[inline]
+    fn string(&mut self) -> Result<bool, ScanError> {
+        let input = self.input;
+        let mut i = self.at + 1;
+        let mut escaped = false;
+        loop {
+            i = skip_plain_string_bytes(input, i);
+            match input.get(i) {
+                Some(b'"') => {
+                    self.at = i + 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    match input.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u') => {
+                            for j in i + 2..i + 6 {
+                                if !input.get(j).is_some_and(u8::is_ascii_hexdigit) {
+                                    return Err(unexpected_at(input, j));
+                                }
+                            }
+                            i += 6;
+                        }
+                        _ => return Err(unexpected_at(input, i + 1)),
+                    }
+                }
+                // A control character, or the end of input.
+                _ => return Err(unexpected_at(input, i)),
+            }
+        }
+    }
+
+    /// A nested object or array, `at` on its opening bracket. Brackets must match (checked
+    /// for the first 64 levels); strings inside are skipped whole; other tokens are not
+    /// checked. Iterative, so deep nesting cannot overflow the stack.
+    fn nested(&mut self) -> Result<(), ScanError> {
+        let mut depth = 0usize;
+        // Which bracket opened each of the first 64 levels, innermost in bit 0 (1 = `{`).
+        let mut opened_by_brace = 0u64;
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    self.string()?;
+                    continue;
+                }
+                Some(c @ (b'{' | b'[')) => {
+                    if depth < 64 {
+                        opened_by_brace = (opened_by_brace << 1) | u64::from(c == b'{');
+                    }
+                    depth += 1;
+                }
+                Some(c @ (b'}' | b']')) => {
+                    if depth <= 64 {
+                        if (opened_by_brace & 1 == 1) != (c == b'}') {
+                            return Err(self.unexpected());
+                        }
+                        opened_by_brace >>= 1;
+                    }
+                    depth -= 1;
+                    if depth == 0 {
+                        self.at += 1;
+                        return Ok(());
+                    }
+                }
+                Some(_) => {}
+                None => return Err(self.unexpected()),
+            }
+            self.at += 1;
+        }
+    }
+
+    #[inline]
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        for &expected in word {
+            if self.peek() != Some(expected) {
+                return Err(self.unexpected());
+            }
+            self.at += 1;
+        }
+        Ok(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline]
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.unexpected()),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.digits1()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.digits1()?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    #[inline]
+    fn digits1(&mut self) -> Result<(), ScanError> {
+        match self.peek() {
+            Some(b'0'..=b'9') => {
+                self.digits();
+                Ok(())
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+/// The offset of the first byte at or after `i` that ends a run of plain string bytes: a
+/// quote, a backslash or a control character (or `input.len()`).
+///
+/// Looks at eight bytes at a time: for each byte, the classic "has a zero byte" bit trick on
+/// the word XOR a repeated quote or backslash, and the "has a byte below 0x20" trick. The
+/// tricks can also flag bytes *after* a real hit, never before one, so the lowest flagged
+/// byte is exact.
+#[inline]
+fn skip_plain_string_bytes(input: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    while let Some(chunk) = input.get(i..i + 8) {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        let quote = word ^ QUOTES;
+        let backslash = word ^ BACKSLASHES;
+        let special = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(SPACES) & !word);
+        let special = special & HIGH;
+        if special != 0 {
+            // Little-endian: the lowest set bit belongs to the first flagged byte.
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = input.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+#[cold]
+fn unexpected_at(input: &[u8], at: usize) -> ScanError {
+    match input.get(at) {
+        Some(&c) => ScanError::new(at, ScanErrorKind::UnexpectedByte(c)),
+        None => ScanError::new(at.min(input.len()), ScanErrorKind::UnexpectedEnd),
+    }
+}
+
+/// Whether the contents of a JSON string (between its quotes) unescape to exactly `text`.
+fn unescaped_eq(contents: &[u8], escaped: bool, text: &[u8]) -> bool {
+    if !escaped {
+        return contents == text;
+    }
+    let mut rest = text;
+    let complete = unescape(contents, |piece| match rest.strip_prefix(piece) {
+        Some(tail) => {
+            rest = tail;
+            true
+        }
+        None => false,
+    });
+    complete && rest.is_empty()
+}
+
+/// Unescapes the contents of a JSON string piece by piece (runs of plain bytes, and one
+/// UTF-8-encoded character per escape), handing each to `sink` until it returns `false`.
+/// Returns whether every piece was handed over: `false` when `sink` stopped, or on an escape
+/// that is invalid or a lone surrogate.
+fn unescape(contents: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut i = 0;
+    while i < contents.len() {
+        let rest = &contents[i..];
+        let plain = rest.iter().position(|&c| c == b'\\').unwrap_or(rest.len());
+        if plain > 0 {
+            if !sink(&rest[..plain]) {
+                return false;
+            }
+            i += plain;
+            continue;
+        }
+        let (c, used) = match rest.get(1) {
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => match unicode_escape(rest) {
+                Some(decoded) => decoded,
+                None => return false,
+            },
+            _ => return false,
+        };
+        let mut buf = [0; 4];
+        if !sink(c.encode_utf8(&mut buf).as_bytes()) {
+            return false;
+        }
+        i += used;
+    }
+    true
+}
+
+/// A `\uXXXX` escape at the start of `s`, or a surrogate pair `\uD8XX\uDCXX`: the character
+/// and the bytes used. `None` for a lone surrogate or bad hex.
+fn unicode_escape(s: &[u8]) -> Option<(char, usize)> {
+    let high = hex4(s.get(2..6)?)?;
+    if !(0xD800..0xE000).contains(&high) {
+        return Some((char::from_u32(high)?, 6));
+    }
+    if high >= 0xDC00 || s.get(6..8)? != b"\\u" {
+        return None;
+    }
+    let low = hex4(s.get(8..12)?)?;
+    if !(0xDC00..0xE000).contains(&low) {
+        return None;
+    }
+    let c = char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))?;
+    Some((c, 12))
+}
+
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0u32, |n, &d| Some(n * 16 + char::from(d).to_digit(16)?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! Memory stays flat however often a plugin traps. In a test binary of its own, because RSS
+//! is a process-wide figure: another test allocating at the same time would blur it.
+
+use std::sync::Arc;
+use switchyard::plugin::{
+    ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices, StageLimits, StageSpec,
+};
+use switchyard_tests::{engine, module, record};
+
+fn run(chain: &mut ChainRunner, values: &[&str]) -> Vec<Delivery> {
+    let records = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i as i64, v.as_bytes()))
+        .collect();
+    chain.process("events", 0, records).expect("chain runs")
+}
+
+fn is_routed(d: &Delivery) -> bool {
+    matches!(d.destination, Destination::Route { .. })
+}
+
+fn dead_kind(d: &Delivery) -> Option<ErrorKind> {
+    match &d.destination {
+        Destination::DeadLetter(dl) => Some(dl.error.kind),
+        Destination::Route { .. } => None,
+    }
+}
+
+fn misbehave() -> ChainRunner {
+    let stage = StageSpec {
+        name: "m".into(),
+        module: module("misbehave"),
+        config: Vec::new(),
+        limits: StageLimits::default(),
+    };
+    let spec = ChainSpec::new("test", vec!["standard".into()], "standard", vec![stage])
+        .expect("valid chain");
+    ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_thousand_traps_leave_the_host_healthy_and_memory_flat() {
+    let mut c = misbehave();
+    let trap = |c: &mut ChainRunner| {
+        let out = run(
+            c,
+            &[
+                r#"{"do":"alloc","mb":4}"#,
+                r#"{"do":"panic","message":"again"}"#,
+            ],
+        );
+        assert!(is_routed(&out[0]));
+        assert_eq!(dead_kind(&out[1]), Some(ErrorKind::Trap));
+    };
+    for _ in 0..100 {
+        trap(&mut c);
+    }
+    let before = rss_kib();
+    for _ in 0..1000 {
+        trap(&mut c);
+    }
+    let after = rss_kib();
+    // Each trap throws away an instance that had touched 4 MiB; 1000 of them leaking would
+    // be gigabytes. Flat means within a few tens of MiB of noise.
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB over 1000 traps"
+    );
+    let out = run(&mut c, &[r#"{"do":"pass"}"#]);
+    assert!(is_routed(&out[0]));
+    assert!(c.stats()[0].restarts >= 1000);
+}
