@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use switchyard::plugin::{EngineConfig, PluginEngine};
 
+/// mimalloc rather than the system allocator: the hot path allocates and frees every record's
+/// bytes, and glibc's heap trimming turned that into page faults (measured in
+/// tests/benches/plugin_throughput.rs, which uses the same allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kafka-to-Kafka stream router that runs WebAssembly plugins on every record.
 #[derive(Parser)]
 #[command(version, about)]

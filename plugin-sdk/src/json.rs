@@ -31,68 +31,15 @@ pub fn fields<'a, const N: usize>(
     input: &'a [u8],
     names: [&str; N],
 ) -> Result<[Option<Field<'a>>; N], ScanError> {
-    let mut found = [None; N];
-    let mut missing = N;
     let mut s = Scanner { input, at: 0 };
     s.skip_ws();
-    match s.peek() {
-        Some(b'{') => s.at += 1,
-        other => {
-            return Err(ScanError::new(
-                s.at,
-                ScanErrorKind::NotObject { found: other },
-            ));
-        }
+    if s.peek() != Some(b'{') {
+        let found = s.peek();
+        return Err(ScanError::new(s.at, ScanErrorKind::NotObject { found }));
     }
-    if missing == 0 {
-        return Ok(found);
-    }
-    s.skip_ws();
-    if s.peek() == Some(b'}') {
-        s.at += 1;
-        s.end()?;
-        return Ok(found);
-    }
-    loop {
-        s.skip_ws();
-        if s.peek() != Some(b'"') {
-            return Err(s.unexpected());
-        }
-        let key_start = s.at + 1;
-        let key_escaped = s.string()?;
-        // `string` succeeded, so `s.at` is just past the closing quote.
-        let key = &input[key_start..s.at - 1];
-        s.skip_ws();
-        if s.peek() != Some(b':') {
-            return Err(s.unexpected());
-        }
-        s.at += 1;
-        s.skip_ws();
-        let value_start = s.at;
-        let (kind, escaped) = s.value()?;
-        let raw = &input[value_start..s.at];
-        // The value must end where a value may end, or `01` would be found as `0`.
-        s.skip_ws();
-        let last = match s.peek() {
-            Some(b',') => false,
-            Some(b'}') => true,
-            _ => return Err(s.unexpected()),
-        };
-        s.at += 1;
-        for (slot, name) in found.iter_mut().zip(names) {
-            if slot.is_none() && unescaped_eq(key, key_escaped, name.as_bytes()) {
-                *slot = Some(Field { raw, kind, escaped });
-                missing -= 1;
-            }
-        }
-        if missing == 0 {
-            return Ok(found);
-        }
-        if last {
-            s.end()?;
-            return Ok(found);
-        }
-    }
+    s.at += 1;
+    // Every `None` from the scanner means "stopped at `s.at`", which the error reports.
+    s.members(names).ok_or_else(|| unexpected_at(input, s.at))
 }
 
 /// The JSON type of a [`Field`].
@@ -309,22 +256,75 @@ impl fmt::Display for ShowByte {
     }
 }
 
-/// A cursor over the input. Every method leaves `at` just past what it consumed, or returns an
-/// error at the offending byte.
+/// A cursor over the input. Every method leaves `at` just past what it consumed and returns
+/// `Some`, or leaves `at` on the offending byte (or the end) and returns `None`. Keeping
+/// errors out of the return values keeps them in registers on the hot path.
 struct Scanner<'a> {
     input: &'a [u8],
     at: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    /// The members of the top-level object, `at` just past its `{`.
+    fn members<const N: usize>(&mut self, names: [&str; N]) -> Option<[Option<Field<'a>>; N]> {
+        let mut found = [None; N];
+        let mut missing = N;
+        if missing == 0 {
+            return Some(found);
+        }
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return self.end().map(|()| found);
+        }
+        loop {
+            self.skip_ws();
+            self.expect(b'"')?;
+            let key_start = self.at;
+            let key_escaped = self.string_rest()?;
+            // `string_rest` succeeded, so `at` is just past the closing quote.
+            let key = &self.input[key_start..self.at - 1];
+            self.skip_ws();
+            self.expect(b':')?;
+            self.skip_ws();
+            let value_start = self.at;
+            let (kind, escaped) = self.value()?;
+            let raw = &self.input[value_start..self.at];
+            // The value must end where a value may end, or `01` would be found as `0`.
+            self.skip_ws();
+            let last = match self.peek() {
+                Some(b',') => false,
+                Some(b'}') => true,
+                _ => return None,
+            };
+            self.at += 1;
+            for (slot, name) in found.iter_mut().zip(names) {
+                if slot.is_none() && unescaped_eq(key, key_escaped, name.as_bytes()) {
+                    *slot = Some(Field { raw, kind, escaped });
+                    missing -= 1;
+                }
+            }
+            if missing == 0 {
+                return Some(found);
+            }
+            if last {
+                return self.end().map(|()| found);
+            }
+        }
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.input.get(self.at).copied()
     }
 
-    #[cold]
-    fn unexpected(&self) -> ScanError {
-        unexpected_at(self.input, self.at)
+    #[inline]
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        if self.peek() != Some(byte) {
+            return None;
+        }
+        self.at += 1;
+        Some(())
     }
 
     #[inline]
@@ -335,78 +335,79 @@ impl Scanner<'_> {
     }
 
     /// After the top-level object: only blanks may follow.
-    fn end(&mut self) -> Result<(), ScanError> {
+    fn end(&mut self) -> Option<()> {
         self.skip_ws();
-        match self.peek() {
-            None => Ok(()),
-            Some(_) => Err(self.unexpected()),
-        }
+        (self.at == self.input.len()).then_some(())
     }
 
     /// One value of any kind; returns its kind and, for a string, whether it has escapes.
     #[inline]
-    fn value(&mut self) -> Result<(FieldKind, bool), ScanError> {
-        let kind = match self.peek() {
-            Some(b'"') => return Ok((FieldKind::String, self.string()?)),
-            Some(b'{') => {
-                self.nested()?;
-                FieldKind::Object
+    fn value(&mut self) -> Option<(FieldKind, bool)> {
+        let kind = match self.peek()? {
+            b'"' => {
+                self.at += 1;
+                return Some((FieldKind::String, self.string_rest()?));
             }
-            Some(b'[') => {
-                self.nested()?;
-                FieldKind::Array
-            }
-            Some(b't') => {
-                self.literal(b"true")?;
-                FieldKind::Bool
-            }
-            Some(b'f') => {
-                self.literal(b"false")?;
-                FieldKind::Bool
-            }
-            Some(b'n') => {
-                self.literal(b"null")?;
-                FieldKind::Null
-            }
-            Some(b'-' | b'0'..=b'9') => {
+            b'-' | b'0'..=b'9' => {
                 self.number()?;
                 FieldKind::Number
             }
-            _ => return Err(self.unexpected()),
+            b'{' => {
+                self.nested()?;
+                FieldKind::Object
+            }
+            b'[' => {
+                self.nested()?;
+                FieldKind::Array
+            }
+            b't' => {
+                self.literal(b"true")?;
+                FieldKind::Bool
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                FieldKind::Bool
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                FieldKind::Null
+            }
+            _ => return None,
         };
-        Ok((kind, false))
+        Some((kind, false))
     }
 
-    /// A string, `at` on its opening quote; returns whether it has escapes.
+    /// The rest of a string, `at` just past its opening quote; returns whether it has escapes.
     #[inline]
-    fn string(&mut self) -> Result<bool, ScanError> {
+    fn string_rest(&mut self) -> Option<bool> {
         let input = self.input;
-        let mut i = self.at + 1;
         let mut escaped = false;
         loop {
-            i = skip_plain_string_bytes(input, i);
-            match input.get(i) {
-                Some(b'"') => {
-                    self.at = i + 1;
-                    return Ok(escaped);
+            self.at = skip_plain_string_bytes(input, self.at);
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(escaped);
                 }
-                Some(b'\\') => {
+                b'\\' => {
                     escaped = true;
-                    match input.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                        Some(b'u') => {
-                            for j in i + 2..i + 6 {
-                                if !input.get(j).is_some_and(u8::is_ascii_hexdigit) {
-                                    return Err(unexpected_at(input, j));
+                    self.at += 1;
+                    match self.peek()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
+                        b'u' => {
+                            self.at += 1;
+                            for _ in 0..4 {
+                                if !self.peek()?.is_ascii_hexdigit() {
+                                    return None;
                                 }
+                                self.at += 1;
                             }
-                            i += 6;
                         }
-                        _ => return Err(unexpected_at(input, i + 1)),
+                        _ => return None,
                     }
                 }
-                // A control character, or the end of input.
-                _ => return Err(unexpected_at(input, i)),
+                // A control character.
+                _ => return None,
             }
         }
     }
@@ -414,63 +415,60 @@ impl Scanner<'_> {
     /// A nested object or array, `at` on its opening bracket. Brackets must match (checked
     /// for the first 64 levels); strings inside are skipped whole; other tokens are not
     /// checked. Iterative, so deep nesting cannot overflow the stack.
-    fn nested(&mut self) -> Result<(), ScanError> {
+    fn nested(&mut self) -> Option<()> {
         let mut depth = 0usize;
         // Which bracket opened each of the first 64 levels, innermost in bit 0 (1 = `{`).
         let mut opened_by_brace = 0u64;
         loop {
-            match self.peek() {
-                Some(b'"') => {
-                    self.string()?;
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    self.string_rest()?;
                     continue;
                 }
-                Some(c @ (b'{' | b'[')) => {
+                c @ (b'{' | b'[') => {
                     if depth < 64 {
                         opened_by_brace = (opened_by_brace << 1) | u64::from(c == b'{');
                     }
                     depth += 1;
                 }
-                Some(c @ (b'}' | b']')) => {
+                c @ (b'}' | b']') => {
                     if depth <= 64 {
                         if (opened_by_brace & 1 == 1) != (c == b'}') {
-                            return Err(self.unexpected());
+                            return None;
                         }
                         opened_by_brace >>= 1;
                     }
                     depth -= 1;
                     if depth == 0 {
                         self.at += 1;
-                        return Ok(());
+                        return Some(());
                     }
                 }
-                Some(_) => {}
-                None => return Err(self.unexpected()),
+                _ => {}
             }
             self.at += 1;
         }
     }
 
     #[inline]
-    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
-        for &expected in word {
-            if self.peek() != Some(expected) {
-                return Err(self.unexpected());
-            }
-            self.at += 1;
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        for &byte in word {
+            self.expect(byte)?;
         }
-        Ok(())
+        Some(())
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
     #[inline]
-    fn number(&mut self) -> Result<(), ScanError> {
+    fn number(&mut self) -> Option<()> {
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
-        match self.peek() {
-            Some(b'0') => self.at += 1,
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(self.unexpected()),
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
         }
         if self.peek() == Some(b'.') {
             self.at += 1;
@@ -483,7 +481,7 @@ impl Scanner<'_> {
             }
             self.digits1()?;
         }
-        Ok(())
+        Some(())
     }
 
     #[inline]
@@ -494,14 +492,12 @@ impl Scanner<'_> {
     }
 
     #[inline]
-    fn digits1(&mut self) -> Result<(), ScanError> {
-        match self.peek() {
-            Some(b'0'..=b'9') => {
-                self.digits();
-                Ok(())
-            }
-            _ => Err(self.unexpected()),
+    fn digits1(&mut self) -> Option<()> {
+        if !self.peek()?.is_ascii_digit() {
+            return None;
         }
+        self.digits();
+        Some(())
     }
 }
 
@@ -553,6 +549,7 @@ fn unexpected_at(input: &[u8], at: usize) -> ScanError {
 }
 
 /// Whether the contents of a JSON string (between its quotes) unescape to exactly `text`.
+#[inline]
 fn unescaped_eq(contents: &[u8], escaped: bool, text: &[u8]) -> bool {
     if !escaped {
         return contents == text;

@@ -185,11 +185,33 @@ pub struct StageStats {
     pub restarts: u64,
 }
 
-/// A record on its way through the chain.
-struct InFlight {
+/// Records between stages, in two parallel vectors so the records themselves move straight
+/// into the next stage's batch: `records[i]` descends from source record `meta[i].source`
+/// and is on route `meta[i].route` (`None`: not chosen yet, the default route).
+#[derive(Default)]
+struct Survivors {
+    meta: Vec<Meta>,
+    records: Vec<InputRecord>,
+}
+
+#[derive(Clone, Copy)]
+struct Meta {
     source: usize,
     route: Option<RouteId>,
-    record: InputRecord,
+}
+
+impl Survivors {
+    fn with_capacity(n: usize) -> Self {
+        Survivors {
+            meta: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, meta: Meta, record: InputRecord) {
+        self.meta.push(meta);
+        self.records.push(record);
+    }
 }
 
 struct StageSlot {
@@ -280,31 +302,38 @@ impl ChainRunner {
         records: Vec<InputRecord>,
     ) -> Result<Vec<Delivery>, StageLoadError> {
         let mut deliveries = Vec::new();
-        let mut current: Vec<InFlight> = records
-            .into_iter()
-            .enumerate()
-            .map(|(source, record)| InFlight {
-                source,
-                route: None,
-                record,
-            })
-            .collect();
+        let mut survivors = Survivors {
+            meta: (0..records.len())
+                .map(|source| Meta {
+                    source,
+                    route: None,
+                })
+                .collect(),
+            records,
+        };
         for index in 0..self.stages.len() {
-            if current.is_empty() {
+            if survivors.records.is_empty() {
                 break;
             }
-            current = self.run_stage(index, topic, partition, current, &mut deliveries)?;
+            survivors = self.run_stage(index, topic, partition, survivors, &mut deliveries)?;
         }
+        // Dead letters were added as they happened; the survivors come after them.
+        let needs_sort = !deliveries.is_empty();
         let default_route = self.spec.default_route;
-        deliveries.extend(current.into_iter().map(|f| Delivery {
-            source: f.source,
-            destination: Destination::Route {
-                route: f.route.unwrap_or(default_route),
-                record: f.record,
+        deliveries.reserve(survivors.records.len());
+        deliveries.extend(survivors.meta.into_iter().zip(survivors.records).map(
+            |(meta, record)| Delivery {
+                source: meta.source,
+                destination: Destination::Route {
+                    route: meta.route.unwrap_or(default_route),
+                    record,
+                },
             },
-        }));
-        // Stable: keeps the plugins' order within one source record.
-        deliveries.sort_by_key(|d| d.source);
+        ));
+        if needs_sort {
+            // Stable: keeps the plugins' order within one source record.
+            deliveries.sort_by_key(|d| d.source);
+        }
         Ok(deliveries)
     }
 
@@ -313,44 +342,36 @@ impl ChainRunner {
         index: usize,
         topic: &str,
         partition: i32,
-        inputs: Vec<InFlight>,
+        inputs: Survivors,
         deliveries: &mut Vec<Delivery>,
-    ) -> Result<Vec<InFlight>, StageLoadError> {
+    ) -> Result<Survivors, StageLoadError> {
         let spec = Arc::clone(&self.spec);
         let engine = Arc::clone(&self.engine);
         let slot = &mut self.stages[index];
-        slot.stats.records_in += inputs.len() as u64;
-
-        let mut meta = Vec::with_capacity(inputs.len());
-        let mut records = Vec::with_capacity(inputs.len());
-        for f in inputs {
-            meta.push((f.source, f.route));
-            records.push(f.record);
-        }
+        slot.stats.records_in += inputs.records.len() as u64;
+        let Survivors { meta, records } = inputs;
         let mut batch = RecordBatch {
             topic: topic.to_owned(),
             partition,
             records,
         };
 
-        let mut out = Vec::with_capacity(meta.len());
+        let mut out = Survivors::with_capacity(meta.len());
         let verdicts = slot.call(&engine, &batch)?.and_then(|verdicts| {
             check_verdicts(&verdicts, batch.records.len(), &spec, &slot.spec.limits)?;
             Ok(verdicts)
         });
         match verdicts {
             Ok(verdicts) => {
-                for ((verdict, record), (source, route)) in
-                    verdicts.into_iter().zip(batch.records).zip(meta)
-                {
+                for ((verdict, record), meta) in verdicts.into_iter().zip(batch.records).zip(meta) {
                     apply(
-                        slot, index, &spec, verdict, source, route, record, &mut out, deliveries,
+                        slot, index, &spec, verdict, meta, record, &mut out, deliveries,
                     );
                 }
             }
             Err(error) if batch.records.len() == 1 => {
                 slot.instance = None;
-                let (source, _) = meta[0];
+                let source = meta[0].source;
                 let record = batch.records.remove(0);
                 dead_letter(slot, index, source, error, record, deliveries);
             }
@@ -370,7 +391,7 @@ impl ChainRunner {
                     partition,
                     records: Vec::with_capacity(1),
                 };
-                for (record, (source, route)) in records.into_iter().zip(meta) {
+                for (record, meta) in records.into_iter().zip(meta) {
                     single.records.push(record);
                     let verdict = slot.call(&engine, &single)?.and_then(|mut verdicts| {
                         check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
@@ -383,18 +404,17 @@ impl ChainRunner {
                     };
                     match verdict {
                         Ok(verdict) => apply(
-                            slot, index, &spec, verdict, source, route, record, &mut out,
-                            deliveries,
+                            slot, index, &spec, verdict, meta, record, &mut out, deliveries,
                         ),
                         Err(error) => {
                             slot.instance = None;
-                            dead_letter(slot, index, source, error, record, deliveries);
+                            dead_letter(slot, index, meta.source, error, record, deliveries);
                         }
                     }
                 }
             }
         }
-        slot.stats.records_out += out.len() as u64;
+        slot.stats.records_out += out.records.len() as u64;
         Ok(out)
     }
 }
@@ -453,24 +473,22 @@ fn apply(
     stage: usize,
     spec: &ChainSpec,
     verdict: Verdict,
-    source: usize,
-    route: Option<RouteId>,
+    meta: Meta,
     record: InputRecord,
-    out: &mut Vec<InFlight>,
+    out: &mut Survivors,
     deliveries: &mut Vec<Delivery>,
 ) {
+    let source = meta.source;
     match verdict {
-        Verdict::Pass => out.push(InFlight {
-            source,
-            route,
-            record,
-        }),
+        Verdict::Pass => out.push(meta, record),
         Verdict::Route(name) => match spec.route_id(&name) {
-            Some(id) => out.push(InFlight {
-                source,
-                route: Some(id),
+            Some(id) => out.push(
+                Meta {
+                    source,
+                    route: Some(id),
+                },
                 record,
-            }),
+            ),
             None => dead_letter(
                 slot,
                 stage,
@@ -481,43 +499,40 @@ fn apply(
             ),
         },
         Verdict::Emit(outputs) => {
-            for output in outputs {
+            // Routes were checked by `check_verdicts`; resolve them all before moving
+            // anything, so that even a mistake there dead-letters the input instead of
+            // losing it.
+            let mut routes = Vec::with_capacity(outputs.len());
+            for output in &outputs {
+                match &output.route {
+                    None => routes.push(meta.route),
+                    Some(name) => match spec.route_id(name) {
+                        Some(id) => routes.push(Some(id)),
+                        None => {
+                            let error = unknown_route(spec, name);
+                            dead_letter(slot, stage, source, error, record, deliveries);
+                            return;
+                        }
+                    },
+                }
+            }
+            for (output, route) in outputs.into_iter().zip(routes) {
                 let OutputRecord {
-                    route: out_route,
                     key,
                     value,
                     headers,
+                    ..
                 } = output;
-                let route = match out_route {
-                    None => route,
-                    Some(name) => match spec.route_id(&name) {
-                        Some(id) => Some(id),
-                        // Checked before; kept so a mistake here can never lose a record.
-                        None => {
-                            let error = unknown_route(spec, &name);
-                            let copy = InputRecord {
-                                offset: record.offset,
-                                timestamp_ms: record.timestamp_ms,
-                                key: record.key.clone(),
-                                value: record.value.clone(),
-                                headers: record.headers.clone(),
-                            };
-                            dead_letter(slot, stage, source, error, copy, deliveries);
-                            continue;
-                        }
-                    },
-                };
-                out.push(InFlight {
-                    source,
-                    route,
-                    record: InputRecord {
+                out.push(
+                    Meta { source, route },
+                    InputRecord {
                         offset: record.offset,
                         timestamp_ms: record.timestamp_ms,
                         key,
                         value,
                         headers,
                     },
-                });
+                );
             }
         }
         Verdict::Drop => slot.stats.dropped += 1,
