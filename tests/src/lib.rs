@@ -122,7 +122,11 @@ pub fn event(i: u64) -> String {
     } else {
         TYPES[(i % 4) as usize]
     };
-    let priority = if i % 10 == 0 { "high" } else { "normal" };
+    let priority = if i.is_multiple_of(10) {
+        "high"
+    } else {
+        "normal"
+    };
     format!(
         concat!(
             r#"{{"event_id":"evt-{:012}","user_id":"user-{:05}","event_type":"{}","#,

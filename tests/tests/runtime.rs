@@ -621,7 +621,7 @@ fn init_error_fails_the_load_with_the_plugins_message() {
 #[test]
 fn bad_components_are_refused_with_a_reason() {
     let engine = engine();
-    let err = |bytes: &[u8]| engine.load(bytes).err().expect("must be refused");
+    let err = |bytes: &[u8]| engine.load(bytes).expect_err("must be refused");
     assert!(matches!(err(b"definitely not wasm"), LoadError::NotWasm));
     let core = wat::parse_str("(module)").expect("wat");
     assert!(matches!(err(&core), LoadError::CoreModule));

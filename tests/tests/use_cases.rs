@@ -128,7 +128,7 @@ fn validation_dead_letters_with_precise_reasons() {
         HostServices::default(),
     );
     let good = event(1);
-    let values = vec![
+    let values = [
         good.clone(),
         r#"{"event_id":"e","event_type":"click","timestamp":1}"#.to_string(),
         r#"{"event_id":"e","user_id":"u","event_type":"click","timestamp":"now"}"#.to_string(),

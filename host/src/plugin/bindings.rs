@@ -7,6 +7,8 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use exports::switchyard::plugin::transform::Guest as Transform;
-pub use switchyard::plugin::host::Level;
-pub use switchyard::plugin::types::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
+pub use self::exports::switchyard::plugin::transform::Guest as Transform;
+pub use self::switchyard::plugin::host::Level;
+pub use self::switchyard::plugin::types::{
+    Header, InputRecord, OutputRecord, RecordBatch, Verdict,
+};

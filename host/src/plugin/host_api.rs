@@ -7,7 +7,7 @@
 //! and random numbers work. Whatever the guest writes to stdout or stderr becomes host log
 //! lines tagged with the pipeline and stage.
 
-use super::bindings::{Level, switchyard};
+use super::bindings::{self, Level};
 use super::limits::MemoryLimiter;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -211,12 +211,12 @@ fn truncate_text(mut s: String) -> String {
             cut -= 1;
         }
         s.truncate(cut);
-        s.push_str("…");
+        s.push('…');
     }
     s
 }
 
-impl switchyard::plugin::host::Host for HostState {
+impl bindings::switchyard::plugin::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let message = truncate_text(message);
         let (pipeline, stage) = (&self.tags.pipeline, &self.tags.stage);
@@ -250,7 +250,7 @@ impl switchyard::plugin::host::Host for HostState {
     }
 }
 
-impl switchyard::plugin::types::Host for HostState {}
+impl bindings::switchyard::plugin::types::Host for HostState {}
 
 /// Line-buffered guest output that becomes host log lines.
 #[derive(Debug)]
