@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-GROUPS = [("noop", ["wasm"]), ("route", ["wasm", "native"]), ("validate", ["wasm", "native"])]
+GROUPS = [("noop", ["wasm"]), ("noop_unkeyed", ["wasm"]), ("route", ["wasm", "native"]), ("validate", ["wasm", "native"])]
 SIZES = [1, 16, 256]
 
 

@@ -2,7 +2,8 @@
 //! on realistic ~220-byte JSON events, next to the same plugin logic compiled natively with
 //! no WebAssembly (the floor), all in the same run:
 //!
-//! - `noop/wasm`: a plugin that passes everything: the cost of the boundary alone.
+//! - `noop/wasm`: a plugin that passes everything: the cost of the boundary alone, for
+//!   records with a key and a value and no headers; `noop_unkeyed/wasm`: the same without keys.
 //! - `route/wasm` vs `route/native`, `validate/wasm` vs `validate/native`.
 //!
 //! Run: `cargo bench -p switchyard-tests --bench plugin_throughput`, then
@@ -11,11 +12,9 @@
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
-use switchyard::plugin::{
-    ChainRunner, ChainSpec, HostServices, InputRecord, StageLimits, StageSpec,
-};
+use switchyard::plugin::{ChainRunner, ChainSpec, HostServices, InputRecord};
 use switchyard_plugin_sdk::{Batch, Config, Plugin, Record};
-use switchyard_tests::{engine, event, module};
+use switchyard_tests::{engine, event, stage};
 
 /// The same allocator as the `switchyard` binary, so the host side costs what it costs there.
 #[global_allocator]
@@ -25,15 +24,7 @@ const BATCH_SIZES: [usize; 3] = [1, 16, 256];
 const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
 
 fn wasm_runner(plugin: &str, config: &[(&str, &str)]) -> ChainRunner {
-    let stage = StageSpec {
-        name: plugin.into(),
-        module: module(plugin),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        limits: StageLimits::default(),
-    };
+    let stage = stage(plugin, plugin, config);
     let spec = ChainSpec::new(
         "bench",
         vec!["standard".into(), "urgent".into(), "errors".into()],
@@ -44,12 +35,12 @@ fn wasm_runner(plugin: &str, config: &[(&str, &str)]) -> ChainRunner {
     ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
 }
 
-fn host_records(n: usize) -> Vec<InputRecord> {
+fn host_records(n: usize, keyed: bool) -> Vec<InputRecord> {
     (0..n)
         .map(|i| InputRecord {
             offset: i as i64,
             timestamp_ms: Some(1_700_000_000_000),
-            key: Some(format!("user-{:05}", i % 10_000).into_bytes()),
+            key: keyed.then(|| format!("user-{:05}", i % 10_000).into_bytes()),
             value: Some(event(i as u64).into_bytes()),
             headers: Vec::new(),
         })
@@ -69,12 +60,14 @@ fn sdk_batch(n: usize) -> Batch {
     Batch::new("events", 0, records)
 }
 
-fn bench_wasm(c: &mut Criterion, group: &str, plugin: &str, config: &[(&str, &str)]) {
+/// `keyed`: records carry a key as well as a value (the realistic case); without one, each
+/// record crosses the boundary with one list, and so one guest allocation, fewer.
+fn bench_wasm(c: &mut Criterion, group: &str, plugin: &str, config: &[(&str, &str)], keyed: bool) {
     let mut g = c.benchmark_group(group);
     let mut runner = wasm_runner(plugin, config);
     for n in BATCH_SIZES {
         g.throughput(Throughput::Elements(n as u64));
-        let records = host_records(n);
+        let records = host_records(n, keyed);
         g.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
             b.iter_batched(
                 || records.clone(),
@@ -105,10 +98,11 @@ fn bench_native<P: Plugin>(c: &mut Criterion, group: &str, config: &[(&str, &str
 fn plugins(c: &mut Criterion) {
     let size = event(1).len();
     eprintln!("event size: {size} bytes, e.g. {}", event(1));
-    bench_wasm(c, "noop", "noop", &[]);
-    bench_wasm(c, "route", "route", &[]);
+    bench_wasm(c, "noop", "noop", &[], true);
+    bench_wasm(c, "noop_unkeyed", "noop", &[], false);
+    bench_wasm(c, "route", "route", &[], true);
     bench_native::<route::Route>(c, "route", &[]);
-    bench_wasm(c, "validate", "validate", &[("required", REQUIRED)]);
+    bench_wasm(c, "validate", "validate", &[("required", REQUIRED)], true);
     bench_native::<validate::Validate>(c, "validate", &[("required", REQUIRED)]);
 }
 

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use switchyard::plugin::{EngineConfig, InputRecord, PluginEngine, PluginModule};
+use switchyard::plugin::{
+    EngineConfig, InputRecord, PluginEngine, PluginModule, StageLimits, StageSpec,
+};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -100,6 +102,19 @@ pub fn module(name: &str) -> Arc<PluginModule> {
         .expect("module cache")
         .insert(name.into(), m.clone());
     m
+}
+
+/// A stage running an example plugin with this config and the default limits.
+pub fn stage(name: &str, plugin: &str, config: &[(&str, &str)]) -> StageSpec {
+    StageSpec {
+        name: name.into(),
+        module: module(plugin),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        limits: StageLimits::default(),
+    }
 }
 
 /// A record with this value and no key or headers.

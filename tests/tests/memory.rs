@@ -2,10 +2,8 @@
 //! is a process-wide figure: another test allocating at the same time would blur it.
 
 use std::sync::Arc;
-use switchyard::plugin::{
-    ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices, StageLimits, StageSpec,
-};
-use switchyard_tests::{engine, module, record};
+use switchyard::plugin::{ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices};
+use switchyard_tests::{engine, record, stage};
 
 fn run(chain: &mut ChainRunner, values: &[&str]) -> Vec<Delivery> {
     let records = values
@@ -28,14 +26,13 @@ fn dead_kind(d: &Delivery) -> Option<ErrorKind> {
 }
 
 fn misbehave() -> ChainRunner {
-    let stage = StageSpec {
-        name: "m".into(),
-        module: module("misbehave"),
-        config: Vec::new(),
-        limits: StageLimits::default(),
-    };
-    let spec = ChainSpec::new("test", vec!["standard".into()], "standard", vec![stage])
-        .expect("valid chain");
+    let spec = ChainSpec::new(
+        "test",
+        vec!["standard".into()],
+        "standard",
+        vec![stage("m", "misbehave", &[])],
+    )
+    .expect("valid chain");
     ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
 }
 

@@ -7,21 +7,9 @@ use switchyard::plugin::{
     ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, Header, HostServices, InputRecord,
     LoadError, MemoryTables, RouteId, StageLimits, StageSpec,
 };
-use switchyard_tests::{engine, module, record};
+use switchyard_tests::{engine, record, stage};
 
 const ROUTES: [&str; 4] = ["standard", "urgent", "errors", "other"];
-
-fn stage(name: &str, plugin: &str, config: &[(&str, &str)]) -> StageSpec {
-    StageSpec {
-        name: name.into(),
-        module: module(plugin),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        limits: StageLimits::default(),
-    }
-}
 
 fn chain_with(stages: Vec<StageSpec>, services: HostServices) -> ChainRunner {
     let spec = ChainSpec::new(

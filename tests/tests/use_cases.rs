@@ -4,25 +4,12 @@
 
 use std::sync::Arc;
 use switchyard::plugin::{
-    ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices, MemoryTables,
-    StageLimits, StageSpec,
+    ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices, MemoryTables, StageSpec,
 };
-use switchyard_tests::{engine, event, module, record};
+use switchyard_tests::{engine, event, record, stage};
 
 const ROUTES: [&str; 3] = ["standard", "urgent", "errors"];
 const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
-
-fn stage(name: &str, plugin: &str, config: &[(&str, &str)]) -> StageSpec {
-    StageSpec {
-        name: name.into(),
-        module: module(plugin),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        limits: StageLimits::default(),
-    }
-}
 
 fn users() -> HostServices {
     let mut tables = MemoryTables::empty();

@@ -399,9 +399,8 @@ impl ChainRunner {
                             .pop()
                             .ok_or_else(|| RecordError::bad_output("no verdict"))
                     });
-                    let Some(record) = single.records.pop() else {
-                        continue;
-                    };
+                    // The call only borrowed the batch: the record is still its one element.
+                    let record = single.records.swap_remove(0);
                     match verdict {
                         Ok(verdict) => apply(
                             slot, index, &spec, verdict, meta, record, &mut out, deliveries,
