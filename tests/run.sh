@@ -34,8 +34,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 plugins_cargo clippy --all-targets -- -D warnings
 plugins_cargo clippy --target wasm32-wasip2 -- -D warnings
 
+# Test output is also kept, to add up the counts of every run at the end.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
 step "plugin unit tests (native)"
-plugins_cargo test
+plugins_cargo test 2>&1 | tee -a "$results"
 
 step "workspace tests"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee -a "$results"
+
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"
