@@ -9,5 +9,8 @@
 //!
 //! - [`plugin`]: the sandboxed WebAssembly runtime: engine, limits, instances, the stage
 //!   chain and its failure isolation.
+//! - [`source`]: reading from Kafka; so far the offset tracker that decides what may be
+//!   committed.
 
 pub mod plugin;
+pub mod source;
