@@ -7,10 +7,12 @@
 //!                                                                  \-> dead-letter topic
 //! ```
 //!
+//! - [`config`]: the typed, strict configuration file.
 //! - [`plugin`]: the sandboxed WebAssembly runtime: engine, limits, instances, the stage
 //!   chain and its failure isolation.
 //! - [`source`]: reading from Kafka; so far the offset tracker that decides what may be
 //!   committed.
 
+pub mod config;
 pub mod plugin;
 pub mod source;
