@@ -89,7 +89,9 @@ impl PluginEngine {
             linker,
             max_memory_bytes: settings.max_memory_bytes,
         });
-        spawn_epoch_ticker(Arc::downgrade(&this));
+        // Without the ticker no call would ever time out: refuse to run that way.
+        spawn_epoch_ticker(Arc::downgrade(&this))
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
         Ok(this)
     }
 
@@ -147,8 +149,8 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn spawn_epoch_ticker(engine: Weak<PluginEngine>) {
-    let spawned = std::thread::Builder::new()
+fn spawn_epoch_ticker(engine: Weak<PluginEngine>) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("switchyard-epoch".into())
         .spawn(move || {
             loop {
@@ -158,11 +160,8 @@ fn spawn_epoch_ticker(engine: Weak<PluginEngine>) {
                     None => return,
                 }
             }
-        });
-    if let Err(error) = spawned {
-        // Without the ticker no call would ever time out; refuse to run that way.
-        panic!("cannot start the epoch ticker thread: {error}");
-    }
+        })
+        .map(drop)
 }
 
 /// A plugin version: the sha256 of the component's bytes, as lowercase hex.
