@@ -10,9 +10,12 @@
 //! - [`config`]: the typed, strict configuration file.
 //! - [`plugin`]: the sandboxed WebAssembly runtime: engine, limits, instances, the stage
 //!   chain and its failure isolation.
+//! - [`router`]: pure: a chain's deliveries -> outgoing records (topic, provenance and
+//!   dead-letter headers, or the JSON dead-letter envelope).
 //! - [`source`]: reading from Kafka; so far the offset tracker that decides what may be
 //!   committed.
 
 pub mod config;
 pub mod plugin;
+pub mod router;
 pub mod source;

@@ -1,0 +1,274 @@
+//! Where each delivery of the plugin chain is written, and what it looks like there.
+//!
+//! Pure: a [`Delivery`](crate::plugin::Delivery) and the pipeline's route table in, an
+//! [`Outgoing`] record out. No I/O, so every case is a row in a table test.
+//!
+//! - A routed record goes to its route's topic with its key, value, headers and the source
+//!   record's timestamp, plus provenance headers: `switchyard-pipeline` and
+//!   `switchyard-versions` (`stage=sha256,...`, the plugin version of every stage).
+//! - A dead-lettered record goes to the dead-letter topic. With [`DeadLetterFormat::Headers`]
+//!   it keeps its key, value, headers and timestamp and gains `switchyard-dlq-*` headers; with
+//!   [`DeadLetterFormat::JsonEnvelope`] its value becomes a JSON object (see
+//!   [`Router::dead_letter`]).
+
+use crate::config::DeadLetterFormat;
+use crate::plugin::{ChainSpec, DeadLetter, Destination, Header, InputRecord, RouteId};
+use base64::Engine as _;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Header naming the pipeline, on every record Switchyard writes.
+pub const PIPELINE_HEADER: &str = "switchyard-pipeline";
+/// Header listing `stage=plugin-sha256` for every stage, on every routed record.
+pub const VERSIONS_HEADER: &str = "switchyard-versions";
+/// Prefix of the dead-letter headers.
+pub const DLQ_PREFIX: &str = "switchyard-dlq-";
+
+/// A record ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Key (`None`: null key).
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: null value).
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order.
+    pub headers: Vec<Header>,
+    /// The source record's timestamp.
+    pub timestamp_ms: Option<i64>,
+    /// Whether this is a dead-letter record.
+    pub dead_letter: bool,
+}
+
+/// Where a batch came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// One pipeline's route table.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pipeline: String,
+    /// Topic of each route, indexed by [`RouteId`].
+    topics: Vec<Arc<str>>,
+    dead_letter_topic: Arc<str>,
+    format: DeadLetterFormat,
+    versions: Vec<u8>,
+}
+
+impl Router {
+    /// Builds the table. Every route the chain declares must have a topic.
+    pub fn new(
+        spec: &ChainSpec,
+        route_topics: &BTreeMap<String, String>,
+        dead_letter_topic: &str,
+        format: DeadLetterFormat,
+    ) -> Result<Self, String> {
+        let topics = spec
+            .routes()
+            .iter()
+            .map(|route| {
+                route_topics
+                    .get(route)
+                    .map(|t| Arc::from(t.as_str()))
+                    .ok_or_else(|| format!("route `{route}` has no topic"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let versions = spec
+            .stages()
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.module.version))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Router {
+            pipeline: spec.pipeline().to_owned(),
+            topics,
+            dead_letter_topic: Arc::from(dead_letter_topic),
+            format,
+            versions: versions.into_bytes(),
+        })
+    }
+
+    /// The outgoing record for one delivery. `now_ms` stamps dead letters.
+    pub fn route(&self, source: Source<'_>, destination: Destination, now_ms: i64) -> Outgoing {
+        match destination {
+            Destination::Route { route, record } => self.routed(route, record),
+            Destination::DeadLetter(dead) => self.dead_letter(source, dead, now_ms),
+        }
+    }
+
+    fn topic(&self, route: RouteId) -> Arc<str> {
+        // A RouteId comes from the same ChainSpec the table was built from, so it is always
+        // in range; an out-of-range one would be a host bug, and goes to the dead-letter
+        // topic rather than nowhere.
+        self.topics
+            .get(usize::from(route.0))
+            .cloned()
+            .unwrap_or_else(|| self.dead_letter_topic.clone())
+    }
+
+    fn routed(&self, route: RouteId, record: InputRecord) -> Outgoing {
+        let InputRecord {
+            timestamp_ms,
+            key,
+            value,
+            mut headers,
+            ..
+        } = record;
+        headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
+        headers.push(header(VERSIONS_HEADER, &self.versions));
+        Outgoing {
+            topic: self.topic(route),
+            key,
+            value,
+            headers,
+            timestamp_ms,
+            dead_letter: false,
+        }
+    }
+
+    /// A dead-letter record.
+    ///
+    /// Headers format: the record as the failing stage received it, plus
+    /// `switchyard-pipeline` and `switchyard-dlq-` `reason`, `kind`, `stage`,
+    /// `plugin-version`, `source-topic`, `source-partition`, `source-offset`, `timestamp`
+    /// (ms since the epoch, when it was dead-lettered).
+    ///
+    /// JSON envelope format: same key, headers and timestamp; the value is
+    /// `{"value": V, "value_encoding": E, "dlq_reason", "dlq_kind", "dlq_stage",
+    /// "dlq_plugin_version", "dlq_source_topic", "dlq_source_partition",
+    /// "dlq_source_offset", "dlq_timestamp"}` where V is the original value embedded as
+    /// JSON when it is valid JSON (E = `json`), as a string when it is other UTF-8
+    /// (`string`), as base64 otherwise (`base64`), or null for a null value (`null`).
+    pub fn dead_letter(&self, source: Source<'_>, dead: DeadLetter, now_ms: i64) -> Outgoing {
+        let DeadLetter {
+            stage_name,
+            version,
+            error,
+            record,
+            ..
+        } = dead;
+        let InputRecord {
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            mut headers,
+        } = record;
+        headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
+        let value = match self.format {
+            DeadLetterFormat::Headers => {
+                let fields: [(&str, String); 8] = [
+                    ("reason", error.message),
+                    ("kind", error.kind.as_str().to_owned()),
+                    ("stage", stage_name),
+                    ("plugin-version", version.0),
+                    ("source-topic", source.topic.to_owned()),
+                    ("source-partition", source.partition.to_string()),
+                    ("source-offset", offset.to_string()),
+                    ("timestamp", now_ms.to_string()),
+                ];
+                for (name, text) in fields {
+                    headers.push(header(&format!("{DLQ_PREFIX}{name}"), text.as_bytes()));
+                }
+                value
+            }
+            DeadLetterFormat::JsonEnvelope => {
+                let (embedded, encoding) = embed(value.as_deref());
+                let envelope = serde_json::json!({
+                    "value": embedded,
+                    "value_encoding": encoding,
+                    "dlq_reason": error.message,
+                    "dlq_kind": error.kind.as_str(),
+                    "dlq_stage": stage_name,
+                    "dlq_plugin_version": version.0,
+                    "dlq_source_topic": source.topic,
+                    "dlq_source_partition": source.partition,
+                    "dlq_source_offset": offset,
+                    "dlq_timestamp": now_ms,
+                });
+                Some(envelope.to_string().into_bytes())
+            }
+        };
+        Outgoing {
+            topic: self.dead_letter_topic.clone(),
+            key,
+            value,
+            headers,
+            timestamp_ms,
+            dead_letter: true,
+        }
+    }
+}
+
+fn header(key: &str, value: &[u8]) -> Header {
+    Header {
+        key: key.to_owned(),
+        value: Some(value.to_vec()),
+    }
+}
+
+/// The original value inside a JSON envelope, and how it was encoded.
+fn embed(value: Option<&[u8]>) -> (serde_json::Value, &'static str) {
+    let Some(bytes) = value else {
+        return (serde_json::Value::Null, "null");
+    };
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return (json, "json");
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (serde_json::Value::String(text.to_owned()), "string"),
+        Err(_) => (
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            "base64",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn embedding_picks_the_most_readable_encoding() {
+        let cases: [(Option<&[u8]>, serde_json::Value, &str); 5] = [
+            (None, serde_json::Value::Null, "null"),
+            (Some(br#"{"a":1}"#), serde_json::json!({"a": 1}), "json"),
+            (Some(b"42"), serde_json::json!(42), "json"),
+            (Some(b"not json"), serde_json::json!("not json"), "string"),
+            (Some(&[0xff, 0x00]), serde_json::json!("/wA="), "base64"),
+        ];
+        for (input, value, encoding) in cases {
+            assert_eq!(embed(input), (value, encoding), "{input:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the bytes, the envelope gives them back exactly.
+        #[test]
+        fn embedded_values_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let (value, encoding) = embed(Some(&bytes));
+            let back = match encoding {
+                "json" => serde_json::to_vec(&value).unwrap(),
+                "string" => value.as_str().unwrap().as_bytes().to_vec(),
+                "base64" => base64::engine::general_purpose::STANDARD
+                    .decode(value.as_str().unwrap())
+                    .unwrap(),
+                other => panic!("unexpected encoding {other}"),
+            };
+            if encoding == "json" {
+                // JSON is embedded as a value: equal as JSON, not byte for byte.
+                let original: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(&back).unwrap(), original);
+            } else {
+                prop_assert_eq!(back, bytes);
+            }
+        }
+    }
+}
