@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use switchyard::plugin::{
-    EngineConfig, InputRecord, PluginEngine, PluginModule, StageLimits, StageSpec,
+    ChainRunner, Delivery, EngineConfig, InputRecord, PluginEngine, PluginModule, StageLimits,
+    StageSpec,
 };
 
 /// The repository root.
@@ -115,6 +116,17 @@ pub fn stage(name: &str, plugin: &str, config: &[(&str, &str)]) -> StageSpec {
             .collect(),
         limits: StageLimits::default(),
     }
+}
+
+/// Runs `values` (record values, offsets 0..n) through `chain` as one batch from partition 0
+/// of topic `events`.
+pub fn run(chain: &mut ChainRunner, values: &[&str]) -> Vec<Delivery> {
+    let records = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i as i64, v.as_bytes()))
+        .collect();
+    chain.process("events", 0, records).expect("chain runs")
 }
 
 /// A record with this value and no key or headers.

@@ -3,16 +3,7 @@
 
 use std::sync::Arc;
 use switchyard::plugin::{ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, HostServices};
-use switchyard_tests::{engine, record, stage};
-
-fn run(chain: &mut ChainRunner, values: &[&str]) -> Vec<Delivery> {
-    let records = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i as i64, v.as_bytes()))
-        .collect();
-    chain.process("events", 0, records).expect("chain runs")
-}
+use switchyard_tests::{engine, run, stage};
 
 fn is_routed(d: &Delivery) -> bool {
     matches!(d.destination, Destination::Route { .. })

@@ -7,7 +7,7 @@ use switchyard::plugin::{
     ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, Header, HostServices, InputRecord,
     LoadError, MemoryTables, RouteId, StageLimits, StageSpec,
 };
-use switchyard_tests::{engine, record, stage};
+use switchyard_tests::{engine, record, run, stage};
 
 const ROUTES: [&str; 4] = ["standard", "urgent", "errors", "other"];
 
@@ -34,15 +34,6 @@ fn misbehave_with(limits: StageLimits) -> ChainRunner {
     let mut s = stage("m", "misbehave", &[]);
     s.limits = limits;
     chain(vec![s])
-}
-
-fn run(chain: &mut ChainRunner, values: &[&str]) -> Vec<Delivery> {
-    let records = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i as i64, v.as_bytes()))
-        .collect();
-    chain.process("events", 3, records).expect("chain runs")
 }
 
 fn route_of(d: &Delivery) -> Option<RouteId> {
