@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use switchyard::plugin::{EngineConfig, PluginEngine};
 
 /// mimalloc rather than the system allocator: the hot path allocates and frees every record's
-/// bytes, and glibc's heap trimming turned that into page faults (measured in
-/// tests/benches/plugin_throughput.rs, which uses the same allocator).
+/// bytes, and in a profile glibc's heap trimming turned that into page faults. The plugin
+/// benchmark (tests/benches/plugin_throughput.rs) uses the same allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
