@@ -36,8 +36,17 @@ use std::path::{Path, PathBuf};
 
 /// Default number of records handed to the plugin chain at once.
 pub const DEFAULT_BATCH_SIZE: usize = 256;
-/// Default longest wait to fill a batch, in milliseconds.
-pub const DEFAULT_BATCH_WAIT_MS: u64 = 5;
+/// Default longest wait to fill a batch, in milliseconds. Zero: a worker takes whatever is
+/// queued (up to the batch size) and runs it at once; under load batches fill by themselves
+/// because records queue while the previous batch runs, and at a trickle no record waits.
+pub const DEFAULT_BATCH_WAIT_MS: u64 = 0;
+/// Default bound on records taken from Kafka but not yet finished (every output acknowledged).
+/// Above it the consumer pauses its partitions; below half of it, it resumes.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
+/// Default longest wait for in-flight records on shutdown or when partitions are revoked.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Default interval between offset commits.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 200;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +57,23 @@ pub struct Config {
     /// One or more pipelines.
     #[serde(rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    /// Lookup tables plugins read with `host::lookup`.
+    #[serde(rename = "table", default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// A lookup table loaded from a JSON Lines file at start-up: each line a JSON object, keyed by
+/// the value of `key_field` (a string, or a number in its JSON text form); the value a plugin
+/// sees is the whole line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Name plugins use in `lookup(table, key)`.
+    pub name: String,
+    /// JSON Lines file, relative to the config file's directory.
+    pub path: PathBuf,
+    /// Top-level field holding each row's key.
+    pub key_field: String,
 }
 
 /// Kafka connection and client settings.
@@ -136,9 +162,23 @@ pub struct PipelineConfig {
     /// Records per plugin call (default 256).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Longest wait to fill a batch, in milliseconds (default 5).
+    /// Longest wait to fill a batch, in milliseconds (default 0: run what is queued at once).
     #[serde(default = "default_batch_wait_ms")]
     pub batch_wait_ms: u64,
+    /// Worker threads running the chain (default: one per CPU). All records of a partition go
+    /// to the same worker, so order within a partition is kept.
+    pub workers: Option<usize>,
+    /// Records taken from Kafka and not yet finished above which the consumer pauses
+    /// (default 20000).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest wait for in-flight records when partitions are revoked or on shutdown, in
+    /// milliseconds (default 10000). Records still in flight then are delivered again later.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// Interval between offset commits, in milliseconds (default 200).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
     /// The stage chain, in order; at least one.
     #[serde(rename = "stage", default)]
     pub stages: Vec<StageConfig>,
@@ -171,6 +211,15 @@ fn default_batch_size() -> usize {
 }
 fn default_batch_wait_ms() -> u64 {
     DEFAULT_BATCH_WAIT_MS
+}
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_drain_timeout_ms() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT_MS
+}
+fn default_commit_interval_ms() -> u64 {
+    DEFAULT_COMMIT_INTERVAL_MS
 }
 
 /// A config that cannot be used. The message names the file, the key, and where possible the
@@ -208,6 +257,11 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
         config.expand_env(env)?;
+        for table in &mut config.tables {
+            if table.path.is_relative() {
+                table.path = base.join(&table.path);
+            }
+        }
         for pipeline in &mut config.pipelines {
             for stage in &mut pipeline.stages {
                 if stage.plugin.is_relative() {
@@ -240,6 +294,32 @@ impl Config {
         }
         if self.pipelines.is_empty() {
             return err("no [[pipeline]] is configured".into());
+        }
+        for (section, map) in [
+            ("kafka.consumer", &self.kafka.consumer),
+            ("kafka.producer", &self.kafka.producer),
+        ] {
+            for key in map.keys() {
+                if let Some(why) = reserved_client_key(key) {
+                    return err(format!("{section}.\"{key}\": {why}"));
+                }
+            }
+        }
+        let mut table_names = std::collections::HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let at = format!("table[{i}] ({})", t.name);
+            if t.name.trim().is_empty() {
+                return err(format!("table[{i}].name is empty"));
+            }
+            if !table_names.insert(t.name.as_str()) {
+                return err(format!("{at}: the name {:?} is used by two tables", t.name));
+            }
+            if t.key_field.trim().is_empty() {
+                return err(format!("{at}.key_field is empty"));
+            }
+            if !t.path.is_file() {
+                return err(format!("{at}.path: no such file {}", t.path.display()));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -296,6 +376,21 @@ impl Config {
                     p.batch_size
                 ));
             }
+            if p.workers == Some(0) || p.workers.is_some_and(|w| w > 256) {
+                return err(format!(
+                    "{at}.workers must be between 1 and 256, not {}",
+                    p.workers.unwrap_or(0)
+                ));
+            }
+            if p.max_in_flight < p.batch_size {
+                return err(format!(
+                    "{at}.max_in_flight ({}) must be at least batch_size ({})",
+                    p.max_in_flight, p.batch_size
+                ));
+            }
+            if p.commit_interval_ms == 0 {
+                return err(format!("{at}.commit_interval_ms must be above 0"));
+            }
             if p.stages.is_empty() {
                 return err(format!("{at}: add at least one [[pipeline.stage]]"));
             }
@@ -314,6 +409,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Client settings Switchyard owns: setting them would break at-least-once delivery or the
+/// pipeline's own settings.
+fn reserved_client_key(key: &str) -> Option<&'static str> {
+    match key {
+        "enable.auto.commit" | "enable.auto.offset.store" => Some(
+            "Switchyard commits offsets itself, only after every output is acknowledged; remove this key",
+        ),
+        "group.id" => Some("set the consumer group with the pipeline's `group` key"),
+        "auto.offset.reset" => Some("set the start position with the pipeline's `start` key"),
+        "bootstrap.servers" | "metadata.broker.list" => Some("set the brokers with kafka.brokers"),
+        "transactional.id" => Some("transactions are not supported; Switchyard is at least once"),
+        _ => None,
     }
 }
 

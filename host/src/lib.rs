@@ -16,6 +16,11 @@
 //!   committed.
 
 pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
+pub mod ring;
 pub mod router;
+pub mod sink;
 pub mod source;

@@ -158,21 +158,79 @@ impl Router {
             timestamp_ms,
             key,
             value,
-            mut headers,
+            headers,
         } = record;
+        let why = Why {
+            reason: error.message,
+            kind: error.kind.as_str(),
+            stage: Some((stage_name, version.0)),
+            topic: source.topic,
+            partition: source.partition,
+            offset,
+            now_ms,
+        };
+        self.dead_letter_record(why, key, value, headers, timestamp_ms)
+    }
+
+    /// The dead-letter record for an output the broker would not take (too large, topic
+    /// missing, not authorized): kind `undeliverable`, no stage. `out` is the record as it
+    /// was to be written; its Switchyard headers are replaced. `at` is the source record.
+    pub fn undeliverable(
+        &self,
+        at: SourceOffset<'_>,
+        out: Outgoing,
+        reason: String,
+        now_ms: i64,
+    ) -> Outgoing {
+        let Outgoing {
+            key,
+            value,
+            mut headers,
+            timestamp_ms,
+            ..
+        } = out;
+        headers.retain(|h| h.key != PIPELINE_HEADER && h.key != VERSIONS_HEADER);
+        let why = Why {
+            reason,
+            kind: UNDELIVERABLE,
+            stage: None,
+            topic: at.topic,
+            partition: at.partition,
+            offset: at.offset,
+            now_ms,
+        };
+        self.dead_letter_record(why, key, value, headers, timestamp_ms)
+    }
+
+    fn dead_letter_record(
+        &self,
+        why: Why<'_>,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        mut headers: Vec<Header>,
+        timestamp_ms: Option<i64>,
+    ) -> Outgoing {
         headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
+        let (stage, version) = match &why.stage {
+            Some((stage, version)) => (Some(stage.as_str()), Some(version.as_str())),
+            None => (None, None),
+        };
         let value = match self.format {
             DeadLetterFormat::Headers => {
-                let fields: [(&str, String); 8] = [
-                    ("reason", error.message),
-                    ("kind", error.kind.as_str().to_owned()),
-                    ("stage", stage_name),
-                    ("plugin-version", version.0),
-                    ("source-topic", source.topic.to_owned()),
-                    ("source-partition", source.partition.to_string()),
-                    ("source-offset", offset.to_string()),
-                    ("timestamp", now_ms.to_string()),
+                let mut fields: Vec<(&str, String)> = vec![
+                    ("reason", why.reason),
+                    ("kind", why.kind.to_owned()),
                 ];
+                if let (Some(stage), Some(version)) = (stage, version) {
+                    fields.push(("stage", stage.to_owned()));
+                    fields.push(("plugin-version", version.to_owned()));
+                }
+                fields.extend([
+                    ("source-topic", why.topic.to_owned()),
+                    ("source-partition", why.partition.to_string()),
+                    ("source-offset", why.offset.to_string()),
+                    ("timestamp", why.now_ms.to_string()),
+                ]);
                 for (name, text) in fields {
                     headers.push(header(&format!("{DLQ_PREFIX}{name}"), text.as_bytes()));
                 }
@@ -183,14 +241,14 @@ impl Router {
                 let envelope = serde_json::json!({
                     "value": embedded,
                     "value_encoding": encoding,
-                    "dlq_reason": error.message,
-                    "dlq_kind": error.kind.as_str(),
-                    "dlq_stage": stage_name,
-                    "dlq_plugin_version": version.0,
-                    "dlq_source_topic": source.topic,
-                    "dlq_source_partition": source.partition,
-                    "dlq_source_offset": offset,
-                    "dlq_timestamp": now_ms,
+                    "dlq_reason": why.reason,
+                    "dlq_kind": why.kind,
+                    "dlq_stage": stage,
+                    "dlq_plugin_version": version,
+                    "dlq_source_topic": why.topic,
+                    "dlq_source_partition": why.partition,
+                    "dlq_source_offset": why.offset,
+                    "dlq_timestamp": why.now_ms,
                 });
                 Some(envelope.to_string().into_bytes())
             }
@@ -204,6 +262,32 @@ impl Router {
             dead_letter: true,
         }
     }
+}
+
+/// The error kind of a record the broker would not take.
+pub const UNDELIVERABLE: &str = "undeliverable";
+
+/// A source record's position.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceOffset<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+/// Why and from where a record is dead-lettered.
+struct Why<'a> {
+    reason: String,
+    kind: &'a str,
+    /// Failing stage and its plugin version; none for a record the broker refused.
+    stage: Option<(String, String)>,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    now_ms: i64,
 }
 
 fn header(key: &str, value: &[u8]) -> Header {

@@ -1,3 +1,219 @@
-//! Reading from Kafka. So far: the offset tracker that decides what may be committed.
+//! Reading from Kafka: the consumer, its rebalance handling, and which offsets may be
+//! committed.
+//!
+//! - [`offsets`]: one partition's in-flight records and its commit position.
+//! - [`tracker`]: every assigned partition's, shared with the workers and the producer.
+//! - [`SourceContext`]: the consumer's callbacks. On an assignment it starts tracking the
+//!   partitions (placing them at the start timestamp when the group has no offset); on a
+//!   revocation it waits (bounded) for their in-flight records to finish, commits them, and
+//!   stops tracking them, so the next owner starts right after what this process finished.
 
 pub mod offsets;
+pub mod tracker;
+
+use crate::config::StartPosition;
+use crate::kafka;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tracker::Tracker;
+
+/// The consumer's callbacks.
+pub struct SourceContext {
+    pipeline: String,
+    tracker: Arc<Tracker>,
+    start: StartPosition,
+    drain_timeout: Duration,
+    /// Set by each assignment; the poll loop re-applies a pause to the new partitions.
+    pub assignment_changed: AtomicBool,
+}
+
+/// How long a metadata request made from a callback may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SourceContext {
+    /// Callbacks for one pipeline's consumer.
+    pub fn new(
+        pipeline: &str,
+        tracker: Arc<Tracker>,
+        start: StartPosition,
+        drain_timeout: Duration,
+    ) -> Self {
+        SourceContext {
+            pipeline: pipeline.to_owned(),
+            tracker,
+            start,
+            drain_timeout,
+            assignment_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Places partitions the group has no offset for at the first record at or after `ts`.
+    fn place_at_timestamp(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        ts: i64,
+    ) -> KafkaResult<()> {
+        let committed = consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT)?;
+        let mut wanted = TopicPartitionList::new();
+        for e in committed.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                wanted.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ts))?;
+            }
+        }
+        if wanted.count() == 0 {
+            return Ok(());
+        }
+        let found = consumer.offsets_for_times(wanted, REQUEST_TIMEOUT)?;
+        for e in found.elements() {
+            // No record at or after the time: start at the end, as for `latest`.
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::End,
+            };
+            tpl.set_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the revoked partitions' in-flight records, then commits them.
+    fn drain(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let started = Instant::now();
+        let deadline = started + self.drain_timeout;
+        let mut left = self.tracker.in_flight_of(partitions);
+        while left > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            left = self.tracker.in_flight_of(partitions);
+        }
+        if left > 0 {
+            tracing::warn!(
+                pipeline = %self.pipeline, in_flight = left, timeout_ms = self.drain_timeout.as_millis() as u64,
+                "Partitions revoked before their records finished; those will be delivered again."
+            );
+        }
+        commit_sync(
+            consumer,
+            &self.pipeline,
+            &self.tracker.committable_of(partitions),
+        );
+        tracing::info!(
+            pipeline = %self.pipeline, partitions = partitions.len(),
+            drain_ms = started.elapsed().as_millis() as u64, "Partitions revoked."
+        );
+    }
+}
+
+/// Commits offsets and waits for the broker's answer.
+pub fn commit_sync<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    pipeline: &str,
+    offsets: &[(String, i32, i64)],
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(pipeline, error = %e, "Cannot list an offset to commit.");
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+        tracing::warn!(pipeline, error = %e, "Offset commit failed; those records will be delivered again.");
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka::log(&self.pipeline, level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(pipeline = %self.pipeline, error = %error, reason, "Consumer error.");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let StartPosition::Timestamp(ts) = self.start
+                    && let Err(e) = self.place_at_timestamp(consumer, tpl, ts)
+                {
+                    tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot find offsets for the start timestamp; starting from the earliest.");
+                }
+                let partitions = partitions_of(tpl);
+                for (topic, partition) in &partitions {
+                    self.tracker.assign(topic, *partition);
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "Cannot take the assigned partitions.");
+                }
+                self.assignment_changed.store(true, Ordering::Release);
+                tracing::info!(pipeline = %self.pipeline, partitions = ?partitions, "Partitions assigned.");
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                if consumer.assignment_lost() {
+                    tracing::warn!(pipeline = %self.pipeline, "Assignment lost (session timed out); in-flight records will be delivered again by the new owner.");
+                } else {
+                    self.drain(consumer, &partitions);
+                }
+                for (topic, partition) in &partitions {
+                    self.tracker.revoke(topic, *partition);
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "Cannot give up the revoked partitions.");
+                }
+            }
+            other => {
+                tracing::error!(pipeline = %self.pipeline, error = ?other, "Rebalance error; dropping the assignment.");
+                self.tracker.revoke_all();
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "Cannot drop the assignment.");
+                }
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::warn!(pipeline = %self.pipeline, error = %e, "Offset commit failed; retrying at the next commit.");
+        }
+        for e in offsets.elements() {
+            if let Offset::Offset(offset) = e.offset() {
+                self.tracker
+                    .commit_result(e.topic(), e.partition(), offset, ok);
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! What the consumer and producer share: client settings with Switchyard's defaults, librdkafka
+//! logs routed to `tracing`, and conversions between Kafka headers and the plugin's.
+//!
+//! # Defaults
+//!
+//! Chosen for sub-second delivery without giving up safety. Every one can be overridden in
+//! `[kafka.consumer]` / `[kafka.producer]` under its librdkafka name.
+//!
+//! | client   | setting              | default           | why |
+//! |----------|----------------------|-------------------|-----|
+//! | consumer | `fetch.wait.max.ms`  | `10`              | a fetch returns within 10 ms even when the broker holds it (librdkafka: 500) |
+//! | consumer | `session.timeout.ms` | `10000`           | a dead router's partitions move to the others within 10 s (librdkafka: 45000) |
+//! | producer | `enable.idempotence` | `true`            | broker retries neither duplicate nor reorder; implies `acks=all` |
+//! | producer | `acks`               | `all`             | an output counts as written only when every in-sync replica has it |
+//! | producer | `linger.ms`          | `1`               | batch for 1 ms at most (librdkafka: 5) |
+//! | producer | `partitioner`        | `murmur2_random`  | same key -> same partition as the Java client |
+//!
+//! Set by Switchyard and refused in the config: `bootstrap.servers` (from `kafka.brokers`),
+//! `group.id` (the pipeline's `group`), `auto.offset.reset` (its `start`),
+//! `enable.auto.commit` and `enable.auto.offset.store` (always off: offsets are committed
+//! only after every output of a record is acknowledged).
+
+use crate::config::{KafkaConfig, PipelineConfig, StartPosition};
+use crate::plugin::Header;
+use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::message::{Header as KafkaHeader, Headers, OwnedHeaders};
+
+/// Consumer settings for one pipeline.
+pub fn consumer_config(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    let reset = match pipeline.start {
+        StartPosition::Latest => "latest",
+        // A timestamp start seeks each partition without a committed offset on assignment;
+        // `earliest` only covers a partition the seek could not place.
+        StartPosition::Earliest | StartPosition::Timestamp(_) => "earliest",
+    };
+    config
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .set("client.id", format!("switchyard-{}", pipeline.name));
+    for (key, value) in &kafka.consumer {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", pipeline.group())
+        .set("auto.offset.reset", reset)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set_log_level(RDKafkaLogLevel::Info);
+    config
+}
+
+/// Producer settings for one pipeline.
+pub fn producer_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .set("client.id", format!("switchyard-{pipeline}"));
+    for (key, value) in &kafka.producer {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set_log_level(RDKafkaLogLevel::Info);
+    config
+}
+
+/// librdkafka's log lines as `tracing` events.
+pub fn log(pipeline: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", pipeline, facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", pipeline, facility, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", pipeline, facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", pipeline, facility, "{message}")
+        }
+    }
+}
+
+/// A Kafka message's headers as the plugin sees them.
+pub fn headers_from_kafka(headers: Option<&impl Headers>) -> Vec<Header> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .map(|h| Header {
+            key: h.key.to_owned(),
+            value: h.value.map(<[u8]>::to_vec),
+        })
+        .collect()
+}
+
+/// Plugin headers as Kafka headers.
+pub fn headers_to_kafka(headers: &[Header]) -> OwnedHeaders {
+    headers
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, h| {
+            acc.insert(KafkaHeader {
+                key: &h.key,
+                value: h.value.as_deref(),
+            })
+        })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

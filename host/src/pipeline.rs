@@ -1,0 +1,502 @@
+//! One pipeline, wired: consumer -> ring -> workers (plugin chain, router) -> producer.
+//!
+//! # States
+//!
+//! ```text
+//! running --(stop requested)--> draining --(in flight = 0, or drain timeout)--> committed, closed
+//! running --(fatal error)-----> draining ------------------------------------> closed, error
+//! ```
+//!
+//! - **running**: the consumer thread (the caller of [`Pipeline::run`]) polls, tracks each
+//!   record and pushes it to its partition's worker; it pauses every partition while more than
+//!   `max_in_flight` records are unfinished and resumes below half of that; every
+//!   `commit_interval_ms` it commits each partition's highest contiguous finished offset.
+//! - **draining**: no new record is taken (one already fetched is left for the next reader);
+//!   the consumer keeps polling so the group and commit callbacks are served, until every
+//!   in-flight record is finished or `drain_timeout_ms` passes; then a final synchronous commit.
+//!
+//! A fatal error (a stage that cannot be instantiated, librdkafka's fatal producer error)
+//! leaves the affected records unfinished, so they are never committed past, and ends `run`
+//! with that error.
+
+use crate::config::{Config, KafkaConfig, PipelineConfig, TableConfig};
+use crate::kafka::{self, now_ms};
+use crate::metrics::{Health, PipelineCounters};
+use crate::plugin::{
+    ChainRunner, ChainSpec, HostServices, InputRecord, MemoryTables, PluginCounters,
+    PluginEngine, StageSpec,
+};
+use crate::ring::{Job, Lane, Ring};
+use crate::router::{Router, Source};
+use crate::sink::{Pending, Sink, Ticket};
+use crate::source::tracker::{PartitionHandle, Tracker};
+use crate::source::{SourceContext, commit_sync};
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What a running pipeline shares with whoever watches it (the admin API, tests).
+#[derive(Debug, Default)]
+pub struct PipelineStatus {
+    /// Every assigned partition's in-flight records and commit position.
+    pub tracker: Arc<Tracker>,
+    /// Whether it can make progress.
+    pub health: Arc<Health>,
+    /// Running totals.
+    pub counters: Arc<PipelineCounters>,
+}
+
+/// A pipeline ready to run: its plugins are loaded and their `init` succeeded.
+pub struct Pipeline {
+    kafka: KafkaConfig,
+    config: PipelineConfig,
+    engine: Arc<PluginEngine>,
+    spec: Arc<ChainSpec>,
+    router: Router,
+    services: HostServices,
+    status: Arc<PipelineStatus>,
+}
+
+impl Pipeline {
+    /// Loads and type-checks every stage's plugin and runs its `init` once, so a bad plugin
+    /// or config fails here, before anything is read from Kafka.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        kafka: &KafkaConfig,
+        config: &PipelineConfig,
+        services: HostServices,
+    ) -> anyhow::Result<Pipeline> {
+        let stages = config
+            .stages
+            .iter()
+            .map(|stage| {
+                let module = engine.load_file(&stage.plugin).with_context(|| {
+                    format!("pipeline {}, stage {}", config.name, stage.name)
+                })?;
+                Ok(StageSpec {
+                    name: stage.name.clone(),
+                    module,
+                    config: stage
+                        .config
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    limits: stage.limits.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let routes: Vec<String> = config.routes.keys().cloned().collect();
+        let spec = Arc::new(
+            ChainSpec::new(&config.name, routes, &config.default_route, stages)
+                .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?,
+        );
+        let router = Router::new(
+            &spec,
+            &config.routes,
+            &config.dead_letter_topic,
+            config.dead_letter_format,
+        )
+        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
+        // One throwaway chain: every stage's init runs now, with its real config.
+        ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
+        Ok(Pipeline {
+            kafka: kafka.clone(),
+            config: config.clone(),
+            engine,
+            spec,
+            router,
+            services,
+            status: Arc::new(PipelineStatus::default()),
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The chain it runs.
+    pub fn spec(&self) -> &Arc<ChainSpec> {
+        &self.spec
+    }
+
+    /// Its live status.
+    pub fn status(&self) -> Arc<PipelineStatus> {
+        self.status.clone()
+    }
+
+    /// Runs until `stop` is set (then drains, commits and returns `Ok`) or a fatal error.
+    /// The calling thread becomes the consumer thread.
+    pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let name = self.config.name.clone();
+        let status = self.status.clone();
+        let sink = Sink::start(
+            &kafka::producer_config(&self.kafka, &name),
+            &name,
+            self.router.clone(),
+            status.tracker.clone(),
+            status.health.clone(),
+            status.counters.clone(),
+        )?;
+        let workers = self.config.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let (ring, lanes) = Ring::new(workers, self.config.max_in_flight);
+        let mut threads = Vec::with_capacity(workers);
+        for (i, lane) in lanes.into_iter().enumerate() {
+            let runner =
+                ChainRunner::new(self.engine.clone(), self.spec.clone(), self.services.clone())?;
+            let worker = Worker {
+                lane,
+                runner,
+                router: self.router.clone(),
+                sink: sink.sink.clone(),
+                status: status.clone(),
+                batch_size: self.config.batch_size,
+                batch_wait: Duration::from_millis(self.config.batch_wait_ms),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-worker-{i}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let result = self.consume(ring, &sink.sink, stop);
+        // The ring was dropped by `consume`: workers finish their batch and exit.
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!(pipeline = %name, "A worker panicked.");
+            }
+        }
+        sink.close(Duration::from_millis(self.config.drain_timeout_ms));
+        tracing::info!(pipeline = %name, counters = ?status.counters.snapshot(), "Pipeline stopped.");
+        result
+    }
+
+    fn consume(&self, ring: Ring, sink: &Sink, stop: &AtomicBool) -> anyhow::Result<()> {
+        let name = &self.config.name;
+        let status = &self.status;
+        let tracker = &status.tracker;
+        let context = SourceContext::new(
+            name,
+            tracker.clone(),
+            self.config.start,
+            Duration::from_millis(self.config.drain_timeout_ms),
+        );
+        let consumer: BaseConsumer<SourceContext> =
+            kafka::consumer_config(&self.kafka, &self.config)
+                .create_with_context(context)
+                .with_context(|| format!("pipeline {name}: cannot create the consumer"))?;
+        match &self.config.topic_pattern {
+            Some(pattern) => {
+                // librdkafka treats a subscription starting with `^` as a regex.
+                let regex = if pattern.starts_with('^') {
+                    pattern.clone()
+                } else {
+                    format!("^.*{pattern}")
+                };
+                consumer.subscribe(&[&regex])
+            }
+            None => {
+                let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics)
+            }
+        }
+        .with_context(|| format!("pipeline {name}: cannot subscribe"))?;
+        tracing::info!(pipeline = %name, group = %self.config.group(), "Pipeline running.");
+
+        let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
+        let max_in_flight = self.config.max_in_flight;
+        let mut paused = false;
+        let mut last_commit = Instant::now();
+        let mut fatal = None;
+        while !stop.load(Ordering::Acquire) {
+            if let Some(why) = sink.fatal_error() {
+                status.health.fail(format!("producer: {why}"));
+            }
+            if let Some(why) = status.health.fatal() {
+                fatal = Some(why);
+                break;
+            }
+            let in_flight = tracker.in_flight();
+            let reassigned = consumer
+                .context()
+                .assignment_changed
+                .swap(false, Ordering::AcqRel);
+            if (!paused && in_flight >= max_in_flight) || (paused && reassigned) {
+                set_paused(&consumer, name, true);
+                paused = true;
+            } else if paused && in_flight <= max_in_flight / 2 {
+                set_paused(&consumer, name, false);
+                paused = false;
+            }
+            match consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(message)) => {
+                    let Some(handle) =
+                        tracker.track(message.topic(), message.partition(), message.offset())
+                    else {
+                        continue;
+                    };
+                    PipelineCounters::add(&status.counters.consumed, 1);
+                    let record = InputRecord {
+                        offset: message.offset(),
+                        timestamp_ms: message.timestamp().to_millis(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        headers: kafka::headers_from_kafka(message.headers()),
+                    };
+                    if ring.push(Job { handle, record }).is_err() {
+                        status.health.fail("the workers stopped".into());
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(pipeline = %name, error = %e, "Consumer error.");
+                }
+                None => {}
+            }
+            if last_commit.elapsed() >= commit_interval {
+                commit_async(&consumer, name, status);
+                last_commit = Instant::now();
+            }
+        }
+
+        // Draining.
+        tracing::info!(pipeline = %name, in_flight = tracker.in_flight(), "Draining.");
+        set_paused(&consumer, name, true);
+        let deadline = Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
+        while tracker.in_flight() > 0 && Instant::now() < deadline && fatal.is_none() {
+            // Records fetched now are not taken: they stay uncommitted for the next reader.
+            let _ = consumer.poll(Duration::from_millis(10));
+            if let Some(why) = status.health.fatal() {
+                fatal = Some(why);
+            }
+        }
+        let left = tracker.in_flight();
+        if left > 0 {
+            tracing::warn!(pipeline = %name, in_flight = left, "Stopped before every record finished; those will be delivered again.");
+        }
+        if status.health.dead_letter_failing.load(Ordering::Acquire) {
+            tracing::error!(pipeline = %name, "Not committing: dead-letter writes are failing.");
+        } else {
+            let all: Vec<(String, i32)> = tracker
+                .partitions()
+                .into_iter()
+                .map(|p| (p.topic, p.partition))
+                .collect();
+            commit_sync(&consumer, name, &tracker.committable_of(&all));
+        }
+        // Nothing left to wait for when the group takes the partitions away on close.
+        tracker.revoke_all();
+        consumer.unsubscribe();
+        drop(consumer);
+        drop(ring);
+        match fatal {
+            Some(why) => Err(anyhow::anyhow!("pipeline {name} stopped: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn set_paused(consumer: &BaseConsumer<SourceContext>, pipeline: &str, pause: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(pipeline, error = %e, "Cannot read the assignment to pause or resume it.");
+            return;
+        }
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => tracing::debug!(pipeline, pause, "Backpressure."),
+        Err(e) => tracing::warn!(pipeline, pause, error = %e, "Cannot pause or resume."),
+    }
+}
+
+fn commit_async(consumer: &BaseConsumer<SourceContext>, pipeline: &str, status: &PipelineStatus) {
+    if status.health.dead_letter_failing.load(Ordering::Acquire) {
+        return;
+    }
+    let offsets = status.tracker.to_commit();
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(pipeline, error = %e, "Cannot list an offset to commit.");
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::warn!(pipeline, error = %e, "Cannot send an offset commit; retrying.");
+        for (topic, partition, offset) in &offsets {
+            status
+                .tracker
+                .commit_result(topic, *partition, *offset, false);
+        }
+    }
+}
+
+/// One worker thread: runs the chain over its lane's batches and hands the outputs to the
+/// producer.
+struct Worker {
+    lane: Lane,
+    runner: ChainRunner,
+    router: Router,
+    sink: Sink,
+    status: Arc<PipelineStatus>,
+    batch_size: usize,
+    batch_wait: Duration,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(jobs) = self.lane.next_batch(self.batch_size, self.batch_wait) {
+            // Records of several partitions, each partition's in offset order.
+            let mut groups: Vec<(Arc<PartitionHandle>, Vec<InputRecord>)> = Vec::new();
+            for job in jobs {
+                match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, &job.handle)) {
+                    Some((_, records)) => records.push(job.record),
+                    None => groups.push((job.handle, vec![job.record])),
+                }
+            }
+            for (handle, records) in groups {
+                self.run_group(handle, records);
+            }
+        }
+    }
+
+    fn run_group(&mut self, handle: Arc<PartitionHandle>, records: Vec<InputRecord>) {
+        // A revoked partition's records belong to its next owner; a failed pipeline's stay
+        // unfinished so they are never committed past.
+        if handle.revoked.load(Ordering::Acquire) || self.status.health.fatal().is_some() {
+            return;
+        }
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        let deliveries = match self
+            .runner
+            .process(&handle.topic, handle.partition, records)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                self.status.health.fail(e.to_string());
+                return;
+            }
+        };
+        let mut writes = vec![0u32; offsets.len()];
+        for d in &deliveries {
+            if let Some(w) = writes.get_mut(d.source) {
+                *w += 1;
+            }
+        }
+        let dropped: Vec<i64> = offsets
+            .iter()
+            .zip(&writes)
+            .filter(|(_, w)| **w == 0)
+            .map(|(o, _)| *o)
+            .collect();
+        if !dropped.is_empty() {
+            PipelineCounters::add(&self.status.counters.dropped, dropped.len() as u64);
+            self.status.tracker.finish_many(&handle, dropped);
+        }
+        let pending: Vec<Option<Arc<Pending>>> = offsets
+            .iter()
+            .zip(&writes)
+            .map(|(offset, w)| (*w > 0).then(|| Pending::new(handle.clone(), *offset, *w)))
+            .collect();
+        let now = now_ms();
+        let source = Source {
+            topic: &handle.topic,
+            partition: handle.partition,
+        };
+        for delivery in deliveries {
+            let Some(Some(pending)) = pending.get(delivery.source) else {
+                continue;
+            };
+            let out = self.router.route(source, delivery.destination, now);
+            let ticket = Ticket::new(pending.clone(), out.dead_letter);
+            self.sink.send(out, ticket);
+        }
+    }
+}
+
+/// Lookup tables from the config's `[[table]]` files.
+pub fn load_tables(tables: &[TableConfig]) -> anyhow::Result<MemoryTables> {
+    let mut out = MemoryTables::empty();
+    for table in tables {
+        let text = std::fs::read_to_string(&table.path).with_context(|| {
+            format!("table {}: cannot read {}", table.name, table.path.display())
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = || format!("table {}: {} line {}", table.name, table.path.display(), i + 1);
+            let row: serde_json::Value = serde_json::from_str(line).with_context(at)?;
+            let key = match row.get(&table.key_field) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => anyhow::bail!(
+                    "{}: no string or number field `{}` to key the row by",
+                    at(),
+                    table.key_field
+                ),
+            };
+            out.insert(&table.name, key.into_bytes(), line.as_bytes().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
+pub fn load(config: &Config, engine: Arc<PluginEngine>) -> anyhow::Result<Vec<Pipeline>> {
+    let services = HostServices {
+        tables: Arc::new(load_tables(&config.tables)?),
+        counters: Arc::new(PluginCounters::default()),
+    };
+    config
+        .pipelines
+        .iter()
+        .map(|p| Pipeline::new(engine.clone(), &config.kafka, p, services.clone()))
+        .collect()
+}
+
+/// Runs pipelines, each on its own consumer thread, until `stop` is set or one fails; a
+/// failing one stops the others.
+pub fn run_all(pipelines: Vec<Pipeline>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = pipelines
+        .into_iter()
+        .map(|p| {
+            let name = p.name().to_owned();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-consumer"))
+                .spawn(move || {
+                    let result = p.run(&stop);
+                    // One pipeline failing stops the process, so a supervisor restarts it.
+                    stop.store(true, Ordering::Release);
+                    result
+                })?;
+            Ok((name, thread))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut first_error = None;
+    for (name, thread) in threads {
+        let result = thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("pipeline {name}: consumer thread panicked")));
+        if let Err(e) = result {
+            tracing::error!(pipeline = %name, error = %e, "Pipeline failed.");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

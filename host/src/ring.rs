@@ -1,0 +1,95 @@
+//! The bounded hot-path buffer between the consumer and the workers.
+//!
+//! One bounded queue per worker. A partition always maps to the same worker, so records of a
+//! partition are processed, and their outputs produced, in offset order. The bound is a
+//! safety net: the consumer pauses its partitions long before it (see the pipeline's
+//! `max_in_flight`), so a push blocks only if that limit is raised past the queue size.
+
+use crate::plugin::InputRecord;
+use crate::source::tracker::PartitionHandle;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+/// A record and the partition assignment it came from.
+#[derive(Debug)]
+pub struct Job {
+    /// Its partition assignment.
+    pub handle: Arc<PartitionHandle>,
+    /// The record.
+    pub record: InputRecord,
+}
+
+/// The consumer's end.
+pub struct Ring {
+    lanes: Vec<SyncSender<Job>>,
+}
+
+/// A worker's end.
+pub struct Lane {
+    rx: Receiver<Job>,
+}
+
+/// The workers are gone (the pipeline is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the workers have stopped")]
+pub struct Closed;
+
+impl Ring {
+    /// `workers` lanes of `capacity` records each.
+    pub fn new(workers: usize, capacity: usize) -> (Ring, Vec<Lane>) {
+        let (lanes, rxs) = (0..workers.max(1))
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+                (tx, Lane { rx })
+            })
+            .unzip();
+        (Ring { lanes }, rxs)
+    }
+
+    /// The worker a partition belongs to.
+    pub fn lane_of(&self, topic: &str, partition: i32) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (topic, partition).hash(&mut hasher);
+        (hasher.finish() % self.lanes.len() as u64) as usize
+    }
+
+    /// Hands a record to its partition's worker; blocks while that worker's lane is full.
+    pub fn push(&self, job: Job) -> Result<(), Closed> {
+        let lane = &self.lanes[self.lane_of(&job.handle.topic, job.handle.partition)];
+        match lane.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => lane.send(job).map_err(|_| Closed),
+            Err(TrySendError::Disconnected(_)) => Err(Closed),
+        }
+    }
+}
+
+impl Lane {
+    /// The next batch: blocks for the first record (`None` once the ring is dropped and
+    /// empty), then takes what is queued, up to `max`, waiting at most `wait` for more.
+    pub fn next_batch(&self, max: usize, wait: Duration) -> Option<Vec<Job>> {
+        let first = self.rx.recv().ok()?;
+        let mut batch = Vec::with_capacity(max.min(1024));
+        batch.push(first);
+        let deadline = Instant::now() + wait;
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) if wait.is_zero() => break,
+                Err(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match self.rx.recv_timeout(left) {
+                        Ok(job) => batch.push(job),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            }
+        }
+        Some(batch)
+    }
+}

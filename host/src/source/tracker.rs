@@ -1,0 +1,282 @@
+//! Every assigned partition's in-flight records, shared by the consumer (which tracks records
+//! as it takes them and commits), the workers (which skip records of revoked partitions) and
+//! the producer's delivery callbacks (which finish records).
+//!
+//! A partition's state lives from its assignment to its revocation. Each assignment gets a new
+//! [`PartitionHandle`] with its own generation, so a record finished after its partition was
+//! revoked (and perhaps assigned again) is recognised as stale and never moves the new
+//! assignment's commit position.
+
+use super::offsets::PartitionOffsets;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One assignment of one partition.
+#[derive(Debug)]
+pub struct PartitionHandle {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Which assignment this is; unique within the process.
+    pub generation: u64,
+    /// Set when the partition is revoked: its queued records are skipped, not processed.
+    pub revoked: AtomicBool,
+}
+
+/// A record taken from Kafka and not yet finished.
+#[derive(Debug)]
+pub struct InFlight {
+    /// Its partition assignment.
+    pub handle: Arc<PartitionHandle>,
+    /// Its offset.
+    pub offset: i64,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    handle: Arc<PartitionHandle>,
+    offsets: PartitionOffsets,
+    /// Highest offset the broker confirmed committed.
+    committed: Option<i64>,
+    /// Highest offset a commit was sent for (confirmed or not).
+    requested: Option<i64>,
+}
+
+type Key = (Arc<str>, i32);
+
+/// The in-flight records of every assigned partition.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    partitions: Mutex<HashMap<Key, PartitionState>>,
+    in_flight: AtomicUsize,
+    next_generation: AtomicU64,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, PartitionState>> {
+        // A panic while holding this lock leaves consistent data (every update is a single
+        // step), so a poisoned lock is used as is rather than taking the process down.
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A partition was assigned: start tracking it afresh.
+    pub fn assign(&self, topic: &str, partition: i32) -> Arc<PartitionHandle> {
+        let topic: Arc<str> = Arc::from(topic);
+        let handle = Arc::new(PartitionHandle {
+            topic: topic.clone(),
+            partition,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            revoked: AtomicBool::new(false),
+        });
+        let state = PartitionState {
+            handle: handle.clone(),
+            offsets: PartitionOffsets::new(),
+            committed: None,
+            requested: None,
+        };
+        if let Some(old) = self.lock().insert((topic, partition), state) {
+            self.forget(old);
+        }
+        handle
+    }
+
+    fn forget(&self, old: PartitionState) {
+        old.handle.revoked.store(true, Ordering::Release);
+        self.in_flight
+            .fetch_sub(old.offsets.in_flight(), Ordering::AcqRel);
+    }
+
+    /// A partition was revoked: stop tracking it. Its records still in flight are skipped by
+    /// the workers and ignored when they finish.
+    pub fn revoke(&self, topic: &str, partition: i32) {
+        if let Some(old) = self.lock().remove(&(Arc::from(topic), partition)) {
+            self.forget(old);
+        }
+    }
+
+    /// Every partition was revoked (or the assignment was lost).
+    pub fn revoke_all(&self) {
+        let drained: Vec<PartitionState> = self.lock().drain().map(|(_, s)| s).collect();
+        for old in drained {
+            self.forget(old);
+        }
+    }
+
+    /// A record was taken from Kafka. `None` when its partition is not assigned, or the
+    /// offset is not above the last one taken (a record fetched again after a seek): such a
+    /// record is not processed, and is not committed past.
+    pub fn track(&self, topic: &str, partition: i32, offset: i64) -> Option<Arc<PartitionHandle>> {
+        let mut partitions = self.lock();
+        let state = partitions.get_mut(&(Arc::from(topic), partition))?;
+        state.offsets.track(offset).ok()?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(state.handle.clone())
+    }
+
+    /// Every output of a record was acknowledged (or it had none).
+    pub fn finish(&self, record: &InFlight) {
+        self.finish_many(&record.handle, std::iter::once(record.offset));
+    }
+
+    /// Several records of one partition assignment finished.
+    pub fn finish_many(&self, handle: &PartitionHandle, offsets: impl IntoIterator<Item = i64>) {
+        let mut partitions = self.lock();
+        let Some(state) = partitions.get_mut(&(handle.topic.clone(), handle.partition)) else {
+            return;
+        };
+        if state.handle.generation != handle.generation {
+            return;
+        }
+        for offset in offsets {
+            if state.offsets.finish(offset).is_ok() {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Records taken and not finished, in every partition.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Records in flight in the given partitions.
+    pub fn in_flight_of(&self, partitions: &[(String, i32)]) -> usize {
+        let map = self.lock();
+        partitions
+            .iter()
+            .filter_map(|(t, p)| map.get(&(Arc::from(t.as_str()), *p)))
+            .map(|s| s.offsets.in_flight())
+            .sum()
+    }
+
+    /// Offsets worth committing now: partitions whose committable offset is above the last
+    /// one requested. Marks them requested.
+    pub fn to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut map = self.lock();
+        let mut out = Vec::new();
+        for ((topic, partition), state) in map.iter_mut() {
+            if let Some(offset) = state.offsets.committable()
+                && state.requested.is_none_or(|r| offset > r)
+            {
+                state.requested = Some(offset);
+                out.push((topic.clone(), *partition, offset));
+            }
+        }
+        out
+    }
+
+    /// Committable offsets of the given partitions, whether or not already requested.
+    pub fn committable_of(&self, partitions: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+        let map = self.lock();
+        partitions
+            .iter()
+            .filter_map(|(t, p)| {
+                let state = map.get(&(Arc::from(t.as_str()), *p))?;
+                Some((t.clone(), *p, state.offsets.committable()?))
+            })
+            .collect()
+    }
+
+    /// The broker confirmed (`ok`) or refused a commit of `offset`. A refused one is asked
+    /// again at the next commit.
+    pub fn commit_result(&self, topic: &str, partition: i32, offset: i64, ok: bool) {
+        let mut map = self.lock();
+        let Some(state) = map.get_mut(&(Arc::from(topic), partition)) else {
+            return;
+        };
+        if ok {
+            state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
+        } else if state.requested == Some(offset) {
+            state.requested = state.committed;
+        }
+    }
+
+    /// Assigned partitions with their confirmed committed offset, for status reports.
+    pub fn partitions(&self) -> Vec<PartitionStatus> {
+        let map = self.lock();
+        let mut out: Vec<PartitionStatus> = map
+            .iter()
+            .map(|((topic, partition), s)| PartitionStatus {
+                topic: topic.to_string(),
+                partition: *partition,
+                in_flight: s.offsets.in_flight(),
+                committed: s.committed,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+}
+
+/// One assigned partition, as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records in flight.
+    pub in_flight: usize,
+    /// Last offset the broker confirmed committed.
+    pub committed: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finishes_of_a_revoked_assignment_are_ignored() {
+        let t = Tracker::new();
+        let first = t.assign("a", 0);
+        for o in 0..3 {
+            t.track("a", 0, o).unwrap();
+        }
+        assert_eq!(t.in_flight(), 3);
+        t.revoke("a", 0);
+        assert!(first.revoked.load(Ordering::Acquire));
+        assert_eq!(t.in_flight(), 0);
+        let second = t.assign("a", 0);
+        t.track("a", 0, 1).unwrap();
+        // A late acknowledgement from the first assignment does not finish offset 1.
+        t.finish_many(&first, [0, 1]);
+        assert_eq!(t.in_flight(), 1);
+        assert!(t.to_commit().is_empty());
+        t.finish_many(&second, [1]);
+        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 0, 2)]);
+        assert!(t.to_commit().is_empty(), "already requested");
+    }
+
+    #[test]
+    fn refused_commits_are_asked_again() {
+        let t = Tracker::new();
+        let h = t.assign("a", 1);
+        t.track("a", 1, 5).unwrap();
+        t.finish_many(&h, [5]);
+        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 1, 6)]);
+        t.commit_result("a", 1, 6, false);
+        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 1, 6)]);
+        t.commit_result("a", 1, 6, true);
+        assert!(t.to_commit().is_empty());
+        assert_eq!(t.partitions()[0].committed, Some(6));
+    }
+
+    #[test]
+    fn untracked_partitions_and_repeated_offsets_are_refused() {
+        let t = Tracker::new();
+        assert!(t.track("a", 0, 0).is_none());
+        t.assign("a", 0);
+        assert!(t.track("a", 0, 3).is_some());
+        assert!(t.track("a", 0, 3).is_none());
+        assert_eq!(t.in_flight(), 1);
+    }
+}
