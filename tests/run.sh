@@ -3,7 +3,9 @@
 #
 #   tests/run.sh
 #
-# Needs rustup and cargo. Installs the wasm32-wasip2 target and clippy/rustfmt if missing.
+# Needs rustup and cargo. Installs the wasm32-wasip2 target and clippy/rustfmt if missing, and
+# the tansu broker the Kafka tests start (built once from crates.io into $SWITCHYARD_TOOLS,
+# default ~/.cache/switchyard/tools; the first build takes about 15 minutes on 2 cores).
 # CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,15 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
+
+step "tansu (the Kafka-protocol broker the tests start)"
+tools="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}"
+export SWITCHYARD_TANSU="$tools/bin/tansu"
+if [ ! -x "$SWITCHYARD_TANSU" ]; then
+  CARGO_TARGET_DIR="$tools/build" cargo install tansu --version 0.6.0 --locked --features dynostore --root "$tools"
+  rm -rf "$tools/build"
+fi
+"$SWITCHYARD_TANSU" --version
 
 # The plugins are their own workspace (target wasm32-wasip2) with their own target directory.
 export SWITCHYARD_PLUGINS_TARGET_DIR="${SWITCHYARD_PLUGINS_TARGET_DIR:-$PWD/plugins/target}"
