@@ -214,6 +214,7 @@ impl Pipeline {
         let max_in_flight = self.config.max_in_flight;
         let mut paused = false;
         let mut last_commit = Instant::now();
+        let mut last_report = Instant::now();
         let mut fatal = None;
         while !stop.load(Ordering::Acquire) {
             if let Some(why) = sink.fatal_error() {
@@ -240,6 +241,7 @@ impl Pipeline {
                     let Some(handle) =
                         tracker.track(message.topic(), message.partition(), message.offset())
                     else {
+                        // Not assigned, or taken already (fetched again after a seek).
                         continue;
                     };
                     PipelineCounters::add(&status.counters.consumed, 1);
@@ -262,6 +264,13 @@ impl Pipeline {
             if last_commit.elapsed() >= commit_interval {
                 commit_async(&consumer, name, status);
                 last_commit = Instant::now();
+            }
+            if last_report.elapsed() >= REPORT_INTERVAL {
+                tracing::debug!(
+                    pipeline = %name, in_flight = tracker.in_flight(), paused,
+                    counters = ?status.counters.snapshot(), "Progress."
+                );
+                last_report = Instant::now();
             }
         }
 
@@ -301,6 +310,9 @@ impl Pipeline {
         }
     }
 }
+
+/// How often the consumer logs its progress (at debug level).
+const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 fn set_paused(consumer: &BaseConsumer<SourceContext>, pipeline: &str, pause: bool) {
     let assignment = match consumer.assignment() {

@@ -4,6 +4,10 @@
 //! Plugins are built from source by [`plugin_path`] the first time a test asks for one (a
 //! `cargo build` of the `plugins/` workspace for wasm32-wasip2), never committed as binaries.
 
+pub mod kafka;
+pub mod pipelines;
+pub mod router_process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};

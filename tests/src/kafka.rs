@@ -1,0 +1,473 @@
+//! A Kafka-protocol broker for a test, and the client helpers the tests use on it.
+//!
+//! [`Broker::tansu`] starts tansu (a Kafka-protocol broker from crates.io, in memory) on a free
+//! loopback port, in a child process killed when the `Broker` drops. [`Broker::mock`] is
+//! librdkafka's in-process mock cluster, for fault injection. Topics are never auto-created:
+//! tests create them with [`Broker::create_topics`].
+
+use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext,
+    ThreadedProducer,
+};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct TestRecord {
+    /// Key (`None`: null).
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: null).
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Timestamp (default: the producer's clock).
+    pub timestamp_ms: Option<i64>,
+    /// Partition (default: by key).
+    pub partition: Option<i32>,
+}
+
+impl TestRecord {
+    /// A keyed record.
+    pub fn new(key: &str, value: &[u8]) -> Self {
+        TestRecord {
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.to_vec()),
+            ..Default::default()
+        }
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Timestamp.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Consumed {
+    /// The first header named `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value as text (empty when null or not UTF-8).
+    pub fn value_str(&self) -> &str {
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    }
+}
+
+enum Kind {
+    Tansu { child: Mutex<Child>, log: PathBuf },
+    Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+/// A broker for one test.
+pub struct Broker {
+    bootstrap: String,
+    kind: Kind,
+}
+
+/// Where the tansu binary is: `$SWITCHYARD_TANSU`, the tools cache the test command installs
+/// it into, or `tansu` on the PATH.
+pub fn tansu_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SWITCHYARD_TANSU") {
+        return Ok(PathBuf::from(path));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    for candidate in [
+        home.join(".cache/switchyard/tools/bin/tansu"),
+        home.join(".cache/switchyard-ci/tools/bin/tansu"),
+    ] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    on_path.context(
+        "the tansu broker is not installed: run tests/run.sh (it installs it), or \
+         `cargo install tansu --locked --features dynostore` and set SWITCHYARD_TANSU",
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Broker {
+    /// Starts tansu on a free loopback port and waits until it answers metadata requests.
+    pub fn tansu() -> anyhow::Result<Broker> {
+        let binary = tansu_binary()?;
+        let mut last_error = None;
+        // A port found free can be taken before tansu binds it; try a few.
+        for _ in 0..3 {
+            let port = free_port()?;
+            let url = format!("tcp://127.0.0.1:{port}");
+            let log = std::env::temp_dir().join(format!("switchyard-tansu-{port}.log"));
+            let log_file = std::fs::File::create(&log)
+                .with_context(|| format!("cannot create {}", log.display()))?;
+            let mut command = Command::new(&binary);
+            command
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                // The test's own RUST_LOG must not make the broker log every request.
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null());
+            // SAFETY: prctl in the forked child before exec only sets a flag of that child.
+            // The broker dies with the test process, even when the test is killed.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file)
+                .spawn()
+                .with_context(|| format!("cannot start {}", binary.display()))?;
+            let broker = Broker {
+                bootstrap: format!("127.0.0.1:{port}"),
+                kind: Kind::Tansu {
+                    child: Mutex::new(child),
+                    log,
+                },
+            };
+            match broker.wait_ready(Duration::from_secs(30)) {
+                Ok(()) => return Ok(broker),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
+    }
+
+    /// librdkafka's in-process mock cluster with `brokers` brokers.
+    pub fn mock(brokers: i32) -> anyhow::Result<Broker> {
+        let cluster = MockCluster::new(brokers).context("cannot start the mock cluster")?;
+        Ok(Broker {
+            bootstrap: cluster.bootstrap_servers(),
+            kind: Kind::Mock(cluster),
+        })
+    }
+
+    /// `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The mock cluster, for fault injection.
+    pub fn mock_cluster(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        match &self.kind {
+            Kind::Mock(m) => Some(m),
+            Kind::Tansu { .. } => None,
+        }
+    }
+
+    /// tansu's log so far (empty for the mock cluster).
+    pub fn log(&self) -> String {
+        match &self.kind {
+            Kind::Tansu { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
+            Kind::Mock(_) => String::new(),
+        }
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = self.client_config().create()?;
+        loop {
+            if let Kind::Tansu { child, .. } = &self.kind
+                && let Ok(Some(status)) = child.lock().map_err(|_| ()).and_then(|mut c| c.try_wait().map_err(|_| ()))
+            {
+                bail!("tansu exited ({status}):\n{}", self.log());
+            }
+            match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("tansu did not answer within {timeout:?}: {e}\n{}", self.log())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Settings every client here starts from.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("log_level", "3");
+        c
+    }
+
+    /// Creates topics and waits until metadata shows every partition.
+    pub fn create_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        if let Kind::Mock(cluster) = &self.kind {
+            for (name, partitions) in topics {
+                cluster
+                    .create_topic(name, *partitions, 1)
+                    .with_context(|| format!("cannot create topic {name}"))?;
+            }
+        } else {
+            let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+            let new: Vec<NewTopic<'_>> = topics
+                .iter()
+                .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let results = runtime
+                .block_on(admin.create_topics(&new, &AdminOptions::new()))
+                .context("create topics request failed")?;
+            for result in results {
+                if let Err((topic, code)) = result {
+                    bail!("cannot create topic {topic}: {code}");
+                }
+            }
+        }
+        let consumer: BaseConsumer = self.client_config().create()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (name, partitions) in topics {
+            loop {
+                let seen = consumer
+                    .fetch_metadata(Some(name), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| m.topics().first().map(|t| (t.error().is_none(), t.partitions().len())));
+                if seen == Some((true, *partitions as usize)) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("topic {name} did not appear with {partitions} partitions: {seen:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// An idempotent producer (acks=all) that counts refused records.
+    ///
+    /// One record per batch: tansu 0.6 answers a fetch that starts inside a batch with
+    /// nothing, so a consumer that resumes mid-batch (after a pause, a restart from a
+    /// committed offset, a rebalance) would stall. Real Kafka does not need this.
+    pub fn producer(&self) -> anyhow::Result<ThreadedProducer<Counting>> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .create_with_context(Counting::default())
+            .context("cannot create a producer")
+    }
+
+    /// Produces records and waits until every one is acknowledged.
+    pub fn produce(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = TestRecord>,
+    ) -> anyhow::Result<()> {
+        let producer = self.producer()?;
+        for r in records {
+            send(&producer, topic, &r)?;
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .context("records not acknowledged within 60 s")?;
+        let failed = producer.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            bail!("{failed} records were refused by the broker");
+        }
+        Ok(())
+    }
+
+    /// Reads every record of `topics` from the beginning (no consumer group) until `expected`
+    /// records are read and nothing new arrives for `settle`, or `deadline` passes.
+    pub fn consume_all(
+        &self,
+        topics: &[&str],
+        expected: usize,
+        settle: Duration,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<Consumed>> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "switchyard-test-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| format!("no metadata for {topic}"))?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+                }
+            }
+        }
+        consumer.assign(&tpl)?;
+        let start = Instant::now();
+        let mut last_new = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            match consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => {
+                    out.push(Consumed {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                    last_new = Instant::now();
+                }
+                Some(Err(e)) => return Err(e).context("consume failed"),
+                None => {}
+            }
+            if out.len() >= expected && last_new.elapsed() >= settle {
+                return Ok(out);
+            }
+            if start.elapsed() >= deadline {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A consumer group's committed offsets for a topic (partition -> next offset to read).
+    pub fn committed(&self, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// A producer context that counts refused records.
+#[derive(Default)]
+pub struct Counting {
+    /// Records the broker refused.
+    pub failed: AtomicU64,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues one record, waiting while the producer's queue is full.
+pub fn send(
+    producer: &ThreadedProducer<Counting>,
+    topic: &str,
+    r: &TestRecord,
+) -> anyhow::Result<()> {
+    let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        })
+    });
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &r.value {
+        record = record.payload(v.as_slice());
+    }
+    if let Some(ts) = r.timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    if let Some(p) = r.partition {
+        record = record.partition(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e).context("produce failed"),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Kind::Tansu { child, log } = &self.kind
+            && let Ok(mut child) = child.lock()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(log);
+        }
+    }
+}

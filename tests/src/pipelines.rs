@@ -1,0 +1,161 @@
+//! Running Switchyard pipelines inside the test process, and writing the config files they
+//! read.
+
+use crate::engine;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use switchyard::config::Config;
+use switchyard::metrics::CountersSnapshot;
+use switchyard::pipeline::{self, PipelineStatus};
+
+/// A fresh, empty directory for one test's files.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-test-{}-{}-{name}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// Pipelines running on a background thread until stopped (or dropped).
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    statuses: Vec<(String, Arc<PipelineStatus>)>,
+}
+
+/// Loads a config file and runs its pipelines in this process.
+pub fn start(config: &Path) -> anyhow::Result<Running> {
+    // The pipelines' logs, shown for failing tests; RUST_LOG picks the level (default warn).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let config = Config::load(config)?;
+    let pipelines = pipeline::load(&config, engine())?;
+    let statuses = pipelines
+        .iter()
+        .map(|p| (p.name().to_owned(), p.status()))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || pipeline::run_all(pipelines, stop))
+    };
+    Ok(Running {
+        stop,
+        thread: Some(thread),
+        statuses,
+    })
+}
+
+impl Running {
+    /// The live status of a pipeline.
+    pub fn status(&self, name: &str) -> &PipelineStatus {
+        self.statuses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_ref())
+            .unwrap_or_else(|| panic!("no pipeline {name}"))
+    }
+
+    /// A pipeline's counters.
+    pub fn counters(&self, name: &str) -> CountersSnapshot {
+        self.status(name).counters.snapshot()
+    }
+
+    /// Waits until `done` holds for a pipeline's counters, or `timeout`; returns the last
+    /// counters either way.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&CountersSnapshot) -> bool,
+    ) -> CountersSnapshot {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.counters(name);
+            if done(&c) || Instant::now() >= deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asks the pipelines to drain and stop, and returns how `run` ended.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("pipelines thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One stage of a test pipeline: name, plugin (built by this crate), config pairs.
+pub type StageDef<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A `[[pipeline]]` block. `routes` are (route, topic); the first is the default route.
+/// `extra` is appended inside the pipeline table (e.g. `batch_size = 16`).
+pub fn pipeline_toml(
+    name: &str,
+    input: &str,
+    routes: &[(&str, &str)],
+    dead_letter_topic: &str,
+    stages: &[StageDef<'_>],
+    extra: &str,
+) -> String {
+    let mut out = format!(
+        "[[pipeline]]\nname = \"{name}\"\ntopics = [\"{input}\"]\ndefault_route = \"{}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n{extra}\n[pipeline.routes]\n",
+        routes.first().map_or("standard", |r| r.0)
+    );
+    for (route, topic) in routes {
+        out.push_str(&format!("{route} = \"{topic}\"\n"));
+    }
+    for (stage, plugin, config) in stages {
+        out.push_str(&format!(
+            "[[pipeline.stage]]\nname = \"{stage}\"\nplugin = \"{}\"\n[pipeline.stage.config]\n",
+            crate::plugin_path(plugin).display()
+        ));
+        for (k, v) in *config {
+            out.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+    }
+    out
+}
+
+/// The `[kafka]` table for a test broker: fast group joins and commits.
+pub fn kafka_toml(bootstrap: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{bootstrap}\"\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
+    )
+}

@@ -1,0 +1,410 @@
+//! Switchyard end to end against a real Kafka-protocol broker (tansu, started per test): each
+//! use case, 100,000 records with exact accounting, and bad input.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use switchyard::plugin::PluginVersion;
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::event;
+use switchyard_tests::pipelines::{
+    StageDef, kafka_toml, pipeline_toml, scratch_dir, start, write_file,
+};
+
+const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
+const SETTLE: Duration = Duration::from_millis(500);
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The route `route` picks for `event(i)`: priority first, then the event type.
+fn expected_route(i: u64) -> &'static str {
+    if i.is_multiple_of(10) {
+        "urgent"
+    } else if i % 7 == 3 {
+        "errors"
+    } else {
+        "standard"
+    }
+}
+
+/// `event(i)` without its user_id: fails validation.
+fn invalid_event(i: u64) -> String {
+    let e = event(i);
+    let start = e.find(r#""user_id""#).expect("event has user_id");
+    let end = start + e[start..].find(',').expect("a comma after user_id") + 1;
+    format!("{}{}", &e[..start], &e[end..])
+}
+
+fn user_key(i: u64) -> String {
+    format!("user-{:05}", i % 10_000)
+}
+
+fn users_table(dir: &std::path::Path) -> std::path::PathBuf {
+    let rows: String = (0..100)
+        .map(|i| {
+            let segment = if i % 2 == 0 { "gold" } else { "basic" };
+            format!(
+                "{{\"user_id\":\"user-{i:05}\",\"name\":\"User {i}\",\"segment\":\"{segment}\"}}\n"
+            )
+        })
+        .collect();
+    write_file(dir, "users.jsonl", &rows)
+}
+
+fn json(c: &Consumed) -> serde_json::Value {
+    serde_json::from_slice(c.value.as_deref().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("output is not JSON ({e}): {:?}", c.value_str()))
+}
+
+fn event_number(c: &Consumed) -> u64 {
+    let v = json(c);
+    let id = v["event_id"].as_str().expect("event_id");
+    id.trim_start_matches("evt-").parse().expect("numeric id")
+}
+
+fn version_of(plugin: &str) -> String {
+    PluginVersion::of(&switchyard_tests::plugin_bytes(plugin)).0
+}
+
+struct Setup {
+    broker: Broker,
+    dir: std::path::PathBuf,
+}
+
+/// A broker with the input topic (4 partitions) and the output topics, and a config
+/// directory.
+fn setup(name: &str, outputs: &[&str]) -> Setup {
+    let broker = Broker::tansu().expect("tansu starts");
+    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
+    topics.extend(outputs.iter().map(|t| (*t, 2)));
+    broker.create_topics(&topics).expect("topics created");
+    Setup {
+        broker,
+        dir: scratch_dir(name),
+    }
+}
+
+fn config(s: &Setup, routes: &[(&str, &str)], stages: &[StageDef<'_>], extra: &str) -> std::path::PathBuf {
+    let table = users_table(&s.dir);
+    let text = format!(
+        "{}\n{}\n[[table]]\nname = \"users\"\npath = \"{}\"\nkey_field = \"user_id\"\n",
+        kafka_toml(s.broker.bootstrap()),
+        pipeline_toml("events", "events", routes, "events-dlq", stages, extra),
+        table.display()
+    );
+    write_file(&s.dir, "switchyard.toml", &text)
+}
+
+fn keyed(i: u64, value: String) -> TestRecord {
+    TestRecord::new(&user_key(i), value.as_bytes())
+}
+
+#[test]
+fn validation_passes_good_records_and_dead_letters_bad_ones_with_the_reason() {
+    let s = setup("validate", &["events-standard", "events-dlq"]);
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[("validate", "validate", &[("required", REQUIRED)])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    let mut records: Vec<TestRecord> = (0..200).map(|i| keyed(i, event(i))).collect();
+    records[7] = keyed(7, invalid_event(7));
+    records[8] = TestRecord::new("k", b"{not json");
+    s.broker.produce("events", records).expect("produced");
+
+    let out = s
+        .broker
+        .consume_all(&["events-standard", "events-dlq"], 200, SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    let (dlq, good): (Vec<_>, Vec<_>) = out.iter().partition(|c| c.topic == "events-dlq");
+    assert_eq!(good.len(), 198);
+    assert_eq!(dlq.len(), 2);
+    let reasons: HashSet<&str> = dlq
+        .iter()
+        .map(|c| c.header("switchyard-dlq-reason").expect("reason header"))
+        .collect();
+    assert!(reasons.contains("missing field user_id"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("invalid JSON at byte")),
+        "{reasons:?}"
+    );
+    let version = version_of("validate");
+    for c in &dlq {
+        assert_eq!(c.header("switchyard-dlq-kind"), Some("rejected"));
+        assert_eq!(c.header("switchyard-dlq-stage"), Some("validate"));
+        assert_eq!(
+            c.header("switchyard-dlq-plugin-version"),
+            Some(version.as_str())
+        );
+        assert_eq!(c.header("switchyard-dlq-source-topic"), Some("events"));
+        assert!(c.header("switchyard-dlq-source-offset").is_some());
+        assert!(c.header("switchyard-dlq-timestamp").is_some());
+    }
+    // The original key and value are kept.
+    let missing = dlq
+        .iter()
+        .find(|c| c.header("switchyard-dlq-reason") == Some("missing field user_id"))
+        .expect("the invalid event");
+    assert_eq!(missing.key.as_deref(), Some(user_key(7).as_bytes()));
+    assert_eq!(missing.value_str(), invalid_event(7));
+    for c in &good {
+        assert_eq!(c.header("switchyard-pipeline"), Some("events"));
+        assert_eq!(
+            c.header("switchyard-versions"),
+            Some(format!("validate={version}").as_str())
+        );
+    }
+}
+
+#[test]
+fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
+    let s = setup("enrich", &["events-standard", "events-dlq"]);
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[("enrich", "enrich", &[])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    // Users 0..100 are in the table; 100..110 are not.
+    let ids: Vec<u64> = (0..50).chain(100..110).collect();
+    s.broker
+        .produce("events", ids.iter().map(|&i| keyed(i, event(i))))
+        .expect("produced");
+    let out = s
+        .broker
+        .consume_all(&["events-standard", "events-dlq"], ids.len(), SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    assert_eq!(out.len(), ids.len());
+    for c in &out {
+        assert_eq!(c.topic, "events-standard");
+        let v = json(c);
+        let n = event_number(c);
+        if n < 100 {
+            assert_eq!(v["user_name"], format!("User {n}"));
+            let segment = if n % 2 == 0 { "gold" } else { "basic" };
+            assert_eq!(v["user_segment"], segment);
+        } else {
+            assert!(v["user_name"].is_null() && v.get("user_name").is_some(), "{v}");
+        }
+    }
+}
+
+#[test]
+fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
+    let s = setup(
+        "route",
+        &["events-standard", "events-urgent", "events-errors", "events-dlq"],
+    );
+    let cfg = config(
+        &s,
+        &[
+            ("standard", "events-standard"),
+            ("urgent", "events-urgent"),
+            ("errors", "events-errors"),
+        ],
+        &[("route", "route", &[])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    s.broker
+        .produce("events", (0..300).map(|i| keyed(i, event(i))))
+        .expect("produced");
+    let topics = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
+    let out = s
+        .broker
+        .consume_all(&topics, 300, SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    assert_eq!(out.len(), 300);
+    for c in &out {
+        let n = event_number(c);
+        assert_eq!(c.topic, format!("events-{}", expected_route(n)), "event {n}");
+        // Key, value and timestamp pass through untouched.
+        assert_eq!(c.key.as_deref(), Some(user_key(n).as_bytes()));
+        assert_eq!(c.value_str(), event(n));
+    }
+}
+
+#[test]
+fn transformation_rewrites_each_value() {
+    let s = setup("transform", &["events-standard", "events-dlq"]);
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[(
+            "transform",
+            "transform",
+            &[("rename", "event_type:type"), ("remove", "email,session")],
+        )],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    s.broker
+        .produce("events", (0..100).map(|i| keyed(i, event(i))))
+        .expect("produced");
+    let out = s
+        .broker
+        .consume_all(&["events-standard", "events-dlq"], 100, SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    assert_eq!(out.len(), 100);
+    for c in &out {
+        assert_eq!(c.topic, "events-standard");
+        let v = json(c);
+        assert!(v.get("email").is_none() && v.get("session").is_none(), "{v}");
+        assert!(v.get("event_type").is_none() && v.get("type").is_some(), "{v}");
+        assert!(v["processed_at"].as_i64().is_some(), "{v}");
+    }
+}
+
+/// The acceptance test of the data path: 100,000 records with unique ids through
+/// validate -> enrich -> route, 1% invalid.
+#[test]
+fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() {
+    const N: u64 = 100_000;
+    let topics = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
+    let s = setup("100k", &topics);
+    let cfg = config(
+        &s,
+        &[
+            ("standard", "events-standard"),
+            ("urgent", "events-urgent"),
+            ("errors", "events-errors"),
+        ],
+        &[
+            ("validate", "validate", &[("required", REQUIRED)]),
+            ("enrich", "enrich", &[]),
+            ("route", "route", &[]),
+        ],
+        "",
+    );
+    let invalid = |i: u64| i % 100 == 42;
+    let running = start(&cfg).expect("pipeline starts");
+    s.broker
+        .produce(
+            "events",
+            (0..N).map(|i| keyed(i, if invalid(i) { invalid_event(i) } else { event(i) })),
+        )
+        .expect("produced");
+    let out = s
+        .broker
+        .consume_all(&topics, N as usize, SETTLE, Duration::from_secs(600))
+        .expect("consumed");
+    let counters = running.counters("events");
+    running.stop().expect("clean stop");
+
+    let mut seen: HashMap<u64, &str> = HashMap::new();
+    let validate = version_of("validate");
+    for c in &out {
+        let n = event_number(c);
+        if let Some(first) = seen.insert(n, &c.topic) {
+            panic!("event {n} written twice: {first} and {}", c.topic);
+        }
+        if invalid(n) {
+            assert_eq!(c.topic, "events-dlq", "event {n}");
+            assert_eq!(c.header("switchyard-dlq-reason"), Some("missing field user_id"));
+            assert_eq!(c.header("switchyard-dlq-kind"), Some("rejected"));
+            assert_eq!(c.header("switchyard-dlq-stage"), Some("validate"));
+            assert_eq!(c.header("switchyard-dlq-plugin-version"), Some(validate.as_str()));
+            assert_eq!(c.header("switchyard-dlq-source-topic"), Some("events"));
+        } else {
+            assert_eq!(c.topic, format!("events-{}", expected_route(n)), "event {n}");
+        }
+    }
+    let lost: Vec<u64> = (0..N).filter(|i| !seen.contains_key(i)).take(10).collect();
+    assert!(lost.is_empty(), "events lost (first 10): {lost:?}");
+    assert_eq!(out.len() as u64, N);
+    assert_eq!(counters.dead_lettered, N / 100);
+    assert_eq!(counters.routed, N - N / 100);
+
+    // Per key, each output topic holds the events in the order they were produced.
+    let mut last: BTreeMap<(&str, Vec<u8>), u64> = BTreeMap::new();
+    let mut by_position: Vec<&Consumed> = out.iter().collect();
+    by_position.sort_by_key(|c| (c.topic.clone(), c.partition, c.offset));
+    for c in by_position {
+        let n = event_number(c);
+        let key = (c.topic.as_str(), c.key.clone().unwrap_or_default());
+        if let Some(prev) = last.insert(key, n) {
+            assert!(prev < n, "{}: event {n} after {prev} for the same key", c.topic);
+        }
+    }
+}
+
+/// Awkward records are routed or dead-lettered, never lost, and never stop the pipeline.
+#[test]
+fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
+    let s = setup("bad-input", &["events-standard", "events-dlq"]);
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[("misbehave", "misbehave", &[])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    let pass = br#"{"do":"pass"}"#;
+    let headers: Vec<(String, Option<Vec<u8>>)> = (0..1000)
+        .map(|i| (format!("h{i}"), Some(format!("v{i}").into_bytes())))
+        .collect();
+    let mut big = br#"{"do":"pass","pad":""#.to_vec();
+    big.resize(900_000, b'x');
+    big.extend_from_slice(br#""}"#);
+    let records = vec![
+        TestRecord { key: None, ..TestRecord::new("", pass) },
+        TestRecord { value: None, ..TestRecord::new("null-value", b"") },
+        TestRecord::new("empty", b""),
+        TestRecord::new("not-utf8", &[0xff, 0xfe, 0x00, 0x80]),
+        TestRecord { headers: headers.clone(), ..TestRecord::new("many-headers", pass) },
+        TestRecord::new("big", &big),
+        // An output far larger than the broker takes (librdkafka's message.max.bytes is 1 MB).
+        TestRecord::new("huge-output", br#"{"do":"emit","count":1,"bytes":3000000}"#),
+        TestRecord::new("after", pass),
+    ];
+    let n = records.len();
+    s.broker.produce("events", records).expect("produced");
+    let out = s
+        .broker
+        .consume_all(&["events-standard", "events-dlq"], n, SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    let by_key: HashMap<Option<&[u8]>, &Consumed> =
+        out.iter().map(|c| (c.key.as_deref(), c)).collect();
+    assert_eq!(out.len(), n, "{:?}", out.iter().map(|c| (&c.topic, &c.key)).collect::<Vec<_>>());
+    let get = |k: &str| *by_key.get(&Some(k.as_bytes())).unwrap_or_else(|| panic!("no output for {k}"));
+    assert!(
+        out.iter().any(|c| c.key.is_none()
+            && c.topic == "events-standard"
+            && c.value.as_deref() == Some(&pass[..])),
+        "the null-key record is routed"
+    );
+    // misbehave passes anything that is not a JSON command: the values arrive byte for byte,
+    // a null value as null and an empty one as empty.
+    for k in ["null-value", "empty", "not-utf8"] {
+        assert_eq!(get(k).topic, "events-standard", "{k}");
+    }
+    assert_eq!(get("null-value").value, None, "a null value stays null");
+    assert_eq!(get("empty").value.as_deref(), Some(&b""[..]), "an empty value stays empty");
+    assert_eq!(get("not-utf8").value.as_deref(), Some(&[0xff, 0xfe, 0x00, 0x80][..]));
+    let many = get("many-headers");
+    assert_eq!(many.topic, "events-standard");
+    assert_eq!(many.headers[..1000], headers[..], "headers kept in order");
+    assert_eq!(get("big").value.as_deref().map(<[u8]>::len), Some(big.len()));
+    // The plugin's output (no key, 3 MB) is refused by the producer: it is dead-lettered with
+    // the reason, its value omitted.
+    let huge: Vec<&Consumed> = out
+        .iter()
+        .filter(|c| c.header("switchyard-dlq-kind") == Some("undeliverable"))
+        .collect();
+    assert_eq!(huge.len(), 1);
+    let reason = huge[0].header("switchyard-dlq-reason").expect("reason");
+    assert!(
+        reason.contains("events-standard") && reason.contains("value omitted (3000000 bytes)"),
+        "{reason}"
+    );
+    assert_eq!(huge[0].topic, "events-dlq");
+    assert_eq!(huge[0].value, None);
+    assert!(huge[0].header("switchyard-dlq-source-offset").is_some());
+    assert_eq!(get("after").topic, "events-standard");
+}
