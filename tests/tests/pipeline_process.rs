@@ -11,7 +11,10 @@ use switchyard_tests::router_process::{RouterProcess, run_switchyard};
 const OUTPUTS: [&str; 4] = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
 
 fn setup(name: &str) -> (Broker, std::path::PathBuf) {
-    let broker = Broker::tansu().expect("tansu starts");
+    setup_on(Broker::tansu().expect("tansu starts"), name)
+}
+
+fn setup_on(broker: Broker, name: &str) -> (Broker, std::path::PathBuf) {
     let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
     topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
     broker.create_topics(&topics).expect("topics created");
@@ -63,8 +66,8 @@ fn router(config: &std::path::Path) -> RouterProcess {
     RouterProcess::start(&["run", "--config", path]).expect("router starts")
 }
 
-/// Waits until at least `n` records are in the output topics.
-fn wait_for_outputs(broker: &Broker, n: usize) {
+/// Waits until at least `n` records are in the output topics; on failure shows the logs.
+fn wait_for_outputs(broker: &Broker, n: usize, routers: &[&RouterProcess]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let got = broker
@@ -74,7 +77,10 @@ fn wait_for_outputs(broker: &Broker, n: usize) {
         if got >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "only {got} of {n} outputs arrived");
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
+            panic!("only {got} of {n} outputs arrived; router logs:\n{}", logs.join("\n-----\n"));
+        }
     }
 }
 
@@ -111,7 +117,7 @@ fn sigterm_drains_commits_and_exits_zero_so_a_restart_writes_no_duplicate() {
     let (broker, config) = setup("sigterm");
     broker.produce("events", records(0..N)).expect("produced");
     let mut first = router(&config);
-    wait_for_outputs(&broker, 2_000);
+    wait_for_outputs(&broker, 2_000, &[&first]);
     first.sigterm().expect("signal");
     let code = first.wait(Duration::from_secs(30)).expect("exits");
     assert_eq!(code, Some(0), "log:\n{}", first.log());
@@ -147,7 +153,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     assert_eq!(input.len() as u64, N);
 
     let mut first = router(&config);
-    wait_for_outputs(&broker, 5_000);
+    wait_for_outputs(&broker, 5_000, &[&first]);
     first.sigkill().expect("killed");
     first.wait(Duration::from_secs(10)).expect("dead");
     let committed = broker
@@ -185,10 +191,14 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
 
 /// Two routers in one group share the partitions; one is killed mid-stream and the other
 /// takes its partitions over: nothing lost.
+///
+/// On librdkafka's mock cluster (served by this test process, over TCP): tansu 0.6 does not
+/// hand a killed member's partitions to the survivor (its group coordinator keeps the dead
+/// member's assignment), which real Kafka does after `session.timeout.ms`.
 #[test]
 fn two_routers_share_the_partitions_and_survive_one_being_killed() {
     const N: u64 = 20_000;
-    let (broker, config) = setup("two");
+    let (broker, config) = setup_on(Broker::mock(1).expect("mock cluster"), "two");
     let mut a = router(&config);
     let mut b = router(&config);
     // Produce in chunks while both run; kill one halfway.
@@ -198,7 +208,7 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
             .produce("events", records(k * chunk..(k + 1) * chunk))
             .expect("produced");
         if k == 4 {
-            wait_for_outputs(&broker, (3 * chunk) as usize);
+            wait_for_outputs(&broker, (3 * chunk) as usize, &[&a, &b]);
             a.sigkill().expect("killed");
         }
         std::thread::sleep(Duration::from_millis(200));
