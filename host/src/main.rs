@@ -133,7 +133,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
             if signalled {
-                tracing::warn!("Second signal: exiting now; in-flight records will be delivered again.");
+                tracing::warn!(
+                    "Second signal: exiting now; in-flight records will be delivered again."
+                );
                 std::process::exit(130);
             }
             signalled = true;

@@ -23,8 +23,8 @@ use crate::config::{Config, KafkaConfig, PipelineConfig, TableConfig};
 use crate::kafka::{self, now_ms};
 use crate::metrics::{Health, PipelineCounters};
 use crate::plugin::{
-    ChainRunner, ChainSpec, HostServices, InputRecord, MemoryTables, PluginCounters,
-    PluginEngine, StageSpec,
+    ChainRunner, ChainSpec, HostServices, InputRecord, MemoryTables, PluginCounters, PluginEngine,
+    StageSpec,
 };
 use crate::ring::{Job, Lane, Ring};
 use crate::router::{Router, Source};
@@ -75,9 +75,9 @@ impl Pipeline {
             .stages
             .iter()
             .map(|stage| {
-                let module = engine.load_file(&stage.plugin).with_context(|| {
-                    format!("pipeline {}, stage {}", config.name, stage.name)
-                })?;
+                let module = engine
+                    .load_file(&stage.plugin)
+                    .with_context(|| format!("pipeline {}, stage {}", config.name, stage.name))?;
                 Ok(StageSpec {
                     name: stage.name.clone(),
                     module,
@@ -149,8 +149,11 @@ impl Pipeline {
         let (ring, lanes) = Ring::new(workers, self.config.max_in_flight);
         let mut threads = Vec::with_capacity(workers);
         for (i, lane) in lanes.into_iter().enumerate() {
-            let runner =
-                ChainRunner::new(self.engine.clone(), self.spec.clone(), self.services.clone())?;
+            let runner = ChainRunner::new(
+                self.engine.clone(),
+                self.spec.clone(),
+                self.services.clone(),
+            )?;
             let worker = Worker {
                 lane,
                 runner,
@@ -451,7 +454,14 @@ pub fn load_tables(tables: &[TableConfig]) -> anyhow::Result<MemoryTables> {
             if line.trim().is_empty() {
                 continue;
             }
-            let at = || format!("table {}: {} line {}", table.name, table.path.display(), i + 1);
+            let at = || {
+                format!(
+                    "table {}: {} line {}",
+                    table.name,
+                    table.path.display(),
+                    i + 1
+                )
+            };
             let row: serde_json::Value = serde_json::from_str(line).with_context(at)?;
             let key = match row.get(&table.key_field) {
                 Some(serde_json::Value::String(s)) => s.clone(),

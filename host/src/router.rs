@@ -217,10 +217,8 @@ impl Router {
         };
         let value = match self.format {
             DeadLetterFormat::Headers => {
-                let mut fields: Vec<(&str, String)> = vec![
-                    ("reason", why.reason),
-                    ("kind", why.kind.to_owned()),
-                ];
+                let mut fields: Vec<(&str, String)> =
+                    vec![("reason", why.reason), ("kind", why.kind.to_owned())];
                 if let (Some(stage), Some(version)) = (stage, version) {
                     fields.push(("stage", stage.to_owned()));
                     fields.push(("plugin-version", version.to_owned()));

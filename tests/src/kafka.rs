@@ -6,6 +6,7 @@
 //! tests create them with [`Broker::create_topics`].
 
 use anyhow::{Context, bail};
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -13,17 +14,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext,
-    ThreadedProducer,
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
-use rdkafka::ClientContext;
-use std::sync::atomic::{AtomicU64, Ordering};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A record to produce.
@@ -107,7 +106,9 @@ pub fn tansu_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SWITCHYARD_TANSU") {
         return Ok(PathBuf::from(path));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     for candidate in [
         home.join(".cache/switchyard/tools/bin/tansu"),
         home.join(".cache/switchyard-ci/tools/bin/tansu"),
@@ -117,7 +118,11 @@ pub fn tansu_binary() -> anyhow::Result<PathBuf> {
         }
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("tansu"))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_default();
     on_path.context(
         "the tansu broker is not installed: run tests/run.sh (it installs it), or \
@@ -143,7 +148,13 @@ impl Broker {
                 .with_context(|| format!("cannot create {}", log.display()))?;
             let mut command = Command::new(&binary);
             command
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 .args(["--storage-engine", "memory://tansu/"])
                 // The test's own RUST_LOG must not make the broker log every request.
                 .env("RUST_LOG", "warn")
@@ -212,14 +223,20 @@ impl Broker {
         let consumer: BaseConsumer = self.client_config().create()?;
         loop {
             if let Kind::Tansu { child, .. } = &self.kind
-                && let Ok(Some(status)) = child.lock().map_err(|_| ()).and_then(|mut c| c.try_wait().map_err(|_| ()))
+                && let Ok(Some(status)) = child
+                    .lock()
+                    .map_err(|_| ())
+                    .and_then(|mut c| c.try_wait().map_err(|_| ()))
             {
                 bail!("tansu exited ({status}):\n{}", self.log());
             }
             match consumer.fetch_metadata(None, Duration::from_secs(1)) {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    bail!("tansu did not answer within {timeout:?}: {e}\n{}", self.log())
+                    bail!(
+                        "tansu did not answer within {timeout:?}: {e}\n{}",
+                        self.log()
+                    )
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -246,7 +263,9 @@ impl Broker {
             let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
             let new: Vec<NewTopic<'_>> = topics
                 .iter()
-                .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+                .map(|(name, partitions)| {
+                    NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+                })
                 .collect();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -267,7 +286,11 @@ impl Broker {
                 let seen = consumer
                     .fetch_metadata(Some(name), Duration::from_secs(5))
                     .ok()
-                    .and_then(|m| m.topics().first().map(|t| (t.error().is_none(), t.partitions().len())));
+                    .and_then(|m| {
+                        m.topics()
+                            .first()
+                            .map(|t| (t.error().is_none(), t.partitions().len()))
+                    });
                 if seen == Some((true, *partitions as usize)) {
                     break;
                 }
@@ -282,14 +305,16 @@ impl Broker {
 
     /// An idempotent producer (acks=all) that counts refused records.
     ///
-    /// One record per batch: tansu 0.6 answers a fetch that starts inside a batch with
+    /// On tansu, one record per batch: tansu 0.6 answers a fetch that starts inside a batch with
     /// nothing, so a consumer that resumes mid-batch (after a pause, a restart from a
     /// committed offset, a rebalance) would stall. Real Kafka does not need this.
     pub fn producer(&self) -> anyhow::Result<ThreadedProducer<Counting>> {
-        self.client_config()
-            .set("enable.idempotence", "true")
-            .set("batch.num.messages", "1")
-            .set("linger.ms", "0")
+        let mut config = self.client_config();
+        config.set("enable.idempotence", "true");
+        if let Kind::Tansu { .. } = self.kind {
+            config.set("batch.num.messages", "1").set("linger.ms", "0");
+        }
+        config
             .create_with_context(Counting::default())
             .context("cannot create a producer")
     }
@@ -449,9 +474,12 @@ pub fn send(
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
                 record = back;
                 std::thread::sleep(Duration::from_millis(2));
             }

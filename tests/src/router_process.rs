@@ -112,7 +112,10 @@ impl RouterProcess {
         let pid = libc::pid_t::try_from(self.child.id())?;
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "kill({pid}, {signal}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -139,7 +142,10 @@ impl RouterProcess {
                 return Ok(status.code());
             }
             if Instant::now() >= deadline {
-                bail!("switchyard still running after {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "switchyard still running after {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use switchyard::plugin::PluginVersion;
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
 use switchyard_tests::event;
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
 use switchyard_tests::pipelines::{
     StageDef, kafka_toml, pipeline_toml, scratch_dir, start, write_file,
 };
@@ -82,7 +82,12 @@ fn setup(name: &str, outputs: &[&str]) -> Setup {
     }
 }
 
-fn config(s: &Setup, routes: &[(&str, &str)], stages: &[StageDef<'_>], extra: &str) -> std::path::PathBuf {
+fn config(
+    s: &Setup,
+    routes: &[(&str, &str)],
+    stages: &[StageDef<'_>],
+    extra: &str,
+) -> std::path::PathBuf {
     let table = users_table(&s.dir);
     let text = format!(
         "{}\n{}\n[[table]]\nname = \"users\"\npath = \"{}\"\nkey_field = \"user_id\"\n",
@@ -126,7 +131,9 @@ fn validation_passes_good_records_and_dead_letters_bad_ones_with_the_reason() {
         .collect();
     assert!(reasons.contains("missing field user_id"), "{reasons:?}");
     assert!(
-        reasons.iter().any(|r| r.starts_with("invalid JSON at byte")),
+        reasons
+            .iter()
+            .any(|r| r.starts_with("invalid JSON at byte")),
         "{reasons:?}"
     );
     let version = version_of("validate");
@@ -174,7 +181,12 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
         .expect("produced");
     let out = s
         .broker
-        .consume_all(&["events-standard", "events-dlq"], ids.len(), SETTLE, DEADLINE)
+        .consume_all(
+            &["events-standard", "events-dlq"],
+            ids.len(),
+            SETTLE,
+            DEADLINE,
+        )
         .expect("consumed");
     running.stop().expect("clean stop");
     assert_eq!(out.len(), ids.len());
@@ -184,10 +196,13 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
         let n = event_number(c);
         if n < 100 {
             assert_eq!(v["user_name"], format!("User {n}"));
-            let segment = if n % 2 == 0 { "gold" } else { "basic" };
+            let segment = if n.is_multiple_of(2) { "gold" } else { "basic" };
             assert_eq!(v["user_segment"], segment);
         } else {
-            assert!(v["user_name"].is_null() && v.get("user_name").is_some(), "{v}");
+            assert!(
+                v["user_name"].is_null() && v.get("user_name").is_some(),
+                "{v}"
+            );
         }
     }
 }
@@ -196,7 +211,12 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
 fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
     let s = setup(
         "route",
-        &["events-standard", "events-urgent", "events-errors", "events-dlq"],
+        &[
+            "events-standard",
+            "events-urgent",
+            "events-errors",
+            "events-dlq",
+        ],
     );
     let cfg = config(
         &s,
@@ -212,7 +232,12 @@ fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
     s.broker
         .produce("events", (0..300).map(|i| keyed(i, event(i))))
         .expect("produced");
-    let topics = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
+    let topics = [
+        "events-standard",
+        "events-urgent",
+        "events-errors",
+        "events-dlq",
+    ];
     let out = s
         .broker
         .consume_all(&topics, 300, SETTLE, DEADLINE)
@@ -221,7 +246,11 @@ fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
     assert_eq!(out.len(), 300);
     for c in &out {
         let n = event_number(c);
-        assert_eq!(c.topic, format!("events-{}", expected_route(n)), "event {n}");
+        assert_eq!(
+            c.topic,
+            format!("events-{}", expected_route(n)),
+            "event {n}"
+        );
         // Key, value and timestamp pass through untouched.
         assert_eq!(c.key.as_deref(), Some(user_key(n).as_bytes()));
         assert_eq!(c.value_str(), event(n));
@@ -254,8 +283,14 @@ fn transformation_rewrites_each_value() {
     for c in &out {
         assert_eq!(c.topic, "events-standard");
         let v = json(c);
-        assert!(v.get("email").is_none() && v.get("session").is_none(), "{v}");
-        assert!(v.get("event_type").is_none() && v.get("type").is_some(), "{v}");
+        assert!(
+            v.get("email").is_none() && v.get("session").is_none(),
+            "{v}"
+        );
+        assert!(
+            v.get("event_type").is_none() && v.get("type").is_some(),
+            "{v}"
+        );
         assert!(v["processed_at"].as_i64().is_some(), "{v}");
     }
 }
@@ -265,7 +300,12 @@ fn transformation_rewrites_each_value() {
 #[test]
 fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() {
     const N: u64 = 100_000;
-    let topics = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
+    let topics = [
+        "events-standard",
+        "events-urgent",
+        "events-errors",
+        "events-dlq",
+    ];
     let s = setup("100k", &topics);
     let cfg = config(
         &s,
@@ -286,7 +326,16 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
     s.broker
         .produce(
             "events",
-            (0..N).map(|i| keyed(i, if invalid(i) { invalid_event(i) } else { event(i) })),
+            (0..N).map(|i| {
+                keyed(
+                    i,
+                    if invalid(i) {
+                        invalid_event(i)
+                    } else {
+                        event(i)
+                    },
+                )
+            }),
         )
         .expect("produced");
     let out = s
@@ -305,13 +354,23 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
         }
         if invalid(n) {
             assert_eq!(c.topic, "events-dlq", "event {n}");
-            assert_eq!(c.header("switchyard-dlq-reason"), Some("missing field user_id"));
+            assert_eq!(
+                c.header("switchyard-dlq-reason"),
+                Some("missing field user_id")
+            );
             assert_eq!(c.header("switchyard-dlq-kind"), Some("rejected"));
             assert_eq!(c.header("switchyard-dlq-stage"), Some("validate"));
-            assert_eq!(c.header("switchyard-dlq-plugin-version"), Some(validate.as_str()));
+            assert_eq!(
+                c.header("switchyard-dlq-plugin-version"),
+                Some(validate.as_str())
+            );
             assert_eq!(c.header("switchyard-dlq-source-topic"), Some("events"));
         } else {
-            assert_eq!(c.topic, format!("events-{}", expected_route(n)), "event {n}");
+            assert_eq!(
+                c.topic,
+                format!("events-{}", expected_route(n)),
+                "event {n}"
+            );
         }
     }
     let lost: Vec<u64> = (0..N).filter(|i| !seen.contains_key(i)).take(10).collect();
@@ -328,7 +387,11 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
         let n = event_number(c);
         let key = (c.topic.as_str(), c.key.clone().unwrap_or_default());
         if let Some(prev) = last.insert(key, n) {
-            assert!(prev < n, "{}: event {n} after {prev} for the same key", c.topic);
+            assert!(
+                prev < n,
+                "{}: event {n} after {prev} for the same key",
+                c.topic
+            );
         }
     }
 }
@@ -352,11 +415,20 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
     big.resize(900_000, b'x');
     big.extend_from_slice(br#""}"#);
     let records = vec![
-        TestRecord { key: None, ..TestRecord::new("", pass) },
-        TestRecord { value: None, ..TestRecord::new("null-value", b"") },
+        TestRecord {
+            key: None,
+            ..TestRecord::new("", pass)
+        },
+        TestRecord {
+            value: None,
+            ..TestRecord::new("null-value", b"")
+        },
         TestRecord::new("empty", b""),
         TestRecord::new("not-utf8", &[0xff, 0xfe, 0x00, 0x80]),
-        TestRecord { headers: headers.clone(), ..TestRecord::new("many-headers", pass) },
+        TestRecord {
+            headers: headers.clone(),
+            ..TestRecord::new("many-headers", pass)
+        },
         TestRecord::new("big", &big),
         // An output far larger than the broker takes (librdkafka's message.max.bytes is 1 MB).
         TestRecord::new("huge-output", br#"{"do":"emit","count":1,"bytes":3000000}"#),
@@ -371,8 +443,17 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
     running.stop().expect("clean stop");
     let by_key: HashMap<Option<&[u8]>, &Consumed> =
         out.iter().map(|c| (c.key.as_deref(), c)).collect();
-    assert_eq!(out.len(), n, "{:?}", out.iter().map(|c| (&c.topic, &c.key)).collect::<Vec<_>>());
-    let get = |k: &str| *by_key.get(&Some(k.as_bytes())).unwrap_or_else(|| panic!("no output for {k}"));
+    assert_eq!(
+        out.len(),
+        n,
+        "{:?}",
+        out.iter().map(|c| (&c.topic, &c.key)).collect::<Vec<_>>()
+    );
+    let get = |k: &str| {
+        *by_key
+            .get(&Some(k.as_bytes()))
+            .unwrap_or_else(|| panic!("no output for {k}"))
+    };
     assert!(
         out.iter().any(|c| c.key.is_none()
             && c.topic == "events-standard"
@@ -385,12 +466,22 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
         assert_eq!(get(k).topic, "events-standard", "{k}");
     }
     assert_eq!(get("null-value").value, None, "a null value stays null");
-    assert_eq!(get("empty").value.as_deref(), Some(&b""[..]), "an empty value stays empty");
-    assert_eq!(get("not-utf8").value.as_deref(), Some(&[0xff, 0xfe, 0x00, 0x80][..]));
+    assert_eq!(
+        get("empty").value.as_deref(),
+        Some(&b""[..]),
+        "an empty value stays empty"
+    );
+    assert_eq!(
+        get("not-utf8").value.as_deref(),
+        Some(&[0xff, 0xfe, 0x00, 0x80][..])
+    );
     let many = get("many-headers");
     assert_eq!(many.topic, "events-standard");
     assert_eq!(many.headers[..1000], headers[..], "headers kept in order");
-    assert_eq!(get("big").value.as_deref().map(<[u8]>::len), Some(big.len()));
+    assert_eq!(
+        get("big").value.as_deref().map(<[u8]>::len),
+        Some(big.len())
+    );
     // The plugin's output (no key, 3 MB) is refused by the producer: it is dead-lettered with
     // the reason, its value omitted.
     let huge: Vec<&Consumed> = out

@@ -3,12 +3,17 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
 use switchyard_tests::event;
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
 use switchyard_tests::pipelines::{kafka_toml, pipeline_toml, scratch_dir, write_file};
 use switchyard_tests::router_process::{RouterProcess, run_switchyard};
 
-const OUTPUTS: [&str; 4] = ["events-standard", "events-urgent", "events-errors", "events-dlq"];
+const OUTPUTS: [&str; 4] = [
+    "events-standard",
+    "events-urgent",
+    "events-errors",
+    "events-dlq",
+];
 
 fn setup(name: &str) -> (Broker, std::path::PathBuf) {
     setup_on(Broker::tansu().expect("tansu starts"), name)
@@ -79,7 +84,10 @@ fn wait_for_outputs(broker: &Broker, n: usize, routers: &[&RouterProcess]) {
         }
         if Instant::now() >= deadline {
             let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
-            panic!("only {got} of {n} outputs arrived; router logs:\n{}", logs.join("\n-----\n"));
+            panic!(
+                "only {got} of {n} outputs arrived; router logs:\n{}",
+                logs.join("\n-----\n")
+            );
         }
     }
 }
@@ -95,17 +103,18 @@ fn check_accepts_a_good_config_and_names_what_is_wrong_in_a_bad_one() {
     // A file that is not a component: check fails and names the stage and the problem.
     let dir = scratch_dir("check-bad");
     let not_wasm = write_file(&dir, "bad.wasm", "definitely not wasm");
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace(
-            &switchyard_tests::plugin_path("route").display().to_string(),
-            &not_wasm.display().to_string(),
-        );
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &switchyard_tests::plugin_path("route").display().to_string(),
+        &not_wasm.display().to_string(),
+    );
     let bad = write_file(&dir, "bad.toml", &text);
     let (code, _, stderr) =
         run_switchyard(&["check", "--config", bad.to_str().expect("path")]).expect("runs");
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("stage route") && stderr.contains("not"), "{stderr}");
+    assert!(
+        stderr.contains("stage route") && stderr.contains("not"),
+        "{stderr}"
+    );
     drop(broker);
 }
 
@@ -125,15 +134,30 @@ fn sigterm_drains_commits_and_exits_zero_so_a_restart_writes_no_duplicate() {
 
     let mut second = router(&config);
     let out = broker
-        .consume_all(&OUTPUTS, N as usize, Duration::from_secs(1), Duration::from_secs(180))
+        .consume_all(
+            &OUTPUTS,
+            N as usize,
+            Duration::from_secs(1),
+            Duration::from_secs(180),
+        )
         .expect("consumed");
     second.sigterm().expect("signal");
-    assert_eq!(second.wait(Duration::from_secs(30)).expect("exits"), Some(0));
+    assert_eq!(
+        second.wait(Duration::from_secs(30)).expect("exits"),
+        Some(0)
+    );
     let counts = tally(&out);
-    let lost: Vec<u64> = (0..N).filter(|i| !counts.contains_key(i)).take(10).collect();
+    let lost: Vec<u64> = (0..N)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect();
     assert!(lost.is_empty(), "lost: {lost:?}");
     let duplicated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(duplicated.is_empty(), "{} duplicates after a graceful stop", duplicated.len());
+    assert!(
+        duplicated.is_empty(),
+        "{} duplicates after a graceful stop",
+        duplicated.len()
+    );
 }
 
 /// SIGKILL mid-stream, then a restart: nothing lost; every duplicate is a record the first
@@ -145,7 +169,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     broker.produce("events", records(0..N)).expect("produced");
     // Where each event sits in the input topic.
     let input: HashMap<u64, (i32, i64)> = broker
-        .consume_all(&["events"], N as usize, Duration::ZERO, Duration::from_secs(60))
+        .consume_all(
+            &["events"],
+            N as usize,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
         .expect("input read")
         .iter()
         .map(|c| (event_number(c), (c.partition, c.offset)))
@@ -162,13 +191,24 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
 
     let mut second = router(&config);
     let out = broker
-        .consume_all(&OUTPUTS, N as usize, Duration::from_secs(2), Duration::from_secs(180))
+        .consume_all(
+            &OUTPUTS,
+            N as usize,
+            Duration::from_secs(2),
+            Duration::from_secs(180),
+        )
         .expect("consumed");
     second.sigterm().expect("signal");
-    assert_eq!(second.wait(Duration::from_secs(30)).expect("exits"), Some(0));
+    assert_eq!(
+        second.wait(Duration::from_secs(30)).expect("exits"),
+        Some(0)
+    );
 
     let counts = tally(&out);
-    let lost: Vec<u64> = (0..N).filter(|i| !counts.contains_key(i)).take(10).collect();
+    let lost: Vec<u64> = (0..N)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect();
     assert!(lost.is_empty(), "lost after SIGKILL: {lost:?}");
     let duplicates: Vec<u64> = counts
         .iter()
@@ -214,13 +254,30 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = broker
-        .consume_all(&OUTPUTS, N as usize, Duration::from_secs(2), Duration::from_secs(180))
+        .consume_all(
+            &OUTPUTS,
+            N as usize,
+            Duration::from_secs(2),
+            Duration::from_secs(180),
+        )
         .expect("consumed");
     b.sigterm().expect("signal");
-    assert_eq!(b.wait(Duration::from_secs(30)).expect("exits"), Some(0), "{}", b.log());
+    assert_eq!(
+        b.wait(Duration::from_secs(30)).expect("exits"),
+        Some(0),
+        "{}",
+        b.log()
+    );
     let counts = tally(&out);
-    let lost: Vec<u64> = (0..N).filter(|i| !counts.contains_key(i)).take(10).collect();
-    assert!(lost.is_empty(), "lost: {lost:?}\nsurvivor log:\n{}", b.log());
+    let lost: Vec<u64> = (0..N)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost: {lost:?}\nsurvivor log:\n{}",
+        b.log()
+    );
     let duplicates = counts.values().filter(|c| **c > 1).count();
     eprintln!("two routers, one killed: {duplicates} of {N} events written twice");
     assert!(

@@ -106,7 +106,7 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
         match result {
-            Ok(_) => self.shared.acknowledged(ticket),
+            Ok(_) => self.shared.acknowledged(&ticket),
             Err((error, message)) => {
                 let out = Outgoing {
                     topic: Arc::from(message.topic()),
@@ -130,10 +130,14 @@ struct Retry {
 }
 
 impl Shared {
-    fn acknowledged(&self, ticket: Box<Ticket>) {
+    fn acknowledged(&self, ticket: &Ticket) {
         if ticket.dead_letter {
             PipelineCounters::add(&self.counters.dead_lettered, 1);
-            if self.health.dead_letter_failing.swap(false, Ordering::AcqRel) {
+            if self
+                .health
+                .dead_letter_failing
+                .swap(false, Ordering::AcqRel)
+            {
                 tracing::info!(pipeline = %self.pipeline, "Dead-letter writes work again; committing resumes.");
             }
         } else {

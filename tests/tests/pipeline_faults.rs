@@ -1,0 +1,236 @@
+//! Faults injected with librdkafka's mock cluster while a pipeline runs: produce errors,
+//! commit errors, a broker down and up, slow round trips. Whatever happens, no record is lost.
+
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::collections::HashMap;
+use std::time::Duration;
+use switchyard_tests::event;
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::pipelines::{
+    Running, kafka_toml, pipeline_toml, scratch_dir, start, write_file,
+};
+
+const OUTPUTS: [&str; 4] = [
+    "events-standard",
+    "events-urgent",
+    "events-errors",
+    "events-dlq",
+];
+
+fn setup(name: &str, brokers: i32) -> (Broker, Running) {
+    let broker = Broker::mock(brokers).expect("mock cluster");
+    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
+    topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
+    broker.create_topics(&topics).expect("topics created");
+    let dir = scratch_dir(name);
+    let text = format!(
+        "{}\n{}",
+        kafka_toml(broker.bootstrap()),
+        pipeline_toml(
+            "events",
+            "events",
+            &[
+                ("standard", "events-standard"),
+                ("urgent", "events-urgent"),
+                ("errors", "events-errors"),
+            ],
+            "events-dlq",
+            &[("route", "route", &[])],
+            "commit_interval_ms = 100",
+        )
+    );
+    let running = start(&write_file(&dir, "switchyard.toml", &text)).expect("pipeline starts");
+    (broker, running)
+}
+
+fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
+    range.map(|i| TestRecord::new(&format!("user-{:05}", i % 10_000), event(i).as_bytes()))
+}
+
+/// Every event 0..n was written at least once, to a route topic (never dead-lettered).
+fn assert_all_delivered(out: &[Consumed], n: u64) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for c in out {
+        assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
+        let v: serde_json::Value =
+            serde_json::from_slice(c.value.as_deref().unwrap_or_default()).expect("JSON");
+        let id = v["event_id"]
+            .as_str()
+            .and_then(|s| s.trim_start_matches("evt-").parse().ok())
+            .expect("event id");
+        *seen.entry(id).or_default() += 1;
+    }
+    let lost: Vec<u64> = (0..n).filter(|i| !seen.contains_key(i)).take(10).collect();
+    assert!(lost.is_empty(), "lost (first 10): {lost:?}");
+}
+
+fn read_outputs(broker: &Broker, n: u64) -> Vec<Consumed> {
+    broker
+        .consume_all(
+            &OUTPUTS,
+            n as usize,
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )
+        .expect("consumed")
+}
+
+#[test]
+fn produce_errors_are_retried_and_nothing_is_lost() {
+    const N: u64 = 3_000;
+    let (broker, running) = setup("produce-errors", 1);
+    let cluster = broker.mock_cluster().expect("mock");
+    // The next 30 produce requests fail with retriable errors.
+    let errors: Vec<RDKafkaRespErr> = (0..30)
+        .map(|i| {
+            if i % 2 == 0 {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS
+            } else {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT
+            }
+        })
+        .collect();
+    cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    broker.produce("events", records(0..N)).expect("produced");
+    let out = read_outputs(&broker, N);
+    let counters = running.counters("events");
+    running.stop().expect("clean stop");
+    assert_all_delivered(&out, N);
+    assert_eq!(counters.routed, N, "{counters:?}");
+    assert_eq!(counters.dead_lettered, 0);
+}
+
+#[test]
+fn commit_errors_are_retried_and_every_offset_is_committed_in_the_end() {
+    const N: u64 = 3_000;
+    let (broker, running) = setup("commit-errors", 1);
+    let cluster = broker.mock_cluster().expect("mock");
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 10],
+    );
+    broker.produce("events", records(0..N)).expect("produced");
+    let out = read_outputs(&broker, N);
+    running.stop().expect("clean stop");
+    assert_all_delivered(&out, N);
+    let committed: i64 = broker
+        .committed("switchyard-events", "events")
+        .expect("committed offsets")
+        .values()
+        .sum();
+    assert_eq!(
+        committed, N as i64,
+        "every record committed after the errors"
+    );
+}
+
+#[test]
+fn a_broker_down_then_up_loses_nothing() {
+    const N: u64 = 4_000;
+    let (broker, running) = setup("broker-down", 3);
+    let cluster = broker.mock_cluster().expect("mock");
+    broker
+        .produce("events", records(0..N / 2))
+        .expect("produced");
+    // Take a broker down mid-stream: partitions it leads cannot be written or read until
+    // it comes back.
+    cluster.broker_down(2).expect("broker down");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.broker_up(2).expect("broker up");
+    broker
+        .produce("events", records(N / 2..N))
+        .expect("produced");
+    let out = read_outputs(&broker, N);
+    running.stop().expect("clean stop");
+    assert_all_delivered(&out, N);
+}
+
+#[test]
+fn slow_round_trips_delay_but_lose_nothing() {
+    const N: u64 = 2_000;
+    let (broker, running) = setup("slow", 1);
+    let cluster = broker.mock_cluster().expect("mock");
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(200))
+        .expect("delay set");
+    broker.produce("events", records(0..N)).expect("produced");
+    let out = read_outputs(&broker, N);
+    running.stop().expect("clean stop");
+    assert_all_delivered(&out, N);
+}
+
+/// A dead-letter topic that refuses writes: the pipeline reports unhealthy, commits nothing,
+/// and keeps retrying; once the topic accepts writes again the dead letters arrive and
+/// committing resumes.
+#[test]
+fn a_failing_dead_letter_topic_stops_commits_until_it_recovers() {
+    const N: u64 = 200;
+    let (broker, running) = setup("dlq-down", 1);
+    let cluster = broker.mock_cluster().expect("mock");
+    cluster
+        .topic_error(
+            "events-dlq",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
+    // Every 20th record is not JSON: `route` dead-letters it.
+    broker
+        .produce(
+            "events",
+            (0..N).map(|i| {
+                if i % 20 == 7 {
+                    TestRecord::new("bad", b"not json")
+                } else {
+                    records(i..i + 1).next().expect("one record")
+                }
+            }),
+        )
+        .expect("produced");
+    let status = running.status("events");
+    let failing = running.wait_for("events", Duration::from_secs(60), |_| {
+        status
+            .health
+            .dead_letter_failing
+            .load(std::sync::atomic::Ordering::Acquire)
+    });
+    assert!(
+        !status.health.is_healthy(),
+        "unhealthy while dead letters fail: {failing:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let committed_while_failing: i64 = broker
+        .committed("switchyard-events", "events")
+        .expect("committed offsets")
+        .values()
+        .sum();
+    assert_eq!(
+        committed_while_failing, 0,
+        "nothing committed while dead letters fail"
+    );
+    assert_eq!(running.counters("events").dead_lettered, 0);
+
+    cluster
+        .topic_error("events-dlq", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .expect("topic error cleared");
+    let counters = running.wait_for("events", Duration::from_secs(60), |c| {
+        c.dead_lettered == N / 20
+    });
+    assert_eq!(counters.dead_lettered, N / 20, "{counters:?}");
+    assert!(status.health.is_healthy());
+    running.stop().expect("clean stop");
+    let committed: i64 = broker
+        .committed("switchyard-events", "events")
+        .expect("committed offsets")
+        .values()
+        .sum();
+    assert_eq!(committed, N as i64);
+    let dlq = broker
+        .consume_all(
+            &["events-dlq"],
+            (N / 20) as usize,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        )
+        .expect("dead letters read");
+    assert_eq!(dlq.len() as u64, N / 20);
+}
