@@ -74,7 +74,10 @@ fn the_good_config_loads_with_defaults_filled_in() {
     assert_eq!(p.group(), "switchyard-events");
     assert_eq!(p.start, StartPosition::Timestamp(1_700_000_000_000));
     assert_eq!(p.dead_letter_format, DeadLetterFormat::Headers);
-    assert_eq!((p.batch_size, p.batch_wait_ms), (256, 5));
+    assert_eq!((p.batch_size, p.batch_wait_ms), (256, 0));
+    assert_eq!((p.workers, p.max_in_flight), (None, 20_000));
+    assert_eq!((p.drain_timeout_ms, p.commit_interval_ms), (10_000, 200));
+    assert!(config.tables.is_empty());
     assert_eq!(p.routes["urgent"], "events-urgent");
     let stage = &p.stages[0];
     assert_eq!(stage.plugin, ui_dir().join("placeholder.plugin"));
