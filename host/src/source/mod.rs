@@ -76,6 +76,10 @@ impl SourceContext {
                 Offset::Offset(o) => Offset::Offset(o),
                 _ => Offset::End,
             };
+            tracing::info!(
+                pipeline = %self.pipeline, topic = e.topic(), partition = e.partition(),
+                timestamp_ms = ts, offset = ?offset, "No committed offset: starting at the start timestamp."
+            );
             tpl.set_partition_offset(e.topic(), e.partition(), offset)?;
         }
         Ok(())
