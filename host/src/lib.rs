@@ -3,17 +3,24 @@
 //! # Layout
 //!
 //! ```text
-//! Kafka -> source -> ring -> workers (plugin chain) -> router -> sink -> Kafka
-//!                                                                  \-> dead-letter topic
+//! Kafka -> source (consumer) -> ring -> workers (plugin chain, router) -> sink (producer) -> Kafka
+//!                 ^  offsets committed once every output is acknowledged  |   \-> dead-letter topic
+//!                 +-------------------- tracker <--------------------------+
 //! ```
 //!
 //! - [`config`]: the typed, strict configuration file.
+//! - [`pipeline`]: one pipeline wired together, its states (running, draining), its workers.
+//! - [`source`]: the rdkafka consumer's rebalance handling (drain, commit), and the tracker of
+//!   in-flight records that decides what may be committed.
+//! - [`ring`]: the bounded per-worker queues; a partition always goes to the same worker.
 //! - [`plugin`]: the sandboxed WebAssembly runtime: engine, limits, instances, the stage
 //!   chain and its failure isolation.
 //! - [`router`]: pure: a chain's deliveries -> outgoing records (topic, provenance and
 //!   dead-letter headers, or the JSON dead-letter envelope).
-//! - [`source`]: reading from Kafka; so far the offset tracker that decides what may be
-//!   committed.
+//! - [`sink`]: the idempotent producer, acknowledgements, retries, and dead-lettering of
+//!   writes the broker refuses.
+//! - [`kafka`]: client settings and their defaults, shared conversions.
+//! - [`metrics`]: a pipeline's counters and health.
 
 pub mod config;
 pub mod kafka;
