@@ -217,6 +217,7 @@ impl Pipeline {
         let max_in_flight = self.config.max_in_flight;
         let mut paused = false;
         let mut last_commit = Instant::now();
+        let mut last_full_commit = Instant::now();
         let mut last_report = Instant::now();
         let mut fatal = None;
         while !stop.load(Ordering::Acquire) {
@@ -265,8 +266,12 @@ impl Pipeline {
                 None => {}
             }
             if last_commit.elapsed() >= commit_interval {
-                commit_async(&consumer, name, status);
+                let again = last_full_commit.elapsed() >= RECOMMIT_INTERVAL;
+                commit_async(&consumer, name, status, again);
                 last_commit = Instant::now();
+                if again {
+                    last_full_commit = last_commit;
+                }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
                 tracing::debug!(
@@ -300,7 +305,7 @@ impl Pipeline {
                 .into_iter()
                 .map(|p| (p.topic, p.partition))
                 .collect();
-            commit_sync(&consumer, name, &tracker.committable_of(&all));
+            let _ = commit_sync(&consumer, name, &tracker.committable_of(&all));
         }
         // Nothing left to wait for when the group takes the partitions away on close.
         tracker.revoke_all();
@@ -313,6 +318,11 @@ impl Pipeline {
         }
     }
 }
+
+/// How often every partition's commit position is sent again, changed or not: an
+/// asynchronous commit can fail without the failure reaching us, and the next reader must
+/// not start further back than needed.
+const RECOMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the consumer logs its progress (at debug level).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -336,11 +346,16 @@ fn set_paused(consumer: &BaseConsumer<SourceContext>, pipeline: &str, pause: boo
     }
 }
 
-fn commit_async(consumer: &BaseConsumer<SourceContext>, pipeline: &str, status: &PipelineStatus) {
+fn commit_async(
+    consumer: &BaseConsumer<SourceContext>,
+    pipeline: &str,
+    status: &PipelineStatus,
+    again: bool,
+) {
     if status.health.dead_letter_failing.load(Ordering::Acquire) {
         return;
     }
-    let offsets = status.tracker.to_commit();
+    let offsets = status.tracker.to_commit(again);
     if offsets.is_empty() {
         return;
     }
@@ -352,10 +367,8 @@ fn commit_async(consumer: &BaseConsumer<SourceContext>, pipeline: &str, status: 
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::warn!(pipeline, error = %e, "Cannot send an offset commit; retrying.");
-        for (topic, partition, offset) in &offsets {
-            status
-                .tracker
-                .commit_result(topic, *partition, *offset, false);
+        for (topic, partition, _) in &offsets {
+            status.tracker.commit_failed(topic, *partition);
         }
     }
 }

@@ -100,7 +100,7 @@ impl SourceContext {
                 "Partitions revoked before their records finished; those will be delivered again."
             );
         }
-        commit_sync(
+        let _ = commit_sync(
             consumer,
             &self.pipeline,
             &self.tracker.committable_of(partitions),
@@ -112,14 +112,16 @@ impl SourceContext {
     }
 }
 
-/// Commits offsets and waits for the broker's answer.
+/// Commits offsets and waits for the broker's answer, trying again (up to 5 times, 3 s in
+/// all) when the commit fails: this is the last commit before the partitions go to another
+/// reader, and each failed one means records delivered again. Returns whether it succeeded.
 pub fn commit_sync<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     pipeline: &str,
     offsets: &[(String, i32, i64)],
-) {
+) -> bool {
     if offsets.is_empty() {
-        return;
+        return true;
     }
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
@@ -127,9 +129,21 @@ pub fn commit_sync<C: ConsumerContext>(
             tracing::warn!(pipeline, error = %e, "Cannot list an offset to commit.");
         }
     }
-    if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
-        tracing::warn!(pipeline, error = %e, "Offset commit failed; those records will be delivered again.");
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=5 {
+        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => return true,
+            Err(e) if attempt < 5 => {
+                tracing::warn!(pipeline, error = %e, attempt, "Offset commit failed; trying again.");
+                std::thread::sleep(backoff);
+                backoff *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(pipeline, error = %e, "Offset commit failed; the records after the last commit will be delivered again.");
+            }
+        }
     }
+    false
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -212,14 +226,16 @@ impl ConsumerContext for SourceContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let ok = result.is_ok();
         if let Err(e) = &result {
             tracing::warn!(pipeline = %self.pipeline, error = %e, "Offset commit failed; retrying at the next commit.");
         }
         for e in offsets.elements() {
-            if let Offset::Offset(offset) = e.offset() {
-                self.tracker
-                    .commit_result(e.topic(), e.partition(), offset, ok);
+            match (&result, e.error(), e.offset()) {
+                (Ok(()), Ok(()), Offset::Offset(offset)) => {
+                    self.tracker
+                        .commit_confirmed(e.topic(), e.partition(), offset);
+                }
+                _ => self.tracker.commit_failed(e.topic(), e.partition()),
             }
         }
     }

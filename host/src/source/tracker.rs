@@ -159,13 +159,15 @@ impl Tracker {
     }
 
     /// Offsets worth committing now: partitions whose committable offset is above the last
-    /// one requested. Marks them requested.
-    pub fn to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
+    /// one requested, or (with `again`) every partition with a committable offset, so a
+    /// commit that failed without its failure being reported is sent again. Marks them
+    /// requested.
+    pub fn to_commit(&self, again: bool) -> Vec<(Arc<str>, i32, i64)> {
         let mut map = self.lock();
         let mut out = Vec::new();
         for ((topic, partition), state) in map.iter_mut() {
             if let Some(offset) = state.offsets.committable()
-                && state.requested.is_none_or(|r| offset > r)
+                && (again || state.requested.is_none_or(|r| offset > r))
             {
                 state.requested = Some(offset);
                 out.push((topic.clone(), *partition, offset));
@@ -186,16 +188,19 @@ impl Tracker {
             .collect()
     }
 
-    /// The broker confirmed (`ok`) or refused a commit of `offset`. A refused one is asked
-    /// again at the next commit.
-    pub fn commit_result(&self, topic: &str, partition: i32, offset: i64, ok: bool) {
+    /// The broker confirmed a commit of `offset`.
+    pub fn commit_confirmed(&self, topic: &str, partition: i32, offset: i64) {
         let mut map = self.lock();
-        let Some(state) = map.get_mut(&(Arc::from(topic), partition)) else {
-            return;
-        };
-        if ok {
+        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
             state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
-        } else if state.requested == Some(offset) {
+        }
+    }
+
+    /// A commit for the partition failed (whatever offset it carried): the next commit asks
+    /// again for everything past the last confirmed offset.
+    pub fn commit_failed(&self, topic: &str, partition: i32) {
+        let mut map = self.lock();
+        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
             state.requested = state.committed;
         }
     }
@@ -250,10 +255,15 @@ mod tests {
         // A late acknowledgement from the first assignment does not finish offset 1.
         t.finish_many(&first, [0, 1]);
         assert_eq!(t.in_flight(), 1);
-        assert!(t.to_commit().is_empty());
+        assert!(t.to_commit(false).is_empty());
         t.finish_many(&second, [1]);
-        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 0, 2)]);
-        assert!(t.to_commit().is_empty(), "already requested");
+        assert_eq!(t.to_commit(false), vec![(Arc::from("a"), 0, 2)]);
+        assert!(t.to_commit(false).is_empty(), "already requested");
+        assert_eq!(
+            t.to_commit(true),
+            vec![(Arc::from("a"), 0, 2)],
+            "asked again"
+        );
     }
 
     #[test]
@@ -262,11 +272,11 @@ mod tests {
         let h = t.assign("a", 1);
         t.track("a", 1, 5).unwrap();
         t.finish_many(&h, [5]);
-        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 1, 6)]);
-        t.commit_result("a", 1, 6, false);
-        assert_eq!(t.to_commit(), vec![(Arc::from("a"), 1, 6)]);
-        t.commit_result("a", 1, 6, true);
-        assert!(t.to_commit().is_empty());
+        assert_eq!(t.to_commit(false), vec![(Arc::from("a"), 1, 6)]);
+        t.commit_failed("a", 1);
+        assert_eq!(t.to_commit(false), vec![(Arc::from("a"), 1, 6)]);
+        t.commit_confirmed("a", 1, 6);
+        assert!(t.to_commit(false).is_empty());
         assert_eq!(t.partitions()[0].committed, Some(6));
     }
 
