@@ -120,6 +120,11 @@ impl RouterProcess {
         Ok(())
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it at once, as a crash or an OOM kill would.
     pub fn sigkill(&mut self) -> anyhow::Result<()> {
         self.signal(libc::SIGKILL)
