@@ -146,7 +146,9 @@ impl Pipeline {
         let workers = self.config.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let (ring, lanes) = Ring::new(workers, self.config.max_in_flight);
+        // A lane's buffer is allocated up front; the pause at `max_in_flight` keeps the
+        // lanes from filling, so they need not be as large as that bound.
+        let (ring, lanes) = Ring::new(workers, self.config.max_in_flight.min(LANE_CAPACITY));
         let mut threads = Vec::with_capacity(workers);
         for (i, lane) in lanes.into_iter().enumerate() {
             let runner = ChainRunner::new(
@@ -323,6 +325,9 @@ impl Pipeline {
 /// asynchronous commit can fail without the failure reaching us, and the next reader must
 /// not start further back than needed.
 const RECOMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most records a worker's lane holds (a full lane makes the consumer wait).
+const LANE_CAPACITY: usize = 16_384;
 
 /// How often the consumer logs its progress (at debug level).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
