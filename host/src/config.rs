@@ -60,6 +60,52 @@ pub struct Config {
     /// Lookup tables plugins read with `host::lookup`.
     #[serde(rename = "table", default)]
     pub tables: Vec<TableConfig>,
+    /// The admin HTTP API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Default address of the admin API.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9644";
+/// Default largest plugin upload, in bytes.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 64 << 20;
+/// Default longest wait for every worker to switch to an uploaded version.
+pub const DEFAULT_SWITCH_TIMEOUT_MS: u64 = 30_000;
+/// The environment variable holding an admin token (named `env` in audit lines).
+pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+
+/// The admin HTTP API: hot reload, rollback, dry-run, pause, health, metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the API at all (default true).
+    pub enabled: bool,
+    /// Address to listen on (default `127.0.0.1:9644`). A non-loopback address needs a token.
+    pub listen: String,
+    /// Bearer tokens by name (the name appears in audit lines), `${VAR}` expanded. Mutating
+    /// endpoints require one of them, or the one in `SWITCHYARD_ADMIN_TOKEN` (named `env`).
+    pub tokens: BTreeMap<String, String>,
+    /// Where uploaded plugin versions persist (default `.switchyard-state` next to the
+    /// config file).
+    pub state_dir: Option<PathBuf>,
+    /// Largest plugin upload in bytes (default 64 MiB); a larger one gets 413 before it is
+    /// read.
+    pub max_upload_bytes: usize,
+    /// Longest wait for every worker to switch to a new version, in ms (default 30000).
+    pub switch_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN.into(),
+            tokens: BTreeMap::new(),
+            state_dir: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            switch_timeout_ms: DEFAULT_SWITCH_TIMEOUT_MS,
+        }
+    }
 }
 
 /// A lookup table loaded from a JSON Lines file at start-up: each line a JSON object, keyed by
@@ -257,6 +303,19 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
         config.expand_env(env)?;
+        if let Some(token) = env(ADMIN_TOKEN_ENV).filter(|t| !t.is_empty()) {
+            config.admin.tokens.insert("env".into(), token);
+        }
+        let state_dir = config
+            .admin
+            .state_dir
+            .take()
+            .unwrap_or_else(|| PathBuf::from(".switchyard-state"));
+        config.admin.state_dir = Some(if state_dir.is_relative() {
+            base.join(state_dir)
+        } else {
+            state_dir
+        });
         for table in &mut config.tables {
             if table.path.is_relative() {
                 table.path = base.join(&table.path);
@@ -283,6 +342,9 @@ impl Config {
                 *value = expand(value, &format!("{section}.\"{key}\""), env)?;
             }
         }
+        for (name, token) in self.admin.tokens.iter_mut() {
+            *token = expand(token, &format!("admin.tokens.{name}"), env)?;
+        }
         Ok(())
     }
 
@@ -305,6 +367,7 @@ impl Config {
                 }
             }
         }
+        self.admin.validate()?;
         let mut table_names = std::collections::HashSet::new();
         for (i, t) in self.tables.iter().enumerate() {
             let at = format!("table[{i}] ({})", t.name);
@@ -407,6 +470,41 @@ impl Config {
                     return err(format!("{at}.{e}"));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl AdminConfig {
+    /// The address to listen on.
+    pub fn address(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError(format!(
+                "admin.listen {:?} is not an address like 127.0.0.1:9644: {e}",
+                self.listen
+            ))
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let address = self.address()?;
+        for (name, token) in &self.tokens {
+            if token.len() < 16 {
+                return Err(ConfigError(format!(
+                    "admin.tokens.{name} is shorter than 16 characters; use a long random token"
+                )));
+            }
+        }
+        if !address.ip().is_loopback() && self.tokens.is_empty() {
+            return Err(ConfigError(format!(
+                "admin.listen {address} is not a loopback address: set admin.tokens (or {ADMIN_TOKEN_ENV}) so that changes need a token"
+            )));
+        }
+        if self.max_upload_bytes == 0 {
+            return Err(ConfigError("admin.max_upload_bytes must be above 0".into()));
         }
         Ok(())
     }

@@ -20,9 +20,16 @@
 //! - [`sink`]: the idempotent producer, acknowledgements, retries, and dead-lettering of
 //!   writes the broker refuses.
 //! - [`kafka`]: client settings and their defaults, shared conversions.
-//! - [`metrics`]: a pipeline's counters and health.
+//! - [`metrics`]: a pipeline's counters and health, and the Prometheus metrics.
+//! - [`control`]: the live chain version and switching every worker to a new one.
+//! - [`versions`]: each stage's plugin versions, rollback stack, history, persistence.
+//! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
+//! - [`client`]: the CLI's client of that API.
 
+pub mod admin;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
@@ -31,3 +38,4 @@ pub mod ring;
 pub mod router;
 pub mod sink;
 pub mod source;
+pub mod versions;

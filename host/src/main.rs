@@ -8,9 +8,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use switchyard::admin::{self, AdminState};
+use switchyard::client::{self, Client};
 use switchyard::config::Config;
+use switchyard::metrics::Metrics;
 use switchyard::pipeline;
 use switchyard::plugin::{EngineConfig, PluginEngine};
+use switchyard::versions::VersionStore;
 
 /// mimalloc rather than the system allocator: the hot path allocates and frees every record's
 /// bytes, and in a profile glibc's heap trimming turned that into page faults. The plugin
@@ -49,6 +53,77 @@ enum Command {
         /// Path to the component (.wasm).
         plugin: PathBuf,
     },
+    /// Manage a running router's plugins through its admin API.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+    /// Show a running router's pipelines (state, stages and versions, counters, lag).
+    Pipelines {
+        /// One pipeline; all if omitted.
+        name: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Where a running router's admin API is.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The admin API's address.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = client::DEFAULT_ADMIN_URL)]
+    admin: String,
+    /// Bearer token for changes.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Client {
+        Client::new(&self.admin, self.token.clone())
+    }
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Upload a new version of a stage's plugin; prints its version once every worker runs it.
+    Push {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Replace the stage's config map (repeat for each key); without it the config is kept.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Go back to the stage's previous version.
+    Rollback {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The stage's active version, rollback stack and history.
+    Versions {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,7 +158,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let parsed = Config::load(&config)?;
             let engine = PluginEngine::new(&EngineConfig::default())
                 .context("cannot start the plugin engine")?;
-            for p in pipeline::load(&parsed, engine)? {
+            let metrics = Metrics::new();
+            for p in pipeline::load(&parsed, engine, &metrics, &VersionStore::memory())? {
                 let stages: Vec<String> = p
                     .spec()
                     .stages()
@@ -96,7 +172,56 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => run(&config),
+        Command::Plugin { action } => plugin_command(action),
+        Command::Pipelines { name, api } => {
+            let path = match name {
+                Some(name) => format!("/api/v1/pipelines/{name}"),
+                None => "/api/v1/pipelines".into(),
+            };
+            print_json(&api.client().get(&path)?)
+        }
     }
+}
+
+fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
+    match action {
+        PluginAction::Push {
+            pipeline,
+            stage,
+            plugin,
+            config,
+            api,
+        } => {
+            let config = if config.is_empty() {
+                None
+            } else {
+                Some(client::parse_pairs(&config, "--config")?)
+            };
+            let answer = api
+                .client()
+                .push(&pipeline, &stage, &plugin, config.as_ref())?;
+            print_json(&answer)
+        }
+        PluginAction::Rollback {
+            pipeline,
+            stage,
+            api,
+        } => print_json(&api.client().post(&format!(
+            "/api/v1/pipelines/{pipeline}/stages/{stage}/rollback"
+        ))?),
+        PluginAction::Versions {
+            pipeline,
+            stage,
+            api,
+        } => print_json(&api.client().get(&format!(
+            "/api/v1/pipelines/{pipeline}/stages/{stage}/versions"
+        ))?),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// Runs the pipelines on their own threads; this thread waits for a signal.
@@ -104,7 +229,30 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let engine =
         PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?;
-    let pipelines = pipeline::load(&config, engine)?;
+    let metrics = Arc::new(Metrics::new());
+    let store = match &config.admin.state_dir {
+        Some(dir) => VersionStore::at(dir.clone()).context("admin.state_dir")?,
+        None => VersionStore::memory(),
+    };
+    let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
+    let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("admin")
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    // Bound before any record is read: a taken port fails the start, naming the key.
+    let listener = if config.admin.enabled {
+        let address = config.admin.address()?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("admin.listen: cannot listen on {address}"))?;
+        tracing::info!(address = %address, state_dir = ?store.dir(), "Admin API listening.");
+        Some(listener)
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let runner = {
         let stop = stop.clone();
@@ -112,10 +260,23 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             .name("pipelines".into())
             .spawn(move || pipeline::run_all(pipelines, stop))?
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal handler")?;
+    let admin_stop = Arc::new(tokio::sync::Notify::new());
+    if let Some(listener) = listener {
+        let state = Arc::new(AdminState {
+            pipelines: handles,
+            metrics: metrics.clone(),
+            tokens: config.admin.tokens.clone(),
+            max_upload_bytes: config.admin.max_upload_bytes,
+            switch_timeout: Duration::from_millis(config.admin.switch_timeout_ms),
+        });
+        let admin_stop = admin_stop.clone();
+        runtime.spawn(async move {
+            let shutdown = async move { admin_stop.notified().await };
+            if let Err(e) = admin::serve(listener, state, shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "The admin API stopped.");
+            }
+        });
+    }
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -145,7 +306,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     stop.store(true, Ordering::Release);
-    runner
+    let result = runner
         .join()
-        .map_err(|_| anyhow::anyhow!("the pipelines thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the pipelines thread panicked"))?;
+    admin_stop.notify_one();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
 }

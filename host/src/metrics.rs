@@ -1,7 +1,15 @@
-//! What a pipeline counts and how healthy it is, shared by its consumer, workers and producer.
+//! What a pipeline counts and how healthy it is, shared by its consumer, workers and producer,
+//! and the Prometheus metrics the admin API serves at `/metrics`.
 //!
-//! Plain atomics for now; the admin API exports them.
+//! The hot path only touches pre-resolved handles (an atomic add, or a histogram bucket);
+//! gauges that describe state (lag, in-flight, versions) are filled in when scraped.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -88,5 +96,307 @@ impl Health {
     /// Whether records flow and every write works.
     pub fn is_healthy(&self) -> bool {
         !self.dead_letter_failing.load(Ordering::Acquire) && self.fatal().is_none()
+    }
+}
+
+/// Labels of a pipeline-wide metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+}
+
+/// Labels of a per-route metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Route name.
+    pub route: String,
+}
+
+/// Labels of a per-stage metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+}
+
+/// Labels of a per-stage, per-error-kind metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name (empty for records the broker refused).
+    pub stage: String,
+    /// Error kind (`trap`, `timeout`, `memory`, `bad-output`, `rejected`, `undeliverable`).
+    pub kind: String,
+}
+
+/// Labels of a per-partition metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: String,
+}
+
+/// Labels of the active plugin version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// sha256 of the component.
+    pub version: String,
+}
+
+/// Labels of a reload attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// `ok` or `rejected`.
+    pub result: String,
+}
+
+/// Labels of the pipeline state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `running`, `paused` or `degraded`.
+    pub state: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn call_histogram() -> Histogram {
+    // 10 µs .. ~5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric of the process, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Records taken from Kafka.
+    pub records_in: Family<PipelineLabels, Counter>,
+    /// Records acknowledged on a route's topic.
+    pub records_out: Family<RouteLabels, Counter>,
+    /// Records the chain dropped.
+    pub records_dropped: Family<PipelineLabels, Counter>,
+    /// Records dead-lettered, by stage and error kind.
+    pub dead_lettered: Family<KindLabels, Counter>,
+    /// Plugin calls that trapped, timed out or hit the memory cap.
+    pub plugin_failures: Family<KindLabels, Counter>,
+    /// Duration of each plugin call (a batch).
+    pub plugin_call_seconds: HistogramFamily<StageLabels>,
+    /// Record timestamp -> produce acknowledgement.
+    pub end_to_end_seconds: HistogramFamily<PipelineLabels>,
+    /// Produce attempts retried.
+    pub produce_retries: Family<PipelineLabels, Counter>,
+    /// Plugin uploads and rollbacks, by result.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Records between the first unfinished one and the end of the partition (scrape time).
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Records taken and not finished (scrape time).
+    pub in_flight: Family<PipelineLabels, Gauge>,
+    /// 1 for each stage's active plugin version (scrape time).
+    pub plugin_info: Family<VersionLabels, Gauge>,
+    /// 1 for the pipeline's state (scrape time).
+    pub pipeline_state: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let m = Metrics {
+            records_in: Family::default(),
+            records_out: Family::default(),
+            records_dropped: Family::default(),
+            dead_lettered: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_call_seconds: Family::new_with_constructor(call_histogram),
+            end_to_end_seconds: Family::new_with_constructor(latency_histogram),
+            produce_retries: Family::default(),
+            reloads: Family::default(),
+            consumer_lag: Family::default(),
+            in_flight: Family::default(),
+            plugin_info: Family::default(),
+            pipeline_state: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_in",
+            "Records taken from Kafka",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records acknowledged on a route's topic",
+            m.records_out.clone(),
+        );
+        registry.register(
+            "records_dropped",
+            "Records a stage dropped",
+            m.records_dropped.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Records dead-lettered, by stage and error kind",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that trapped, timed out or hit the memory cap, by kind",
+            m.plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_call_seconds",
+            "Duration of one plugin call (one batch)",
+            m.plugin_call_seconds.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Record timestamp to produce acknowledgement",
+            m.end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "produce_retries",
+            "Produce attempts that failed and were retried",
+            m.produce_retries.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin uploads and rollbacks, by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "consumer_lag_records",
+            "Records between the first unfinished one and the end of the partition",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "in_flight_records",
+            "Records taken from Kafka and not yet finished",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "plugin_info",
+            "The active plugin version of each stage (value 1)",
+            m.plugin_info.clone(),
+        );
+        registry.register(
+            "pipeline_state",
+            "The pipeline's state (value 1)",
+            m.pipeline_state.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Pre-resolved handles for one pipeline's hot path.
+    pub fn pipeline(&self, pipeline: &str, routes: &[String]) -> PipelineMetrics {
+        let labels = PipelineLabels {
+            pipeline: pipeline.to_owned(),
+        };
+        PipelineMetrics {
+            pipeline: pipeline.to_owned(),
+            records_in: self.records_in.get_or_create_owned(&labels),
+            records_dropped: self.records_dropped.get_or_create_owned(&labels),
+            produce_retries: self.produce_retries.get_or_create_owned(&labels),
+            end_to_end: self.end_to_end_seconds.get_or_create_owned(&labels),
+            records_out: routes
+                .iter()
+                .map(|route| {
+                    self.records_out.get_or_create_owned(&RouteLabels {
+                        pipeline: pipeline.to_owned(),
+                        route: route.clone(),
+                    })
+                })
+                .collect(),
+            dead_lettered: self.dead_lettered.clone(),
+            plugin_failures: self.plugin_failures.clone(),
+            plugin_call_seconds: self.plugin_call_seconds.clone(),
+        }
+    }
+}
+
+/// One pipeline's metric handles.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pipeline: String,
+    /// Records taken from Kafka.
+    pub records_in: Counter,
+    /// Records dropped by the chain.
+    pub records_dropped: Counter,
+    /// Produce retries.
+    pub produce_retries: Counter,
+    /// End-to-end latency.
+    pub end_to_end: Histogram,
+    /// Records acknowledged per route, indexed by route id.
+    pub records_out: Vec<Counter>,
+    dead_lettered: Family<KindLabels, Counter>,
+    plugin_failures: Family<KindLabels, Counter>,
+    plugin_call_seconds: HistogramFamily<StageLabels>,
+}
+
+impl PipelineMetrics {
+    /// Handles that record nowhere (for tests and tools that run a pipeline's parts alone).
+    pub fn detached(pipeline: &str, routes: &[String]) -> Self {
+        Metrics::new().pipeline(pipeline, routes)
+    }
+
+    /// A record was dead-lettered by `stage` (empty: refused by the broker) with `kind`.
+    pub fn dead_lettered(&self, stage: &str, kind: &str) {
+        let labels = KindLabels {
+            pipeline: self.pipeline.clone(),
+            stage: stage.to_owned(),
+            kind: kind.to_owned(),
+        };
+        self.dead_lettered.get_or_create(&labels).inc();
+        if matches!(kind, "trap" | "timeout" | "memory") {
+            self.plugin_failures.get_or_create(&labels).inc();
+        }
+    }
+
+    /// The call-duration histogram of each stage, in order.
+    pub fn call_histograms(&self, stages: &[String]) -> Vec<Histogram> {
+        stages
+            .iter()
+            .map(|stage| {
+                self.plugin_call_seconds.get_or_create_owned(&StageLabels {
+                    pipeline: self.pipeline.clone(),
+                    stage: stage.clone(),
+                })
+            })
+            .collect()
     }
 }

@@ -20,17 +20,19 @@
 //! with that error.
 
 use crate::config::{Config, KafkaConfig, PipelineConfig, TableConfig};
+use crate::control::{ChainControl, IDLE_TICK};
 use crate::kafka::{self, now_ms};
-use crate::metrics::{Health, PipelineCounters};
+use crate::metrics::{Health, Metrics, PipelineCounters, PipelineMetrics};
 use crate::plugin::{
-    ChainRunner, ChainSpec, HostServices, InputRecord, MemoryTables, PluginCounters, PluginEngine,
-    StageSpec,
+    ChainRunner, ChainSpec, Destination, HostServices, InputRecord, MemoryTables, PluginCounters,
+    PluginEngine, PluginModule, StageSpec,
 };
-use crate::ring::{Job, Lane, Ring};
+use crate::ring::{Job, Lane, Next, Ring};
 use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, Ticket};
 use crate::source::tracker::{PartitionHandle, Tracker};
 use crate::source::{SourceContext, commit_sync};
+use crate::versions::{StageHistory, VersionStore};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -51,41 +53,117 @@ pub struct PipelineStatus {
     pub counters: Arc<PipelineCounters>,
 }
 
+/// Everything about a pipeline that outlives a single run and that the admin API works on:
+/// its config, its live chain, its status and metrics, and each stage's version history.
+pub struct PipelineHandle {
+    /// Kafka client settings.
+    pub kafka: KafkaConfig,
+    /// Its config section.
+    pub config: PipelineConfig,
+    /// The plugin engine.
+    pub engine: Arc<PluginEngine>,
+    /// Tables and counters plugins reach through their imports.
+    pub services: HostServices,
+    /// Live status.
+    pub status: Arc<PipelineStatus>,
+    /// The live chain version.
+    pub control: Arc<ChainControl>,
+    /// Metric handles.
+    pub metrics: PipelineMetrics,
+    /// Paused by an operator (not by backpressure).
+    pub paused: AtomicBool,
+    /// The consumer is running (set by [`Pipeline::run`], cleared when it returns).
+    pub consuming: AtomicBool,
+    /// Each stage's versions, in stage order; the lock also serializes uploads to a stage.
+    pub stages: Vec<Arc<tokio::sync::Mutex<StageHistory>>>,
+    /// Where uploaded versions persist.
+    pub store: VersionStore,
+}
+
+impl PipelineHandle {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// `running`, `paused`, `degraded` (cannot make progress, or dead-letter writes fail), or
+    /// `stopped`.
+    pub fn state(&self) -> &'static str {
+        if !self.status.health.is_healthy() {
+            "degraded"
+        } else if !self.consuming.load(Ordering::Acquire) {
+            "stopped"
+        } else if self.paused.load(Ordering::Acquire) {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+
+    /// A router for `spec` with this pipeline's topics.
+    pub fn router_for(&self, spec: &ChainSpec) -> anyhow::Result<Router> {
+        Router::new(
+            spec,
+            &self.config.routes,
+            &self.config.dead_letter_topic,
+            self.config.dead_letter_format,
+        )
+        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", self.config.name))
+    }
+}
+
 /// A pipeline ready to run: its plugins are loaded and their `init` succeeded.
 pub struct Pipeline {
-    kafka: KafkaConfig,
-    config: PipelineConfig,
-    engine: Arc<PluginEngine>,
-    spec: Arc<ChainSpec>,
-    router: Router,
-    services: HostServices,
-    status: Arc<PipelineStatus>,
+    shared: Arc<PipelineHandle>,
 }
 
 impl Pipeline {
     /// Loads and type-checks every stage's plugin and runs its `init` once, so a bad plugin
     /// or config fails here, before anything is read from Kafka.
+    ///
+    /// With a [`VersionStore`], a stage whose version was uploaded through the admin API
+    /// comes back with that version (and its config), unless the file the config names
+    /// has changed since.
     pub fn new(
         engine: Arc<PluginEngine>,
         kafka: &KafkaConfig,
         config: &PipelineConfig,
         services: HostServices,
+        metrics: &Metrics,
+        store: VersionStore,
     ) -> anyhow::Result<Pipeline> {
+        let mut histories = Vec::with_capacity(config.stages.len());
         let stages = config
             .stages
             .iter()
             .map(|stage| {
-                let module = engine
-                    .load_file(&stage.plugin)
-                    .with_context(|| format!("pipeline {}, stage {}", config.name, stage.name))?;
+                let at = || format!("pipeline {}, stage {}", config.name, stage.name);
+                let bytes = std::fs::read(&stage.plugin)
+                    .with_context(|| format!("{}: cannot read {}", at(), stage.plugin.display()))?;
+                let file_module = || -> anyhow::Result<Arc<PluginModule>> {
+                    engine
+                        .load(&bytes)
+                        .map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), stage.plugin.display()))
+                };
+                let configured: Vec<(String, String)> = stage
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let (history, module, stage_config) = StageHistory::start(
+                    &store,
+                    &engine,
+                    &config.name,
+                    &stage.name,
+                    &bytes,
+                    configured,
+                    file_module,
+                )?;
+                histories.push(Arc::new(tokio::sync::Mutex::new(history)));
                 Ok(StageSpec {
                     name: stage.name.clone(),
                     module,
-                    config: stage
-                        .config
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    config: stage_config,
                     limits: stage.limits.clone(),
                 })
             })
@@ -104,66 +182,104 @@ impl Pipeline {
         .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
         // One throwaway chain: every stage's init runs now, with its real config.
         ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
+        let routes = spec.routes().to_vec();
         Ok(Pipeline {
-            kafka: kafka.clone(),
-            config: config.clone(),
-            engine,
-            spec,
-            router,
-            services,
-            status: Arc::new(PipelineStatus::default()),
+            shared: Arc::new(PipelineHandle {
+                kafka: kafka.clone(),
+                config: config.clone(),
+                engine,
+                services,
+                status: Arc::new(PipelineStatus::default()),
+                control: ChainControl::new(spec, router),
+                metrics: metrics.pipeline(&config.name, &routes),
+                paused: AtomicBool::new(false),
+                consuming: AtomicBool::new(false),
+                stages: histories,
+                store,
+            }),
         })
     }
 
     /// The pipeline's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.shared.config.name
     }
 
-    /// The chain it runs.
-    pub fn spec(&self) -> &Arc<ChainSpec> {
-        &self.spec
+    /// The chain it runs now.
+    pub fn spec(&self) -> Arc<ChainSpec> {
+        self.shared.control.current().spec.clone()
     }
 
     /// Its live status.
     pub fn status(&self) -> Arc<PipelineStatus> {
-        self.status.clone()
+        self.shared.status.clone()
+    }
+
+    /// What the admin API holds on to.
+    pub fn handle(&self) -> Arc<PipelineHandle> {
+        self.shared.clone()
     }
 
     /// Runs until `stop` is set (then drains, commits and returns `Ok`) or a fatal error.
     /// The calling thread becomes the consumer thread.
     pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
-        let name = self.config.name.clone();
-        let status = self.status.clone();
+        let shared = self.shared.clone();
+        shared.consuming.store(true, Ordering::Release);
+        let result = self.run_inner(stop);
+        shared.consuming.store(false, Ordering::Release);
+        result
+    }
+
+    fn run_inner(self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let name = config.name.clone();
+        let status = shared.status.clone();
         let sink = Sink::start(
-            &kafka::producer_config(&self.kafka, &name),
+            &kafka::producer_config(&shared.kafka, &name),
             &name,
-            self.router.clone(),
-            status.tracker.clone(),
-            status.health.clone(),
-            status.counters.clone(),
+            shared.control.current().router.clone(),
+            status.clone(),
+            shared.metrics.clone(),
         )?;
-        let workers = self.config.workers.unwrap_or_else(|| {
+        let workers = config.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
         // A lane's buffer is allocated up front; the pause at `max_in_flight` keeps the
         // lanes from filling, so they need not be as large as that bound.
-        let (ring, lanes) = Ring::new(workers, self.config.max_in_flight.min(LANE_CAPACITY));
+        let (ring, lanes) = Ring::new(workers, config.max_in_flight.min(LANE_CAPACITY));
         let mut threads = Vec::with_capacity(workers);
         for (i, lane) in lanes.into_iter().enumerate() {
-            let runner = ChainRunner::new(
-                self.engine.clone(),
-                self.spec.clone(),
-                self.services.clone(),
+            let (id, active) = shared.control.register_worker();
+            let mut runner = ChainRunner::new(
+                shared.engine.clone(),
+                active.spec.clone(),
+                shared.services.clone(),
             )?;
+            let stage_names: Vec<String> = active
+                .spec
+                .stages()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
+            let histograms = shared.metrics.call_histograms(&stage_names);
+            runner.observe_calls(Box::new(move |stage, took| {
+                if let Some(h) = histograms.get(stage) {
+                    h.observe(took.as_secs_f64());
+                }
+            }));
             let worker = Worker {
+                id,
+                generation: active.generation,
+                control: shared.control.clone(),
                 lane,
                 runner,
-                router: self.router.clone(),
+                router: active.router.clone(),
                 sink: sink.sink.clone(),
                 status: status.clone(),
-                batch_size: self.config.batch_size,
-                batch_wait: Duration::from_millis(self.config.batch_wait_ms),
+                metrics: shared.metrics.clone(),
+                batch_size: config.batch_size,
+                batch_wait: Duration::from_millis(config.batch_wait_ms),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -178,26 +294,27 @@ impl Pipeline {
                 tracing::error!(pipeline = %name, "A worker panicked.");
             }
         }
-        sink.close(Duration::from_millis(self.config.drain_timeout_ms));
+        sink.close(Duration::from_millis(config.drain_timeout_ms));
         tracing::info!(pipeline = %name, counters = ?status.counters.snapshot(), "Pipeline stopped.");
         result
     }
 
     fn consume(&self, ring: Ring, sink: &Sink, stop: &AtomicBool) -> anyhow::Result<()> {
-        let name = &self.config.name;
-        let status = &self.status;
+        let shared = &self.shared;
+        let name = &shared.config.name;
+        let status = &shared.status;
         let tracker = &status.tracker;
         let context = SourceContext::new(
             name,
             tracker.clone(),
-            self.config.start,
-            Duration::from_millis(self.config.drain_timeout_ms),
+            shared.config.start,
+            Duration::from_millis(shared.config.drain_timeout_ms),
         );
         let consumer: BaseConsumer<SourceContext> =
-            kafka::consumer_config(&self.kafka, &self.config)
+            kafka::consumer_config(&shared.kafka, &shared.config)
                 .create_with_context(context)
                 .with_context(|| format!("pipeline {name}: cannot create the consumer"))?;
-        match &self.config.topic_pattern {
+        match &shared.config.topic_pattern {
             Some(pattern) => {
                 // librdkafka treats a subscription starting with `^` as a regex.
                 let regex = if pattern.starts_with('^') {
@@ -208,19 +325,20 @@ impl Pipeline {
                 consumer.subscribe(&[&regex])
             }
             None => {
-                let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+                let topics: Vec<&str> = shared.config.topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics)
             }
         }
         .with_context(|| format!("pipeline {name}: cannot subscribe"))?;
-        tracing::info!(pipeline = %name, group = %self.config.group(), "Pipeline running.");
+        tracing::info!(pipeline = %name, group = %shared.config.group(), "Pipeline running.");
 
-        let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
-        let max_in_flight = self.config.max_in_flight;
+        let commit_interval = Duration::from_millis(shared.config.commit_interval_ms);
+        let max_in_flight = shared.config.max_in_flight;
         let mut paused = false;
         let mut last_commit = Instant::now();
         let mut last_full_commit = Instant::now();
         let mut last_report = Instant::now();
+        let mut last_watermarks = Instant::now();
         let mut fatal = None;
         while !stop.load(Ordering::Acquire) {
             if let Some(why) = sink.fatal_error() {
@@ -235,10 +353,11 @@ impl Pipeline {
                 .context()
                 .assignment_changed
                 .swap(false, Ordering::AcqRel);
-            if (!paused && in_flight >= max_in_flight) || (paused && reassigned) {
+            let operator = shared.paused.load(Ordering::Acquire);
+            if (!paused && (in_flight >= max_in_flight || operator)) || (paused && reassigned) {
                 set_paused(&consumer, name, true);
                 paused = true;
-            } else if paused && in_flight <= max_in_flight / 2 {
+            } else if paused && !operator && in_flight <= max_in_flight / 2 {
                 set_paused(&consumer, name, false);
                 paused = false;
             }
@@ -251,6 +370,7 @@ impl Pipeline {
                         continue;
                     };
                     PipelineCounters::add(&status.counters.consumed, 1);
+                    shared.metrics.records_in.inc();
                     let record = InputRecord {
                         offset: message.offset(),
                         timestamp_ms: message.timestamp().to_millis(),
@@ -275,6 +395,15 @@ impl Pipeline {
                     last_full_commit = last_commit;
                 }
             }
+            if last_watermarks.elapsed() >= WATERMARK_INTERVAL {
+                for p in tracker.partitions() {
+                    // Cached from fetch responses: no request to the broker.
+                    if let Some(high) = cached_high_watermark(&consumer, &p.topic, p.partition) {
+                        tracker.set_high_watermark(&p.topic, p.partition, high);
+                    }
+                }
+                last_watermarks = Instant::now();
+            }
             if last_report.elapsed() >= REPORT_INTERVAL {
                 tracing::debug!(
                     pipeline = %name, in_flight = tracker.in_flight(), paused,
@@ -287,7 +416,7 @@ impl Pipeline {
         // Draining.
         tracing::info!(pipeline = %name, in_flight = tracker.in_flight(), "Draining.");
         set_paused(&consumer, name, true);
-        let deadline = Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(shared.config.drain_timeout_ms);
         while tracker.in_flight() > 0 && Instant::now() < deadline && fatal.is_none() {
             // Records fetched now are not taken: they stay uncommitted for the next reader.
             let _ = consumer.poll(Duration::from_millis(10));
@@ -329,8 +458,36 @@ const RECOMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Most records a worker's lane holds (a full lane makes the consumer wait).
 const LANE_CAPACITY: usize = 16_384;
 
+/// How often the consumer reads each partition's end (for lag).
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the consumer logs its progress (at debug level).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A partition's end as librdkafka last saw it in a fetch response: no request to the
+/// broker (rdkafka's safe API only offers the round trip, `fetch_watermarks`).
+fn cached_high_watermark(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid C
+    // string for the duration of the call; `low` and `high` are valid for writes.
+    // rd_kafka_get_watermark_offsets only reads librdkafka's local state.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
 
 fn set_paused(consumer: &BaseConsumer<SourceContext>, pipeline: &str, pause: bool) {
     let assignment = match consumer.assignment() {
@@ -381,18 +538,35 @@ fn commit_async(
 /// One worker thread: runs the chain over its lane's batches and hands the outputs to the
 /// producer.
 struct Worker {
+    id: usize,
+    /// The chain version this worker runs.
+    generation: u64,
+    control: Arc<ChainControl>,
     lane: Lane,
     runner: ChainRunner,
     router: Router,
     sink: Sink,
     status: Arc<PipelineStatus>,
+    metrics: PipelineMetrics,
     batch_size: usize,
     batch_wait: Duration,
 }
 
 impl Worker {
     fn run(mut self) {
-        while let Some(jobs) = self.lane.next_batch(self.batch_size, self.batch_wait) {
+        loop {
+            let next = self
+                .lane
+                .next_batch(self.batch_size, self.batch_wait, IDLE_TICK);
+            // A batch boundary: the batch about to run is run wholly by one version.
+            if self.control.generation() != self.generation {
+                self.switch();
+            }
+            let jobs = match next {
+                Next::Batch(jobs) => jobs,
+                Next::Idle => continue,
+                Next::Closed => break,
+            };
             // Records of several partitions, each partition's in offset order.
             let mut groups: Vec<(Arc<PartitionHandle>, Vec<InputRecord>)> = Vec::new();
             for job in jobs {
@@ -405,6 +579,27 @@ impl Worker {
                 self.run_group(handle, records);
             }
         }
+        self.control.worker_exited(self.id);
+    }
+
+    /// Moves to the current chain version. On failure the worker keeps the version it has
+    /// (the publisher then puts that one back).
+    fn switch(&mut self) {
+        let active = self.control.current();
+        let result = self
+            .runner
+            .update(active.spec.clone())
+            .map(|()| self.router = active.router.clone())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(
+                pipeline = %active.spec.pipeline(), worker = self.id, error = %e,
+                "Cannot switch to the new chain version; keeping the old one."
+            );
+        }
+        self.generation = active.generation;
+        self.control
+            .worker_switched(self.id, active.generation, result);
     }
 
     fn run_group(&mut self, handle: Arc<PartitionHandle>, records: Vec<InputRecord>) {
@@ -438,6 +633,7 @@ impl Worker {
             .collect();
         if !dropped.is_empty() {
             PipelineCounters::add(&self.status.counters.dropped, dropped.len() as u64);
+            self.metrics.records_dropped.inc_by(dropped.len() as u64);
             self.status.tracker.finish_many(&handle, dropped);
         }
         let pending: Vec<Option<Arc<Pending>>> = offsets
@@ -454,8 +650,16 @@ impl Worker {
             let Some(Some(pending)) = pending.get(delivery.source) else {
                 continue;
             };
+            let route = match &delivery.destination {
+                Destination::Route { route, .. } => Some(*route),
+                Destination::DeadLetter(dead) => {
+                    self.metrics
+                        .dead_lettered(&dead.stage_name, dead.error.kind.as_str());
+                    None
+                }
+            };
             let out = self.router.route(source, delivery.destination, now);
-            let ticket = Ticket::new(pending.clone(), out.dead_letter);
+            let ticket = Ticket::new(pending.clone(), route);
             self.sink.send(out, ticket);
         }
     }
@@ -497,7 +701,13 @@ pub fn load_tables(tables: &[TableConfig]) -> anyhow::Result<MemoryTables> {
 }
 
 /// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
-pub fn load(config: &Config, engine: Arc<PluginEngine>) -> anyhow::Result<Vec<Pipeline>> {
+/// Versions uploaded earlier come back from `store`.
+pub fn load(
+    config: &Config,
+    engine: Arc<PluginEngine>,
+    metrics: &Metrics,
+    store: &VersionStore,
+) -> anyhow::Result<Vec<Pipeline>> {
     let services = HostServices {
         tables: Arc::new(load_tables(&config.tables)?),
         counters: Arc::new(PluginCounters::default()),
@@ -505,7 +715,16 @@ pub fn load(config: &Config, engine: Arc<PluginEngine>) -> anyhow::Result<Vec<Pi
     config
         .pipelines
         .iter()
-        .map(|p| Pipeline::new(engine.clone(), &config.kafka, p, services.clone()))
+        .map(|p| {
+            Pipeline::new(
+                engine.clone(),
+                &config.kafka,
+                p,
+                services.clone(),
+                metrics,
+                store.clone(),
+            )
+        })
         .collect()
 }
 

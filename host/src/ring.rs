@@ -66,11 +66,26 @@ impl Ring {
     }
 }
 
+/// What a worker gets from its lane.
+#[derive(Debug)]
+pub enum Next {
+    /// Records to run, in arrival order.
+    Batch(Vec<Job>),
+    /// Nothing arrived within the idle tick (time to look for a new chain version).
+    Idle,
+    /// The ring was dropped and the lane is empty: the worker is done.
+    Closed,
+}
+
 impl Lane {
-    /// The next batch: blocks for the first record (`None` once the ring is dropped and
-    /// empty), then takes what is queued, up to `max`, waiting at most `wait` for more.
-    pub fn next_batch(&self, max: usize, wait: Duration) -> Option<Vec<Job>> {
-        let first = self.rx.recv().ok()?;
+    /// The next batch: waits up to `idle` for the first record, then takes what is queued,
+    /// up to `max`, waiting at most `wait` for more.
+    pub fn next_batch(&self, max: usize, wait: Duration, idle: Duration) -> Next {
+        let first = match self.rx.recv_timeout(idle) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => return Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => return Next::Closed,
+        };
         let mut batch = Vec::with_capacity(max.min(1024));
         batch.push(first);
         let deadline = Instant::now() + wait;
@@ -90,6 +105,6 @@ impl Lane {
                 }
             }
         }
-        Some(batch)
+        Next::Batch(batch)
     }
 }

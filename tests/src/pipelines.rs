@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use switchyard::admin::AdminState;
 use switchyard::config::Config;
-use switchyard::metrics::CountersSnapshot;
-use switchyard::pipeline::{self, PipelineStatus};
+use switchyard::metrics::{CountersSnapshot, Metrics};
+use switchyard::pipeline::{self, PipelineHandle, PipelineStatus};
+use switchyard::versions::VersionStore;
 
 /// A fresh, empty directory for one test's files.
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -37,10 +39,36 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
     statuses: Vec<(String, Arc<PipelineStatus>)>,
+    /// Every pipeline, as the admin API sees it.
+    pub handles: Vec<Arc<PipelineHandle>>,
+    /// The metrics they record to.
+    pub metrics: Arc<Metrics>,
+    /// The parsed config.
+    pub config: Config,
+}
+
+/// The admin API of a [`Running`], served on a free loopback port.
+pub struct AdminServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
 }
 
 /// Loads a config file and runs its pipelines in this process.
 pub fn start(config: &Path) -> anyhow::Result<Running> {
+    start_with(config, false)
+}
+
+/// Like [`start`]; with `persist`, uploaded versions persist in the config's state directory.
+pub fn start_with(config: &Path, persist: bool) -> anyhow::Result<Running> {
     // The pipelines' logs, shown for failing tests; RUST_LOG picks the level (default warn).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -50,11 +78,17 @@ pub fn start(config: &Path) -> anyhow::Result<Running> {
         )
         .try_init();
     let config = Config::load(config)?;
-    let pipelines = pipeline::load(&config, engine())?;
+    let metrics = Arc::new(Metrics::new());
+    let store = match (&config.admin.state_dir, persist) {
+        (Some(dir), true) => VersionStore::at(dir.clone())?,
+        _ => VersionStore::memory(),
+    };
+    let pipelines = pipeline::load(&config, engine(), &metrics, &store)?;
     let statuses = pipelines
         .iter()
         .map(|p| (p.name().to_owned(), p.status()))
         .collect();
+    let handles = pipelines.iter().map(pipeline::Pipeline::handle).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let stop = stop.clone();
@@ -64,10 +98,46 @@ pub fn start(config: &Path) -> anyhow::Result<Running> {
         stop,
         thread: Some(thread),
         statuses,
+        handles,
+        metrics,
+        config,
     })
 }
 
 impl Running {
+    /// Serves the admin API for these pipelines on a free loopback port, with the config's
+    /// tokens and limits.
+    pub fn serve_admin(&self) -> AdminServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap_or_else(|e| panic!("cannot bind: {e}"));
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("no local address: {e}"))
+        );
+        let state = Arc::new(AdminState {
+            pipelines: self.handles.clone(),
+            metrics: self.metrics.clone(),
+            tokens: self.config.admin.tokens.clone(),
+            max_upload_bytes: self.config.admin.max_upload_bytes,
+            switch_timeout: Duration::from_millis(self.config.admin.switch_timeout_ms),
+        });
+        runtime.spawn(async move {
+            let _ = switchyard::admin::serve(listener, state, std::future::pending()).await;
+        });
+        AdminServer {
+            url,
+            runtime: Some(runtime),
+        }
+    }
+
     /// The live status of a pipeline.
     pub fn status(&self, name: &str) -> &PipelineStatus {
         self.statuses

@@ -219,13 +219,51 @@ struct StageSlot {
     setup: InstanceSetup,
     instance: Option<StageInstance>,
     stats: StageStats,
+    /// What the stage did with each record, when tracing (dry runs).
+    trace: Option<Vec<StageTrace>>,
 }
+
+/// What one stage did with one record (recorded only when tracing, for dry runs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageTrace {
+    /// Index of the stage.
+    pub stage: usize,
+    /// Index of the source record in the batch.
+    pub source: usize,
+    /// What the stage decided.
+    pub outcome: TraceOutcome,
+}
+
+/// A stage's decision for one record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TraceOutcome {
+    /// Passed on unchanged.
+    Pass,
+    /// Passed on, to this route.
+    Route(String),
+    /// Replaced by this many records (each with its route, if it named one).
+    Emit(Vec<Option<String>>),
+    /// Dropped.
+    Drop,
+    /// Dead-lettered.
+    DeadLetter {
+        /// Error kind.
+        kind: ErrorKind,
+        /// Reason.
+        reason: String,
+    },
+}
+
+/// Called after every plugin call with the stage's index and the call's duration.
+pub type CallObserver = Box<dyn FnMut(usize, std::time::Duration) + Send>;
 
 /// One worker's instances of a chain. Not shared: each worker thread owns its own runner.
 pub struct ChainRunner {
     engine: Arc<PluginEngine>,
     spec: Arc<ChainSpec>,
+    services: HostServices,
     stages: Vec<StageSlot>,
+    observer: Option<CallObserver>,
 }
 
 /// A chain could not run at all: a stage could not even be instantiated. Records of the
@@ -251,35 +289,82 @@ impl ChainRunner {
     ) -> Result<Self, StageLoadError> {
         let mut stages = Vec::with_capacity(spec.stages.len());
         for stage in &spec.stages {
-            let setup = InstanceSetup {
-                tags: Tags {
-                    pipeline: spec.pipeline.clone(),
-                    stage: stage.name.clone(),
-                },
-                services: services.clone(),
-                limits: stage.limits.clone(),
-                config: stage.config.clone(),
-            };
-            let instance =
-                StageInstance::new(engine.engine(), &stage.module, &setup).map_err(|error| {
-                    StageLoadError {
-                        pipeline: spec.pipeline.clone(),
-                        stage: stage.name.clone(),
-                        error,
-                    }
-                })?;
-            stages.push(StageSlot {
-                spec: stage.clone(),
-                setup,
-                instance: Some(instance),
-                stats: StageStats::default(),
-            });
+            stages.push(StageSlot::new(&engine, &spec, stage, &services)?);
         }
         Ok(ChainRunner {
             engine,
             spec,
+            services,
             stages,
+            observer: None,
         })
+    }
+
+    /// Switches to another version of the chain (same pipeline, a stage's plugin or config
+    /// changed): stages whose plugin, config and limits are unchanged keep their warm
+    /// instance and counts; the others get a fresh instance, whose `init` runs now. All or
+    /// nothing: if any new instance cannot be made, the runner is left as it was.
+    pub fn update(&mut self, spec: Arc<ChainSpec>) -> Result<(), StageLoadError> {
+        let mut fresh: Vec<Option<StageSlot>> = Vec::with_capacity(spec.stages.len());
+        for stage in &spec.stages {
+            let same = self.stages.iter().any(|old| same_stage(&old.spec, stage));
+            fresh.push(if same {
+                None
+            } else {
+                Some(StageSlot::new(&self.engine, &spec, stage, &self.services)?)
+            });
+        }
+        let mut old: Vec<Option<StageSlot>> = self.stages.drain(..).map(Some).collect();
+        for (stage, new) in spec.stages.iter().zip(fresh) {
+            let slot = match new {
+                Some(mut slot) => {
+                    // The stage keeps its counts across versions.
+                    if let Some(prev) = old
+                        .iter_mut()
+                        .find(|o| o.as_ref().is_some_and(|o| o.spec.name == stage.name))
+                        .and_then(Option::take)
+                    {
+                        slot.stats = prev.stats;
+                        slot.trace = prev.trace.map(|_| Vec::new());
+                    }
+                    slot
+                }
+                None => old
+                    .iter_mut()
+                    .find(|o| o.as_ref().is_some_and(|o| same_stage(&o.spec, stage)))
+                    .and_then(Option::take)
+                    .ok_or_else(|| StageLoadError {
+                        pipeline: spec.pipeline.clone(),
+                        stage: stage.name.clone(),
+                        error: LoadError::Instantiate("stage vanished during an update".into()),
+                    })?,
+            };
+            self.stages.push(slot);
+        }
+        self.spec = spec;
+        Ok(())
+    }
+
+    /// Records what every stage does with every record from now on (see
+    /// [`ChainRunner::take_trace`]); for dry runs, not the hot path.
+    pub fn set_tracing(&mut self, on: bool) {
+        for slot in &mut self.stages {
+            slot.trace = on.then(Vec::new);
+        }
+    }
+
+    /// What the stages did since tracing was switched on or last taken, in stage order.
+    pub fn take_trace(&mut self) -> Vec<StageTrace> {
+        self.stages
+            .iter_mut()
+            .filter_map(|s| s.trace.as_mut().map(std::mem::take))
+            .flatten()
+            .collect()
+    }
+
+    /// Calls `observer` after every plugin call (metrics).
+    pub fn observe_calls(&mut self, observer: CallObserver) {
+        self.observer = Some(observer);
     }
 
     /// The chain this runner runs.
@@ -347,6 +432,7 @@ impl ChainRunner {
     ) -> Result<Survivors, StageLoadError> {
         let spec = Arc::clone(&self.spec);
         let engine = Arc::clone(&self.engine);
+        let observer = &mut self.observer;
         let slot = &mut self.stages[index];
         slot.stats.records_in += inputs.records.len() as u64;
         let Survivors { meta, records } = inputs;
@@ -357,7 +443,12 @@ impl ChainRunner {
         };
 
         let mut out = Survivors::with_capacity(meta.len());
-        let verdicts = slot.call(&engine, &batch)?.and_then(|verdicts| {
+        let started = observer.as_ref().map(|_| std::time::Instant::now());
+        let verdicts = slot.call(&engine, &batch)?;
+        if let (Some(observe), Some(started)) = (observer.as_mut(), started) {
+            observe(index, started.elapsed());
+        }
+        let verdicts = verdicts.and_then(|verdicts| {
             check_verdicts(&verdicts, batch.records.len(), &spec, &slot.spec.limits)?;
             Ok(verdicts)
         });
@@ -418,7 +509,47 @@ impl ChainRunner {
     }
 }
 
+/// Same plugin, config and limits: an update need not touch the stage.
+fn same_stage(a: &StageSpec, b: &StageSpec) -> bool {
+    a.name == b.name
+        && a.module.version == b.module.version
+        && a.config == b.config
+        && a.limits == b.limits
+}
+
 impl StageSlot {
+    fn new(
+        engine: &PluginEngine,
+        spec: &ChainSpec,
+        stage: &StageSpec,
+        services: &HostServices,
+    ) -> Result<Self, StageLoadError> {
+        let setup = InstanceSetup {
+            tags: Tags {
+                pipeline: spec.pipeline.clone(),
+                stage: stage.name.clone(),
+            },
+            services: services.clone(),
+            limits: stage.limits.clone(),
+            config: stage.config.clone(),
+        };
+        let instance =
+            StageInstance::new(engine.engine(), &stage.module, &setup).map_err(|error| {
+                StageLoadError {
+                    pipeline: spec.pipeline.clone(),
+                    stage: stage.name.clone(),
+                    error,
+                }
+            })?;
+        Ok(StageSlot {
+            spec: stage.clone(),
+            setup,
+            instance: Some(instance),
+            stats: StageStats::default(),
+            trace: None,
+        })
+    }
+
     /// Calls the stage's instance, making a fresh one first if the last call failed.
     /// The outer error means no instance could be made at all.
     fn call(
@@ -453,6 +584,16 @@ fn dead_letter(
     deliveries: &mut Vec<Delivery>,
 ) {
     *slot.stats.dead_lettered.entry(error.kind).or_insert(0) += 1;
+    if let Some(trace) = &mut slot.trace {
+        trace.push(StageTrace {
+            stage,
+            source,
+            outcome: TraceOutcome::DeadLetter {
+                kind: error.kind,
+                reason: error.message.clone(),
+            },
+        });
+    }
     deliveries.push(Delivery {
         source,
         destination: Destination::DeadLetter(DeadLetter {
@@ -478,6 +619,25 @@ fn apply(
     deliveries: &mut Vec<Delivery>,
 ) {
     let source = meta.source;
+    if let Some(trace) = &mut slot.trace {
+        let outcome = match &verdict {
+            Verdict::Pass => Some(TraceOutcome::Pass),
+            Verdict::Route(name) => Some(TraceOutcome::Route(name.clone())),
+            Verdict::Emit(outputs) => Some(TraceOutcome::Emit(
+                outputs.iter().map(|o| o.route.clone()).collect(),
+            )),
+            Verdict::Drop => Some(TraceOutcome::Drop),
+            // Traced by `dead_letter`.
+            Verdict::DeadLetter(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            trace.push(StageTrace {
+                stage,
+                source,
+                outcome,
+            });
+        }
+    }
     match verdict {
         Verdict::Pass => out.push(meta, record),
         Verdict::Route(name) => match spec.route_id(&name) {

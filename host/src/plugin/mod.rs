@@ -23,8 +23,8 @@ pub mod limits;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
 pub use chain::{
-    ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId, StageLoadError, StageSpec,
-    StageStats,
+    CallObserver, ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId,
+    StageLoadError, StageSpec, StageStats, StageTrace, TraceOutcome,
 };
 pub use engine::{EngineConfig, PluginEngine, PluginModule, PluginVersion};
 pub use error::{ErrorKind, LoadError, RecordError};

@@ -21,8 +21,9 @@
 //! write again goes through the retry thread.
 
 use crate::kafka::{self, headers_from_kafka, headers_to_kafka, now_ms};
-use crate::metrics::{Health, PipelineCounters};
-use crate::plugin::Header;
+use crate::metrics::{Health, PipelineCounters, PipelineMetrics};
+use crate::pipeline::PipelineStatus;
+use crate::plugin::{Header, RouteId};
 use crate::router::{Outgoing, Router, SourceOffset};
 use crate::source::tracker::{InFlight, PartitionHandle, Tracker};
 use rdkafka::ClientContext;
@@ -59,16 +60,19 @@ impl Pending {
 #[derive(Debug)]
 pub struct Ticket {
     pending: Arc<Pending>,
+    /// The route written to; `None` for a dead letter.
+    route: Option<RouteId>,
     dead_letter: bool,
     attempts: u32,
 }
 
 impl Ticket {
-    /// A write for `pending`.
-    pub fn new(pending: Arc<Pending>, dead_letter: bool) -> Box<Self> {
+    /// A write for `pending`, to `route` or (`None`) to the dead-letter topic.
+    pub fn new(pending: Arc<Pending>, route: Option<RouteId>) -> Box<Self> {
         Box::new(Ticket {
             pending,
-            dead_letter,
+            route,
+            dead_letter: route.is_none(),
             attempts: 0,
         })
     }
@@ -80,6 +84,7 @@ struct Shared {
     tracker: Arc<Tracker>,
     health: Arc<Health>,
     counters: Arc<PipelineCounters>,
+    metrics: PipelineMetrics,
     /// Builds dead letters for refused writes. Only its pipeline name, dead-letter topic and
     /// format are used, none of which changes while the pipeline runs.
     router: Router,
@@ -106,7 +111,16 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
         match result {
-            Ok(_) => self.shared.acknowledged(&ticket),
+            Ok(message) => {
+                if let Some(ts) = message.timestamp().to_millis() {
+                    let age_ms = (now_ms() - ts).max(0);
+                    self.shared
+                        .metrics
+                        .end_to_end
+                        .observe(age_ms as f64 / 1000.0);
+                }
+                self.shared.acknowledged(&ticket)
+            }
             Err((error, message)) => {
                 let out = Outgoing {
                     topic: Arc::from(message.topic()),
@@ -142,6 +156,12 @@ impl Shared {
             }
         } else {
             PipelineCounters::add(&self.counters.routed, 1);
+            if let Some(counter) = ticket
+                .route
+                .and_then(|r| self.metrics.records_out.get(usize::from(r.0)))
+            {
+                counter.inc();
+            }
         }
         if ticket.pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tracker.finish(&ticket.pending.record);
@@ -156,6 +176,7 @@ impl Shared {
         let source = &ticket.pending.record;
         if !ticket.dead_letter && permanent {
             PipelineCounters::add(&self.counters.undeliverable, 1);
+            self.metrics.dead_lettered("", crate::router::UNDELIVERABLE);
             let mut reason = format!("cannot write to topic `{}`: {error}", out.topic);
             if code.is_some_and(is_too_large) {
                 reason.push_str(&value_omitted(&out));
@@ -173,6 +194,7 @@ impl Shared {
             };
             let dead = self.router.undeliverable(at, out, reason, now_ms());
             ticket.dead_letter = true;
+            ticket.route = None;
             ticket.attempts = 0;
             self.schedule(dead, ticket, Duration::ZERO);
             return;
@@ -188,6 +210,7 @@ impl Shared {
             return;
         }
         PipelineCounters::add(&self.counters.produce_retries, 1);
+        self.metrics.produce_retries.inc();
         let backoff = backoff(ticket.attempts);
         if ticket.dead_letter {
             if !self.health.dead_letter_failing.swap(true, Ordering::AcqRel) {
@@ -285,16 +308,16 @@ impl Sink {
         config: &ClientConfig,
         pipeline: &str,
         router: Router,
-        tracker: Arc<Tracker>,
-        health: Arc<Health>,
-        counters: Arc<PipelineCounters>,
+        status: Arc<PipelineStatus>,
+        metrics: PipelineMetrics,
     ) -> anyhow::Result<SinkHandle> {
         let (retry_tx, retry_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             pipeline: pipeline.to_owned(),
-            tracker,
-            health,
-            counters,
+            tracker: status.tracker.clone(),
+            health: status.health.clone(),
+            counters: status.counters.clone(),
+            metrics,
             router,
             retry: Mutex::new(retry_tx),
         });

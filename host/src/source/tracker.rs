@@ -42,6 +42,10 @@ struct PartitionState {
     committed: Option<i64>,
     /// Highest offset a commit was sent for (confirmed or not).
     requested: Option<i64>,
+    /// Offset of the last record taken.
+    last_taken: Option<i64>,
+    /// The partition's end (the offset the next produced record gets), as last seen.
+    high_watermark: Option<i64>,
 }
 
 type Key = (Arc<str>, i32);
@@ -82,6 +86,8 @@ impl Tracker {
             offsets: PartitionOffsets::new(),
             committed: None,
             requested: None,
+            last_taken: None,
+            high_watermark: None,
         };
         if let Some(old) = self.lock().insert((topic, partition), state) {
             self.forget(old);
@@ -118,6 +124,7 @@ impl Tracker {
         let mut partitions = self.lock();
         let state = partitions.get_mut(&(Arc::from(topic), partition))?;
         state.offsets.track(offset).ok()?;
+        state.last_taken = Some(offset);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(state.handle.clone())
     }
@@ -205,6 +212,14 @@ impl Tracker {
         }
     }
 
+    /// The partition's end as the consumer last saw it (for lag).
+    pub fn set_high_watermark(&self, topic: &str, partition: i32, high: i64) {
+        let mut map = self.lock();
+        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
+            state.high_watermark = Some(high);
+        }
+    }
+
     /// Assigned partitions with their confirmed committed offset, for status reports.
     pub fn partitions(&self) -> Vec<PartitionStatus> {
         let map = self.lock();
@@ -215,6 +230,18 @@ impl Tracker {
                 partition: *partition,
                 in_flight: s.offsets.in_flight(),
                 committed: s.committed,
+                position: s.last_taken.map(|o| o + 1),
+                high_watermark: s.high_watermark,
+                lag: s.high_watermark.map(|high| {
+                    // Records not yet finished: from the first unfinished one (or the next
+                    // to read) to the end of the partition.
+                    let done = s
+                        .offsets
+                        .committable()
+                        .or(s.committed)
+                        .or(s.last_taken.map(|o| o + 1));
+                    done.map_or(0, |d| (high - d).max(0))
+                }),
             })
             .collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -233,6 +260,12 @@ pub struct PartitionStatus {
     pub in_flight: usize,
     /// Last offset the broker confirmed committed.
     pub committed: Option<i64>,
+    /// The next offset to read (the last taken + 1).
+    pub position: Option<i64>,
+    /// The partition's end as last seen.
+    pub high_watermark: Option<i64>,
+    /// Records between the first unfinished one and the end of the partition.
+    pub lag: Option<i64>,
 }
 
 #[cfg(test)]

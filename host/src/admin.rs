@@ -1,0 +1,846 @@
+//! The admin HTTP API (axum): hot reload, rollback, version history, pause, dry-run, health,
+//! readiness and Prometheus metrics.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | the process is alive |
+//! | GET | `/readyz` | every pipeline consumes, its plugins are loaded, dead-letter writes work |
+//! | GET | `/metrics` | Prometheus (OpenMetrics text) |
+//! | GET | `/api/v1/pipelines`, `/api/v1/pipelines/{p}` | state, stages and versions, routes, counters, lag |
+//! | PUT | `/api/v1/pipelines/{p}/stages/{s}/plugin` | upload a component (body), optional `?config=<JSON object>` |
+//! | POST | `/api/v1/pipelines/{p}/stages/{s}/rollback` | back to the previous version |
+//! | GET | `/api/v1/pipelines/{p}/stages/{s}/versions` | active, rollback stack, history |
+//! | POST | `/api/v1/pipelines/{p}/pause`, `/resume` | stop or restart consuming |
+//! | POST | `/api/v1/pipelines/{p}/dry-run` | run sample records through the live chain; nothing is written |
+//!
+//! Every request other than GET needs `Authorization: Bearer <token>` when tokens are
+//! configured (they must be on a non-loopback address). An upload is compiled, type-checked,
+//! instantiated and its `init` run off the hot path; only then is it published, and the
+//! answer comes once every worker runs it. Uploads to one stage are serialized. Each change
+//! is logged as an audit line (target `switchyard::audit`).
+
+use crate::metrics::{
+    Metrics, PartitionLabels, PipelineLabels, ReloadLabels, StateLabels, VersionLabels,
+};
+use crate::pipeline::PipelineHandle;
+use crate::plugin::{
+    ChainRunner, ChainSpec, Destination, Header, InputRecord, LoadError, PluginModule, StageSpec,
+    TraceOutcome,
+};
+use crate::router::Source;
+use crate::versions::{StageHistory, config_pairs};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Most records one dry run takes.
+pub const DRY_RUN_MAX_RECORDS: usize = 10_000;
+/// Largest dry-run body.
+const DRY_RUN_MAX_BYTES: usize = 16 << 20;
+
+/// What the handlers share.
+pub struct AdminState {
+    /// Every pipeline.
+    pub pipelines: Vec<Arc<PipelineHandle>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Bearer tokens by name; empty: changes need none (loopback only).
+    pub tokens: BTreeMap<String, String>,
+    /// Largest upload.
+    pub max_upload_bytes: usize,
+    /// Longest wait for every worker to switch.
+    pub switch_timeout: Duration,
+}
+
+/// An error answer: a status and a sentence, as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API's routes.
+pub fn router(state: Arc<AdminState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/pipelines", get(list_pipelines))
+        .route("/api/v1/pipelines/{p}", get(show_pipeline))
+        .route("/api/v1/pipelines/{p}/pause", post(pause))
+        .route("/api/v1/pipelines/{p}/resume", post(resume))
+        .route("/api/v1/pipelines/{p}/dry-run", post(dry_run))
+        .route("/api/v1/pipelines/{p}/stages/{s}/plugin", put(upload))
+        .route("/api/v1/pipelines/{p}/stages/{s}/rollback", post(rollback))
+        .route("/api/v1/pipelines/{p}/stages/{s}/versions", get(versions))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1/pipelines, /healthz, /readyz, /metrics",
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+impl AdminState {
+    fn pipeline(&self, name: &str) -> ApiResult<&Arc<PipelineHandle>> {
+        self.pipelines
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.pipelines.iter().map(|p| p.name()).collect();
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no pipeline {name:?} (pipelines: {})", names.join(", ")),
+                )
+            })
+    }
+
+    fn stage(&self, pipeline: &str, stage: &str) -> ApiResult<(Arc<PipelineHandle>, usize)> {
+        let p = self.pipeline(pipeline)?;
+        let index = p
+            .config
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .ok_or_else(|| {
+                let names: Vec<&str> = p.config.stages.iter().map(|s| s.name.as_str()).collect();
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "pipeline {pipeline} has no stage {stage:?} (stages: {})",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+        Ok((p.clone(), index))
+    }
+
+    /// Who is asking: the name of the token presented. Without configured tokens, anyone on
+    /// the loopback address (`anonymous`).
+    fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
+        if self.tokens.is_empty() {
+            return Ok("anonymous".into());
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this endpoint needs an Authorization: Bearer <token> header",
+                )
+            })?;
+        self.tokens
+            .iter()
+            .find(|(_, token)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "the bearer token is not valid"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn audit(who: &str, action: &str, pipeline: &str, stage: &str, version: &str, result: &str) {
+    tracing::info!(
+        target: "switchyard::audit",
+        who, action, pipeline, stage, version, result, "Audit."
+    );
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
+    let mut problems = Vec::new();
+    for p in &st.pipelines {
+        if !p.consuming.load(Ordering::Acquire) {
+            problems.push(format!("pipeline {}: not consuming", p.name()));
+        }
+        if let Some(why) = p.status.health.fatal() {
+            problems.push(format!("pipeline {}: {why}", p.name()));
+        }
+        if p.status.health.dead_letter_failing.load(Ordering::Acquire) {
+            problems.push(format!(
+                "pipeline {}: dead-letter writes are failing",
+                p.name()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "problems": problems })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
+    let m = &st.metrics;
+    m.consumer_lag.clear();
+    m.plugin_info.clear();
+    m.pipeline_state.clear();
+    for p in &st.pipelines {
+        let pipeline = p.name().to_owned();
+        m.in_flight
+            .get_or_create(&PipelineLabels {
+                pipeline: pipeline.clone(),
+            })
+            .set(p.status.tracker.in_flight() as i64);
+        for part in p.status.tracker.partitions() {
+            if let Some(lag) = part.lag {
+                m.consumer_lag
+                    .get_or_create(&PartitionLabels {
+                        pipeline: pipeline.clone(),
+                        topic: part.topic.clone(),
+                        partition: part.partition.to_string(),
+                    })
+                    .set(lag);
+            }
+        }
+        for stage in p.control.current().spec.stages() {
+            m.plugin_info
+                .get_or_create(&VersionLabels {
+                    pipeline: pipeline.clone(),
+                    stage: stage.name.clone(),
+                    version: stage.module.version.0.clone(),
+                })
+                .set(1);
+        }
+        m.pipeline_state
+            .get_or_create(&StateLabels {
+                pipeline,
+                state: p.state().into(),
+            })
+            .set(1);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+async fn list_pipelines(State(st): State<Arc<AdminState>>) -> Json<Value> {
+    let mut out = Vec::new();
+    for p in &st.pipelines {
+        out.push(describe(p).await);
+    }
+    Json(json!({ "pipelines": out }))
+}
+
+async fn show_pipeline(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(describe(st.pipeline(&name)?).await))
+}
+
+async fn describe(p: &PipelineHandle) -> Value {
+    let active = p.control.current();
+    let mut stages = Vec::new();
+    for (stage, history) in active.spec.stages().iter().zip(&p.stages) {
+        let mut entry = json!({
+            "name": stage.name,
+            "version": stage.module.version.0,
+            "size_bytes": stage.module.size,
+        });
+        match history.try_lock() {
+            Ok(h) => {
+                entry["loaded_at_ms"] = json!(h.active.loaded_at_ms);
+                entry["loaded_by"] = json!(h.active.by);
+                entry["origin"] = json!(h.active.origin);
+                entry["config"] = json!(h.active.config);
+                entry["rollback_to"] = json!(h.previous.last().map(|r| &r.version));
+            }
+            Err(_) => entry["change_in_progress"] = json!(true),
+        }
+        stages.push(entry);
+    }
+    let counters = p.status.counters.snapshot();
+    let partitions: Vec<Value> = p
+        .status
+        .tracker
+        .partitions()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "topic": s.topic, "partition": s.partition, "in_flight": s.in_flight,
+                "committed": s.committed, "position": s.position,
+                "high_watermark": s.high_watermark, "lag": s.lag,
+            })
+        })
+        .collect();
+    json!({
+        "name": p.name(),
+        "state": p.state(),
+        "problem": p.status.health.fatal(),
+        "dead_letter_failing": p.status.health.dead_letter_failing.load(Ordering::Acquire),
+        "group": p.config.group(),
+        "topics": p.config.topics,
+        "topic_pattern": p.config.topic_pattern,
+        "routes": p.config.routes,
+        "default_route": p.config.default_route,
+        "dead_letter_topic": p.config.dead_letter_topic,
+        "chain_generation": active.generation,
+        "workers": p.control.live_workers(),
+        "stages": stages,
+        "counters": {
+            "consumed": counters.consumed, "dropped": counters.dropped,
+            "routed": counters.routed, "dead_lettered": counters.dead_lettered,
+            "undeliverable": counters.undeliverable, "produce_retries": counters.produce_retries,
+        },
+        "in_flight": p.status.tracker.in_flight(),
+        "partitions": partitions,
+    })
+}
+
+async fn pause(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    set_paused(&st, &name, &headers, true)
+}
+
+async fn resume(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    set_paused(&st, &name, &headers, false)
+}
+
+fn set_paused(
+    st: &AdminState,
+    name: &str,
+    headers: &HeaderMap,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
+    let who = st.authorize(headers)?;
+    let p = st.pipeline(name)?;
+    p.paused.store(paused, Ordering::Release);
+    let action = if paused { "pause" } else { "resume" };
+    audit(&who, action, name, "", "", "ok");
+    Ok(Json(json!({ "pipeline": name, "state": p.state() })))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// A JSON object of string values: the new config map. Absent: keep the current one.
+    config: Option<String>,
+}
+
+async fn upload(
+    State(st): State<Arc<AdminState>>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    // Refused before a byte of the body is read: the wrong caller, the wrong stage, a
+    // declared size over the limit.
+    let who = st.authorize(&headers)?;
+    let (p, index) = st.stage(&pipeline, &stage)?;
+    let limit = st.max_upload_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than admin.max_upload_bytes ({limit} bytes)"),
+        )
+    };
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(too_large());
+    }
+    let config = match &query.config {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<BTreeMap<String, String>>(text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("config must be a JSON object of string values: {e}"),
+                )
+            })?,
+        ),
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the upload: {e}"),
+            )
+        }
+    })?;
+    let history = p.stages[index].clone().lock_owned().await;
+    let timeout = st.switch_timeout;
+    let metrics = st.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut history = history;
+        let started = Instant::now();
+        let result = apply_upload(&p, index, &mut history, &bytes, config, &who, timeout);
+        let version = PluginVersionText::of(&bytes);
+        record_outcome(&metrics, &mut history, &who, "upload", &version, &result);
+        result.map(|previous| {
+            Json(json!({
+                "pipeline": p.name(), "stage": history.stage(), "version": version,
+                "previous": previous, "workers": p.control.live_workers(),
+                "switched_in_ms": started.elapsed().as_millis() as u64,
+            }))
+        })
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("upload task failed: {e}"),
+        )
+    })?
+}
+
+struct PluginVersionText;
+
+impl PluginVersionText {
+    fn of(bytes: &[u8]) -> String {
+        crate::plugin::PluginVersion::of(bytes).0
+    }
+}
+
+fn record_outcome(
+    metrics: &Metrics,
+    history: &mut StageHistory,
+    who: &str,
+    action: &str,
+    version: &str,
+    result: &ApiResult<String>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => {
+            history.rejected(who, action, version, &e.message);
+            format!("rejected: {}", e.message)
+        }
+    };
+    audit(
+        who,
+        action,
+        history.pipeline(),
+        history.stage(),
+        version,
+        &outcome,
+    );
+    metrics
+        .reloads
+        .get_or_create(&ReloadLabels {
+            pipeline: history.pipeline().to_owned(),
+            stage: history.stage().to_owned(),
+            result: if result.is_ok() { "ok" } else { "rejected" }.into(),
+        })
+        .inc();
+}
+
+/// Load, check, publish, wait. Returns the version it replaced.
+fn apply_upload(
+    p: &PipelineHandle,
+    index: usize,
+    history: &mut StageHistory,
+    bytes: &[u8],
+    config: Option<BTreeMap<String, String>>,
+    who: &str,
+    timeout: Duration,
+) -> ApiResult<String> {
+    let module = p.engine.load(bytes).map_err(|e| {
+        let status = match e {
+            LoadError::NotWasm | LoadError::CoreModule => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    let config = config.unwrap_or_else(|| history.active.config.clone());
+    switch_stage(p, index, module.clone(), &config, timeout)?;
+    let previous = history.active.version.clone();
+    if let Err(e) = history.activated(module, Some(bytes), config, who) {
+        tracing::warn!(pipeline = %p.name(), error = %format!("{e:#}"), "The new version runs but could not be persisted.");
+    }
+    Ok(previous)
+}
+
+async fn rollback(
+    State(st): State<Arc<AdminState>>,
+    Path((pipeline, stage)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let who = st.authorize(&headers)?;
+    let (p, index) = st.stage(&pipeline, &stage)?;
+    let history = p.stages[index].clone().lock_owned().await;
+    let timeout = st.switch_timeout;
+    let metrics = st.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut history = history;
+        let started = Instant::now();
+        let current = history.active.version.clone();
+        let result = (|| {
+            let (target, module) = history
+                .rollback_target(&p.engine)
+                .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+            switch_stage(&p, index, module.clone(), &target.config, timeout)?;
+            history
+                .rolled_back(module, &who)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+            Ok(target.version)
+        })();
+        let version = result.as_ref().map_or(String::new(), Clone::clone);
+        record_outcome(&metrics, &mut history, &who, "rollback", &version, &result);
+        result.map(|version| {
+            Json(json!({
+                "pipeline": p.name(), "stage": history.stage(), "version": version,
+                "previous": current, "workers": p.control.live_workers(),
+                "switched_in_ms": started.elapsed().as_millis() as u64,
+            }))
+        })
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rollback task failed: {e}"),
+        )
+    })?
+}
+
+/// Runs the stage's `init` with the new module and config on a throwaway instance, then
+/// publishes the new chain and waits for every worker; puts the old chain back if a worker
+/// cannot switch.
+fn switch_stage(
+    p: &PipelineHandle,
+    index: usize,
+    module: Arc<PluginModule>,
+    config: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> ApiResult<()> {
+    let current = p.control.current();
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let mut stages: Vec<StageSpec> = current.spec.stages().to_vec();
+    let Some(stage) = stages.get_mut(index) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such stage"));
+    };
+    stage.module = module;
+    stage.config = config_pairs(config);
+    let trial = ChainSpec::new(
+        p.name(),
+        current.spec.routes().to_vec(),
+        current.spec.route_name(current.spec.default_route()),
+        vec![stage.clone()],
+    )
+    .map_err(unprocessable)?;
+    ChainRunner::new(p.engine.clone(), Arc::new(trial), p.services.clone())
+        .map_err(|e| unprocessable(e.error.to_string()))?;
+    let spec = ChainSpec::new(
+        p.name(),
+        current.spec.routes().to_vec(),
+        current.spec.route_name(current.spec.default_route()),
+        stages,
+    )
+    .map_err(unprocessable)?;
+    let spec = Arc::new(spec);
+    let router = p
+        .router_for(&spec)
+        .map_err(|e| unprocessable(format!("{e:#}")))?;
+    let generation = p.control.publish(spec, router);
+    if let Err(e) = p.control.wait_for(generation, timeout) {
+        let back = p
+            .control
+            .publish(current.spec.clone(), current.router.clone());
+        let restored = p.control.wait_for(back, timeout);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not every worker switched ({e}); the previous version was put back{}",
+                match restored {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(" (and that did not finish either: {e})"),
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn versions(
+    State(st): State<Arc<AdminState>>,
+    Path((pipeline, stage)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (p, index) = st.stage(&pipeline, &stage)?;
+    let history = p.stages[index].lock().await;
+    Ok(Json(json!({
+        "pipeline": pipeline,
+        "stage": stage,
+        "active": history.active,
+        "rollback_stack": history.previous,
+        "history": history.history,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DryRunRecord {
+    key: Option<String>,
+    /// A string is used as is; any other JSON value as its JSON text.
+    #[serde(default)]
+    value: Value,
+    /// The value as base64, for bytes that are not text.
+    value_base64: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    topic: Option<String>,
+    #[serde(default)]
+    partition: i32,
+    timestamp_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DryRunRequest {
+    records: Vec<DryRunRecord>,
+}
+
+async fn dry_run(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    st.authorize(&headers)?;
+    let p = st.pipeline(&name)?.clone();
+    let bytes = axum::body::to_bytes(body, DRY_RUN_MAX_BYTES)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the request (at most {DRY_RUN_MAX_BYTES} bytes): {e}"),
+            )
+        })?;
+    let request: DryRunRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"records\": [{{\"key\": .., \"value\": .., \"headers\": {{..}}}}]}}: {e}"),
+        )
+    })?;
+    if request.records.len() > DRY_RUN_MAX_RECORDS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {DRY_RUN_MAX_RECORDS} records per dry run"),
+        ));
+    }
+    tokio::task::spawn_blocking(move || run_dry(&p, request))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("dry run failed: {e}"),
+            )
+        })?
+}
+
+fn run_dry(p: &PipelineHandle, request: DryRunRequest) -> ApiResult<Json<Value>> {
+    let active = p.control.current();
+    let topic = request
+        .records
+        .first()
+        .and_then(|r| r.topic.clone())
+        .or_else(|| p.config.topics.first().cloned())
+        .unwrap_or_else(|| "dry-run".into());
+    let partition = request.records.first().map_or(0, |r| r.partition);
+    let mut records = Vec::with_capacity(request.records.len());
+    for (i, r) in request.records.into_iter().enumerate() {
+        let value = match (r.value_base64, r.value) {
+            (Some(b64), _) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("records[{i}].value_base64: {e}"),
+                        )
+                    })?,
+            ),
+            (None, Value::Null) => None,
+            (None, Value::String(s)) => Some(s.into_bytes()),
+            (None, other) => Some(other.to_string().into_bytes()),
+        };
+        records.push(InputRecord {
+            offset: i as i64,
+            timestamp_ms: r.timestamp_ms.or(Some(crate::kafka::now_ms())),
+            key: r.key.map(String::into_bytes),
+            value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(key, value)| Header {
+                    key,
+                    value: Some(value.into_bytes()),
+                })
+                .collect(),
+        });
+    }
+    let count = records.len();
+    let mut runner = ChainRunner::new(p.engine.clone(), active.spec.clone(), p.services.clone())
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    runner.set_tracing(true);
+    let deliveries = runner
+        .process(&topic, partition, records)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let trace = runner.take_trace();
+    let stage_names: Vec<&str> = active
+        .spec
+        .stages()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut out: Vec<Value> = (0..count)
+        .map(|i| json!({ "index": i, "stages": [], "outputs": [], "dead_letter": null }))
+        .collect();
+    for t in trace {
+        let Some(entry) = out.get_mut(t.source) else {
+            continue;
+        };
+        let stage = stage_names.get(t.stage).copied().unwrap_or("?");
+        let verdict = match t.outcome {
+            TraceOutcome::Pass => json!({ "stage": stage, "verdict": "pass" }),
+            TraceOutcome::Route(route) => {
+                json!({ "stage": stage, "verdict": "route", "route": route })
+            }
+            TraceOutcome::Emit(routes) => {
+                json!({ "stage": stage, "verdict": "emit", "outputs": routes.len(), "routes": routes })
+            }
+            TraceOutcome::Drop => json!({ "stage": stage, "verdict": "drop" }),
+            TraceOutcome::DeadLetter { kind, reason } => {
+                json!({ "stage": stage, "verdict": "dead-letter", "kind": kind.as_str(), "reason": reason })
+            }
+        };
+        if let Some(stages) = entry["stages"].as_array_mut() {
+            stages.push(verdict);
+        }
+    }
+    let now = crate::kafka::now_ms();
+    for d in deliveries {
+        let Some(entry) = out.get_mut(d.source) else {
+            continue;
+        };
+        let source = Source {
+            topic: &topic,
+            partition,
+        };
+        let dead = match &d.destination {
+            Destination::DeadLetter(dead) => Some(json!({
+                "stage": dead.stage_name, "kind": dead.error.kind.as_str(),
+                "reason": dead.error.message, "version": dead.version.0,
+            })),
+            Destination::Route { .. } => None,
+        };
+        let route = match &d.destination {
+            Destination::Route { route, .. } => Some(active.spec.route_name(*route).to_owned()),
+            Destination::DeadLetter(_) => None,
+        };
+        let outgoing = active.router.route(source, d.destination, now);
+        let record = json!({
+            "route": route,
+            "topic": &*outgoing.topic,
+            "key": outgoing.key.as_deref().map(bytes_json),
+            "value": outgoing.value.as_deref().map(bytes_json),
+            "headers": outgoing.headers.iter().map(|h| json!({
+                "key": h.key, "value": h.value.as_deref().map(bytes_json),
+            })).collect::<Vec<_>>(),
+        });
+        match dead {
+            Some(mut dead) => {
+                dead["record"] = record;
+                entry["dead_letter"] = dead;
+            }
+            None => {
+                if let Some(outputs) = entry["outputs"].as_array_mut() {
+                    outputs.push(record);
+                }
+            }
+        }
+    }
+    Ok(Json(json!({
+        "pipeline": p.name(),
+        "versions": active.spec.stages().iter().map(|s| json!({"stage": s.name, "version": s.module.version.0})).collect::<Vec<_>>(),
+        "written": false,
+        "records": out,
+    })))
+}
+
+/// Text as a JSON string; other bytes as `{"base64": ".."}`.
+fn bytes_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}

@@ -1,0 +1,111 @@
+//! The command line's client of the admin API: `switchyard plugin push|rollback|versions`
+//! and `switchyard pipelines`.
+
+use anyhow::Context as _;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Default address of the admin API, as a URL.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9644";
+
+/// Where the API is and how to authenticate.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the API at `base` (`http://host:port`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish(
+        &self,
+        what: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response
+            .with_context(|| format!("{what}: cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("{what}: cannot read the answer"))?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| body.to_string(), str::to_owned);
+        anyhow::bail!("{what}: {} {message}", status.as_u16())
+    }
+
+    fn auth<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.auth(self.agent.get(&self.url(path))).call();
+        self.finish(&format!("GET {path}"), response)
+    }
+
+    /// `POST path` with no body.
+    pub fn post(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.auth(self.agent.post(&self.url(path))).send_empty();
+        self.finish(&format!("POST {path}"), response)
+    }
+
+    /// Uploads a plugin to a stage; `config` replaces the stage's config map if given.
+    pub fn push(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        plugin: &Path,
+        config: Option<&BTreeMap<String, String>>,
+    ) -> anyhow::Result<Value> {
+        let bytes =
+            std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
+        let path = format!("/api/v1/pipelines/{pipeline}/stages/{stage}/plugin");
+        let mut request = self
+            .auth(self.agent.put(&self.url(&path)))
+            .header("Content-Type", "application/wasm");
+        if let Some(config) = config {
+            request = request.query("config", serde_json::to_string(config)?);
+        }
+        let response = request.send(&bytes[..]);
+        self.finish(&format!("PUT {path}"), response)
+    }
+}
+
+/// Parses `key=value` pairs.
+pub fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{what} {pair:?} is not key=value"))
+        })
+        .collect()
+}

@@ -1,0 +1,391 @@
+//! Each stage's plugin versions: the active one, the ones a rollback returns to, the history
+//! of every change, and their persistence in the state directory.
+//!
+//! ```text
+//! <state_dir>/<pipeline>/<stage>/state.json           active version, rollback stack, history
+//! <state_dir>/<pipeline>/<stage>/plugins/<sha256>.wasm every version's component bytes
+//! ```
+//!
+//! On start a stage comes back with its last uploaded version (and config) if the plugin
+//! file the config names is the one it was uploaded over; an operator who changes that file
+//! and restarts gets the file. Only component bytes are stored, never compiled code: a
+//! restart compiles them like any upload.
+
+use crate::kafka::now_ms;
+use crate::plugin::{PluginEngine, PluginModule, PluginVersion};
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Most history entries kept per stage.
+const HISTORY_LIMIT: usize = 200;
+/// Most versions a stage can roll back through.
+const ROLLBACK_DEPTH: usize = 20;
+
+/// Where versions persist; `None` keeps them in memory only.
+#[derive(Clone, Debug, Default)]
+pub struct VersionStore {
+    dir: Option<PathBuf>,
+}
+
+/// One version of a stage: a plugin and the config its `init` got.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VersionRecord {
+    /// sha256 of the component.
+    pub version: String,
+    /// The config map.
+    pub config: BTreeMap<String, String>,
+    /// When it became active (ms since the Unix epoch).
+    pub loaded_at_ms: i64,
+    /// Who made it active (a token name, or `config`).
+    pub by: String,
+    /// How: `config` (the file the config names), `upload`, `rollback`, `restart` (came back
+    /// from the state directory).
+    pub origin: String,
+}
+
+/// One attempted change.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Who.
+    pub by: String,
+    /// `start`, `upload` or `rollback`.
+    pub action: String,
+    /// The version concerned (empty when the upload was not even a component).
+    pub version: String,
+    /// `ok`, or `rejected: <why>`.
+    pub result: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Persisted {
+    /// sha256 of the plugin file the config named when this was written.
+    base_version: String,
+    active: Option<VersionRecord>,
+    previous: Vec<VersionRecord>,
+    history: Vec<HistoryEntry>,
+}
+
+/// One stage's versions.
+pub struct StageHistory {
+    pipeline: String,
+    stage: String,
+    store: VersionStore,
+    base_version: String,
+    /// The version running now.
+    pub active: VersionRecord,
+    /// Versions a rollback returns to, the most recent last.
+    pub previous: Vec<VersionRecord>,
+    /// Every change, oldest first.
+    pub history: Vec<HistoryEntry>,
+    modules: HashMap<String, Arc<PluginModule>>,
+}
+
+impl VersionStore {
+    /// Versions persist under `dir` (created if missing).
+    pub fn at(dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        Ok(VersionStore { dir: Some(dir) })
+    }
+
+    /// Versions live in memory only.
+    pub fn memory() -> Self {
+        VersionStore { dir: None }
+    }
+
+    /// The directory, if any.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
+    fn stage_dir(&self, pipeline: &str, stage: &str) -> Option<PathBuf> {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        Some(self.dir.as_ref()?.join(clean(pipeline)).join(clean(stage)))
+    }
+
+    fn read(&self, pipeline: &str, stage: &str) -> Option<Persisted> {
+        let path = self.stage_dir(pipeline, stage)?.join("state.json");
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Ignoring an unreadable state file.");
+                None
+            }
+        }
+    }
+
+    fn write(&self, pipeline: &str, stage: &str, state: &Persisted) -> anyhow::Result<()> {
+        let Some(dir) = self.stage_dir(pipeline, stage) else {
+            return Ok(());
+        };
+        let text = serde_json::to_vec_pretty(state)?;
+        write_atomically(&dir, "state.json", &text)
+    }
+
+    fn save_plugin(&self, pipeline: &str, stage: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(dir) = self.stage_dir(pipeline, stage) else {
+            return Ok(());
+        };
+        let dir = dir.join("plugins");
+        let name = format!("{}.wasm", PluginVersion::of(bytes));
+        if dir.join(&name).is_file() {
+            return Ok(());
+        }
+        write_atomically(&dir, &name, bytes)
+    }
+
+    fn read_plugin(&self, pipeline: &str, stage: &str, version: &str) -> anyhow::Result<Vec<u8>> {
+        let dir = self
+            .stage_dir(pipeline, stage)
+            .context("no state directory: the version is not kept")?;
+        let path = dir.join("plugins").join(format!("{version}.wasm"));
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // The file is ours, but check it is what its name says before compiling it.
+        anyhow::ensure!(
+            PluginVersion::of(&bytes).0 == version,
+            "{} does not hold version {version}",
+            path.display()
+        );
+        Ok(bytes)
+    }
+}
+
+fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name))
+        .with_context(|| format!("cannot rename {} into place", tmp.display()))
+}
+
+/// A stage's config map as the chain wants it (sorted pairs).
+pub fn config_pairs(config: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A stage at start-up: its versions, and the module and config to run.
+pub type Started = (StageHistory, Arc<PluginModule>, Vec<(String, String)>);
+
+impl StageHistory {
+    /// The stage's versions at start-up, and the module and config to run: the last
+    /// uploaded version if the config's file is unchanged since, else the config's file.
+    pub fn start(
+        store: &VersionStore,
+        engine: &PluginEngine,
+        pipeline: &str,
+        stage: &str,
+        file_bytes: &[u8],
+        file_config: Vec<(String, String)>,
+        file_module: impl FnOnce() -> anyhow::Result<Arc<PluginModule>>,
+    ) -> anyhow::Result<Started> {
+        let base_version = PluginVersion::of(file_bytes).0;
+        let now = now_ms();
+        let persisted = store.read(pipeline, stage).unwrap_or_default();
+        let mut history = StageHistory {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+            store: store.clone(),
+            base_version: base_version.clone(),
+            active: VersionRecord {
+                version: base_version.clone(),
+                config: file_config.iter().cloned().collect(),
+                loaded_at_ms: now,
+                by: "config".into(),
+                origin: "config".into(),
+            },
+            previous: Vec::new(),
+            history: persisted.history,
+            modules: HashMap::new(),
+        };
+        let mut restored = None;
+        if persisted.base_version == base_version
+            && let Some(active) = persisted.active
+        {
+            if active.version == base_version {
+                // The config's own plugin, perhaps with an uploaded config.
+                history.active.config = active.config.clone();
+            } else {
+                match store
+                    .read_plugin(pipeline, stage, &active.version)
+                    .and_then(|bytes| engine.load(&bytes).map_err(anyhow::Error::from))
+                {
+                    Ok(module) => restored = Some((module, active.clone())),
+                    Err(e) => tracing::warn!(
+                        pipeline, stage, version = %active.version, error = %format!("{e:#}"),
+                        "Cannot restore the uploaded version; using the config's plugin file."
+                    ),
+                }
+            }
+            history.previous = persisted.previous;
+        } else if !persisted.base_version.is_empty() {
+            tracing::info!(
+                pipeline,
+                stage,
+                "The config's plugin file changed since the last upload: running the file."
+            );
+        }
+        let module = match restored {
+            Some((module, record)) => {
+                tracing::info!(
+                    pipeline, stage, version = %record.version, by = %record.by,
+                    "Restored the version uploaded before the restart (state directory)."
+                );
+                history.active = VersionRecord {
+                    loaded_at_ms: now,
+                    origin: "restart".into(),
+                    ..record
+                };
+                module
+            }
+            None => file_module()?,
+        };
+        history
+            .modules
+            .insert(module.version.0.clone(), module.clone());
+        store.save_plugin(pipeline, stage, file_bytes)?;
+        history.log("config", "start", &history.active.version.clone(), "ok");
+        history.persist()?;
+        let config = config_pairs(&history.active.config);
+        Ok((history, module, config))
+    }
+
+    /// Pipeline name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// Stage name.
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    fn log(&mut self, by: &str, action: &str, version: &str, result: &str) {
+        self.history.push(HistoryEntry {
+            at_ms: now_ms(),
+            by: by.to_owned(),
+            action: action.to_owned(),
+            version: version.to_owned(),
+            result: result.to_owned(),
+        });
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
+        self.store.write(
+            &self.pipeline,
+            &self.stage,
+            &Persisted {
+                base_version: self.base_version.clone(),
+                active: Some(self.active.clone()),
+                previous: self.previous.clone(),
+                history: self.history.clone(),
+            },
+        )
+    }
+
+    /// A new version is running on every worker: make it the active one.
+    pub fn activated(
+        &mut self,
+        module: Arc<PluginModule>,
+        bytes: Option<&[u8]>,
+        config: BTreeMap<String, String>,
+        by: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(bytes) = bytes {
+            self.store.save_plugin(&self.pipeline, &self.stage, bytes)?;
+        }
+        let version = module.version.0.clone();
+        self.modules.insert(version.clone(), module);
+        let record = VersionRecord {
+            version: version.clone(),
+            config,
+            loaded_at_ms: now_ms(),
+            by: by.to_owned(),
+            origin: "upload".into(),
+        };
+        let old = std::mem::replace(&mut self.active, record);
+        self.previous.push(old);
+        if self.previous.len() > ROLLBACK_DEPTH {
+            self.previous.remove(0);
+        }
+        self.forget_unused_modules();
+        self.log(by, "upload", &version, "ok");
+        self.persist()
+    }
+
+    /// The version a rollback returns to, and its module.
+    pub fn rollback_target(
+        &self,
+        engine: &PluginEngine,
+    ) -> anyhow::Result<(VersionRecord, Arc<PluginModule>)> {
+        let target = self
+            .previous
+            .last()
+            .context("no earlier version to roll back to")?
+            .clone();
+        let module = match self.modules.get(&target.version) {
+            Some(m) => m.clone(),
+            None => {
+                let bytes = self
+                    .store
+                    .read_plugin(&self.pipeline, &self.stage, &target.version)?;
+                engine.load(&bytes)?
+            }
+        };
+        Ok((target, module))
+    }
+
+    /// The rollback target is running on every worker.
+    pub fn rolled_back(&mut self, module: Arc<PluginModule>, by: &str) -> anyhow::Result<()> {
+        let Some(target) = self.previous.pop() else {
+            anyhow::bail!("no earlier version to roll back to");
+        };
+        self.modules.insert(target.version.clone(), module);
+        let version = target.version.clone();
+        self.active = VersionRecord {
+            loaded_at_ms: now_ms(),
+            by: by.to_owned(),
+            origin: "rollback".into(),
+            ..target
+        };
+        self.forget_unused_modules();
+        self.log(by, "rollback", &version, "ok");
+        self.persist()
+    }
+
+    /// A change was refused; the active version is unchanged.
+    pub fn rejected(&mut self, by: &str, action: &str, version: &str, why: &str) {
+        self.log(by, action, version, &format!("rejected: {why}"));
+        if let Err(e) = self.persist() {
+            tracing::warn!(pipeline = %self.pipeline, stage = %self.stage, error = %format!("{e:#}"), "Cannot persist the version history.");
+        }
+    }
+
+    fn forget_unused_modules(&mut self) {
+        let keep: std::collections::HashSet<&str> = std::iter::once(&self.active)
+            .chain(&self.previous)
+            .map(|r| r.version.as_str())
+            .collect();
+        self.modules.retain(|v, _| keep.contains(v.as_str()));
+    }
+}

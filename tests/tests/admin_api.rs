@@ -1,0 +1,900 @@
+//! The admin HTTP API against live pipelines on librdkafka's mock cluster: every endpoint,
+//! auth failures, each kind of bad upload, hot reload under load with zero loss, rollback,
+//! persistence across a restart, the Prometheus endpoint, and the CLI client.
+
+use rdkafka::producer::Producer as _;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::pipelines::{
+    AdminServer, Running, kafka_toml, pipeline_toml, scratch_dir, start_with, write_file,
+};
+use switchyard_tests::{event, plugin_bytes, plugin_path};
+
+const TOKEN: &str = "test-token-0123456789";
+const OUTPUTS: [&str; 4] = [
+    "events-standard",
+    "events-urgent",
+    "events-errors",
+    "events-dlq",
+];
+
+struct Setup {
+    broker: Broker,
+    running: Running,
+    admin: AdminServer,
+    dir: std::path::PathBuf,
+}
+
+fn config_text(broker: &Broker, admin_extra: &str) -> String {
+    format!(
+        "{}\n[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{admin_extra}\n{}",
+        kafka_toml(broker.bootstrap()),
+        pipeline_toml(
+            "events",
+            "events",
+            &[
+                ("standard", "events-standard"),
+                ("urgent", "events-urgent"),
+                ("errors", "events-errors"),
+            ],
+            "events-dlq",
+            &[("route", "route", &[])],
+            "commit_interval_ms = 100\nworkers = 2",
+        )
+    )
+}
+
+fn setup(name: &str, admin_extra: &str) -> Setup {
+    let broker = Broker::mock(1).expect("mock cluster");
+    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
+    topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
+    broker.create_topics(&topics).expect("topics created");
+    let dir = scratch_dir(name);
+    let path = write_file(&dir, "switchyard.toml", &config_text(&broker, admin_extra));
+    let running = start_with(&path, true).expect("pipeline starts");
+    let admin = running.serve_admin();
+    wait_ready(&admin.url);
+    Setup {
+        broker,
+        running,
+        admin,
+        dir,
+    }
+}
+
+fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call("GET", &format!("{url}/readyz"), None, None);
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One request; the status and the body (JSON if it parses, else a string).
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "POST" | "PUT" => {
+            let mut r = if method == "POST" {
+                agent.post(url)
+            } else {
+                agent.put(url)
+            };
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some(b) => r.send(b),
+                None => r.send_empty(),
+            }
+        }
+        other => panic!("method {other}"),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: body: {e}"));
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+fn upload_url(url: &str) -> String {
+    format!("{url}/api/v1/pipelines/events/stages/route/plugin")
+}
+
+fn active_version(url: &str) -> String {
+    let (status, body) = call("GET", &format!("{url}/api/v1/pipelines/events"), None, None);
+    assert_eq!(status, 200, "{body}");
+    body["stages"][0]["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no version in {body}"))
+        .to_owned()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
+    range.map(|i| TestRecord::new(&format!("user-{:03}", i % 100), event(i).as_bytes()))
+}
+
+fn event_id(c: &Consumed) -> u64 {
+    let v: Value = serde_json::from_slice(c.value.as_deref().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {c:?}"));
+    v["event_id"]
+        .as_str()
+        .and_then(|s| s.trim_start_matches("evt-").parse().ok())
+        .unwrap_or_else(|| panic!("no event id in {v}"))
+}
+
+/// The `route` stage's version named by an output's provenance header.
+fn route_version(c: &Consumed) -> String {
+    let versions = c
+        .header("switchyard-versions")
+        .unwrap_or_else(|| panic!("output without a versions header: {c:?}"));
+    versions
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("route="))
+        .unwrap_or_else(|| panic!("no route stage in {versions}"))
+        .to_owned()
+}
+
+/// A component whose `transform` functions have the wrong types.
+fn wrong_types_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $t (export "init" (func $f)) (export "process" (func $f)))
+            (export "switchyard:plugin/transform@0.1.0" (instance $t)))"#,
+    )
+    .expect("wat")
+}
+
+#[test]
+fn read_endpoints_describe_the_pipeline() {
+    let s = setup("admin-read", "");
+    let url = &s.admin.url;
+    let (status, body) = call("GET", &format!("{url}/healthz"), None, None);
+    assert_eq!((status, body), (200, Value::String("ok\n".into())));
+    s.broker
+        .produce("events", records(0..50))
+        .expect("produced");
+    s.running
+        .wait_for("events", Duration::from_secs(30), |c| c.routed == 50);
+
+    let (status, body) = call("GET", &format!("{url}/api/v1/pipelines"), None, None);
+    assert_eq!(status, 200, "{body}");
+    let p = &body["pipelines"][0];
+    assert_eq!(p["name"], "events");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["routes"]["urgent"], "events-urgent");
+    assert_eq!(p["default_route"], "standard");
+    assert_eq!(p["dead_letter_topic"], "events-dlq");
+    assert_eq!(p["counters"]["consumed"], 50);
+    assert_eq!(p["counters"]["routed"], 50);
+    assert_eq!(p["workers"], 2);
+    let stage = &p["stages"][0];
+    assert_eq!(stage["name"], "route");
+    assert_eq!(stage["version"], sha256(&plugin_bytes("route")));
+    assert_eq!(stage["origin"], "config");
+    assert!(
+        stage["loaded_at_ms"].as_i64().is_some_and(|t| t > 0),
+        "{stage}"
+    );
+    let partitions = p["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 4, "{p}");
+
+    // Lag comes from the partitions' ends as the consumer saw them: 0 once all is done.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = call("GET", &format!("{url}/api/v1/pipelines/events"), None, None);
+        let lags: Vec<Option<i64>> = body["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p["lag"].as_i64())
+            .collect();
+        if lags.iter().all(|l| *l == Some(0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never reached 0: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (status, body) = call("GET", &format!("{url}/api/v1/pipelines/nope"), None, None);
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no pipeline \"nope\"") && e.contains("events")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "GET",
+        &format!("{url}/api/v1/pipelines/events/stages/nope/versions"),
+        None,
+        None,
+    );
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stages: route")),
+        "{body}"
+    );
+    let (status, _) = call("GET", &format!("{url}/api/v2/whatever"), None, None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn changes_need_a_valid_token_and_are_audited_in_the_history() {
+    let s = setup("admin-auth", "");
+    let url = &s.admin.url;
+    let noop = plugin_bytes("noop");
+    for (token, expected) in [(None, 401), (Some("wrong-token-0123456789"), 403)] {
+        let (status, body) = call("PUT", &upload_url(url), token, Some(&noop));
+        assert_eq!(status, expected, "{body}");
+        let (status, _) = call(
+            "POST",
+            &format!("{url}/api/v1/pipelines/events/pause"),
+            token,
+            None,
+        );
+        assert_eq!(status, expected);
+        let (status, _) = call(
+            "POST",
+            &format!("{url}/api/v1/pipelines/events/stages/route/rollback"),
+            token,
+            None,
+        );
+        assert_eq!(status, expected);
+        let (status, _) = call(
+            "POST",
+            &format!("{url}/api/v1/pipelines/events/dry-run"),
+            token,
+            Some(br#"{"records":[]}"#),
+        );
+        assert_eq!(status, expected);
+    }
+    assert_eq!(active_version(url), sha256(&plugin_bytes("route")));
+
+    let (status, body) = call("PUT", &upload_url(url), Some(TOKEN), Some(&noop));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], sha256(&noop));
+    assert_eq!(body["previous"], sha256(&plugin_bytes("route")));
+    assert_eq!(body["workers"], 2);
+    let (status, body) = call(
+        "GET",
+        &format!("{url}/api/v1/pipelines/events/stages/route/versions"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["active"]["version"], sha256(&noop));
+    assert_eq!(body["active"]["by"], "ops");
+    let last = body["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .expect("history");
+    assert_eq!(last["action"], "upload");
+    assert_eq!(last["result"], "ok");
+    assert_eq!(last["by"], "ops");
+}
+
+#[test]
+fn bad_uploads_are_refused_with_the_reason_and_the_old_version_keeps_serving() {
+    let s = setup("admin-bad", "max_upload_bytes = 2000000");
+    let url = &s.admin.url;
+    let route = sha256(&plugin_bytes("route"));
+    let mut truncated = plugin_bytes("noop");
+    truncated.truncate(truncated.len() / 2);
+    let foreign = wat::parse_str(
+        r#"(component (import "acme:secrets/vault" (instance (export "get" (func)))))"#,
+    )
+    .expect("wat");
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        (
+            "not wasm",
+            b"hello, I am a text file".to_vec(),
+            "",
+            400,
+            "not a WebAssembly",
+        ),
+        (
+            "core module",
+            wat::parse_str("(module)").expect("wat"),
+            "",
+            400,
+            "core module",
+        ),
+        ("truncated", truncated, "", 422, ""),
+        (
+            "missing export",
+            wat::parse_str("(component)").expect("wat"),
+            "",
+            422,
+            "transform",
+        ),
+        ("wrong types", wrong_types_component(), "", 422, ""),
+        ("foreign import", foreign, "", 422, "acme:secrets/vault"),
+        (
+            "init error",
+            plugin_bytes("misbehave"),
+            "?config=%7B%22fail_init%22%3A%22no%20database%20configured%22%7D",
+            422,
+            "no database configured",
+        ),
+        (
+            "bad config query",
+            plugin_bytes("noop"),
+            "?config=notjson",
+            400,
+            "JSON object",
+        ),
+        (
+            "too large",
+            vec![0u8; 3_000_000],
+            "",
+            413,
+            "max_upload_bytes",
+        ),
+    ];
+    let mut sent = 0u64;
+    for (what, bytes, query, status, needle) in cases {
+        // Records keep flowing around every refused upload.
+        s.broker
+            .produce("events", records(sent..sent + 20))
+            .expect("produced");
+        sent += 20;
+        let (got, body) = call(
+            "PUT",
+            &format!("{}{query}", upload_url(url)),
+            Some(TOKEN),
+            Some(&bytes),
+        );
+        assert_eq!(got, status, "{what}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle) && !message.is_empty(),
+            "{what}: {message:?} should mention {needle:?}"
+        );
+        assert_eq!(active_version(url), route, "{what}");
+    }
+    let c = s.running.wait_for("events", Duration::from_secs(30), |c| {
+        c.routed + c.dead_lettered == sent
+    });
+    assert_eq!(c.routed + c.dead_lettered, sent, "{c:?}");
+    let out = s
+        .broker
+        .consume_all(
+            &OUTPUTS,
+            sent as usize,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+        .expect("consumed");
+    assert!(out.iter().all(|c| route_version(c) == route));
+    let (_, body) = call(
+        "GET",
+        &format!("{url}/api/v1/pipelines/events/stages/route/versions"),
+        None,
+        None,
+    );
+    let rejected = body["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| {
+            h["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("rejected: "))
+        })
+        .count();
+    // Everything but the oversized body, refused before it was read.
+    assert_eq!(rejected, 8, "{body}");
+}
+
+#[test]
+fn pause_stops_consuming_and_resume_restarts_it() {
+    let s = setup("admin-pause", "");
+    let url = &s.admin.url;
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/pause"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "paused");
+    // Let the pause reach the consumer loop before producing.
+    std::thread::sleep(Duration::from_millis(300));
+    s.broker
+        .produce("events", records(0..100))
+        .expect("produced");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.running.counters("events").consumed,
+        0,
+        "consumed while paused"
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/resume"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "running");
+    let c = s
+        .running
+        .wait_for("events", Duration::from_secs(30), |c| c.routed == 100);
+    assert_eq!(c.routed, 100, "{c:?}");
+}
+
+#[test]
+fn dry_run_shows_each_stage_and_writes_nothing() {
+    let s = setup("admin-dry", "");
+    let url = &s.admin.url;
+    let request = serde_json::json!({ "records": [
+        { "key": "u1", "value": { "event_id": "a", "priority": "high", "event_type": "click" } },
+        { "key": "u2", "value": { "event_id": "b", "priority": "normal", "event_type": "error" } },
+        { "key": "u3", "value": { "event_id": "c", "priority": "normal", "event_type": "click" }, "headers": { "h": "v" } },
+        { "key": "u4", "value": "not json" },
+        { "key": null, "value_base64": "/w==" },
+    ]});
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/dry-run"),
+        Some(TOKEN),
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["written"], false);
+    let r = &body["records"];
+    assert_eq!(r[0]["stages"][0]["verdict"], "route");
+    assert_eq!(r[0]["outputs"][0]["route"], "urgent");
+    assert_eq!(r[0]["outputs"][0]["topic"], "events-urgent");
+    assert_eq!(r[0]["outputs"][0]["key"], "u1");
+    assert_eq!(r[1]["outputs"][0]["topic"], "events-errors");
+    assert_eq!(r[2]["stages"][0]["verdict"], "pass");
+    assert_eq!(r[2]["outputs"][0]["route"], "standard");
+    let headers = r[2]["outputs"][0]["headers"].as_array().expect("headers");
+    assert!(
+        headers.iter().any(|h| h["key"] == "h" && h["value"] == "v"),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h["key"] == "switchyard-pipeline" && h["value"] == "events"),
+        "{headers:?}"
+    );
+    assert_eq!(r[3]["stages"][0]["verdict"], "dead-letter");
+    assert_eq!(r[3]["dead_letter"]["kind"], "rejected");
+    assert_eq!(r[3]["dead_letter"]["stage"], "route");
+    assert_eq!(r[3]["dead_letter"]["record"]["topic"], "events-dlq");
+    assert!(r[3]["outputs"].as_array().is_some_and(Vec::is_empty));
+    assert_eq!(r[4]["dead_letter"]["kind"], "rejected");
+
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/dry-run"),
+        Some(TOKEN),
+        Some(b"[1,2]"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("records")),
+        "{body}"
+    );
+    // Nothing was written or consumed.
+    std::thread::sleep(Duration::from_millis(500));
+    let c = s.running.counters("events");
+    assert_eq!((c.consumed, c.routed, c.dead_lettered), (0, 0, 0), "{c:?}");
+}
+
+/// 100,000 records while 10 uploads happen (5 good, alternating two plugins; 5 bad): none
+/// lost, every output names a version that was active, a rollback restores the previous
+/// version.
+#[test]
+fn hot_reload_under_load_loses_nothing() {
+    const N: u64 = 100_000;
+    let s = setup("admin-reload", "max_upload_bytes = 50000000");
+    let url = s.admin.url.clone();
+    let route = plugin_bytes("route");
+    let noop = plugin_bytes("noop");
+    let (route_v, noop_v) = (sha256(&route), sha256(&noop));
+
+    let producer = {
+        let broker_records: Vec<TestRecord> = records(0..N).collect();
+        let producer = s.broker.producer().expect("producer");
+        std::thread::spawn(move || {
+            for (i, r) in broker_records.iter().enumerate() {
+                switchyard_tests::kafka::send(&producer, "events", r).expect("sent");
+                if i % 2_000 == 0 {
+                    // About 10 s of load, so the reloads land in the middle of it.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .expect("all acknowledged");
+        })
+    };
+    let bad: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        wat::parse_str("(module)").expect("wat"),
+        wat::parse_str("(component)").expect("wat"),
+        wrong_types_component(),
+        vec![1u8; 100],
+    ];
+    let mut active = vec![route_v.clone()];
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(700));
+        if i % 2 == 0 {
+            let (bytes, v) = if (i / 2) % 2 == 0 {
+                (&noop, &noop_v)
+            } else {
+                (&route, &route_v)
+            };
+            let (status, body) = call("PUT", &upload_url(&url), Some(TOKEN), Some(bytes));
+            assert_eq!(status, 200, "reload {i}: {body}");
+            assert_eq!(&body["version"], v.as_str());
+            active.push(v.clone());
+        } else {
+            let (status, body) = call("PUT", &upload_url(&url), Some(TOKEN), Some(&bad[i / 2]));
+            assert!((400..500).contains(&status), "reload {i}: {status} {body}");
+        }
+        assert_eq!(&active_version(&url), active.last().expect("active"));
+    }
+    producer.join().expect("producer thread");
+    let out = s
+        .broker
+        .consume_all(
+            &OUTPUTS,
+            N as usize,
+            Duration::from_secs(2),
+            Duration::from_secs(300),
+        )
+        .expect("consumed");
+
+    // None lost; each output names a version that was active; per key the versions follow
+    // the order of the uploads (a switch happens at a batch boundary, never backwards).
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &out {
+        assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
+        *seen.entry(event_id(c)).or_default() += 1;
+        let v = route_version(c);
+        assert!(v == route_v || v == noop_v, "unknown version {v}");
+        let key = String::from_utf8_lossy(c.key.as_deref().unwrap_or_default()).into_owned();
+        let versions = per_key.entry(key).or_default();
+        if versions.last() != Some(&v) {
+            versions.push(v);
+        }
+    }
+    let lost: Vec<u64> = (0..N).filter(|i| !seen.contains_key(i)).take(10).collect();
+    assert!(lost.is_empty(), "lost (first 10): {lost:?}");
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!("{} outputs, {duplicates} duplicates", out.len());
+    for (key, versions) in &per_key {
+        assert!(
+            versions.len() <= active.len(),
+            "key {key}: versions went {versions:?}, more changes than uploads ({active:?})"
+        );
+        for (v, expected) in versions
+            .iter()
+            .zip(active.iter().skip_while(|a| *a != &versions[0]))
+        {
+            assert_eq!(
+                v, expected,
+                "key {key}: versions {versions:?} do not follow {active:?}"
+            );
+        }
+    }
+    let c = s.running.counters("events");
+    assert_eq!(c.dead_lettered, 0, "{c:?}");
+
+    // Rollback: back to the version before the last upload.
+    let last = active.last().expect("last").clone();
+    let before = active[active.len() - 2].clone();
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/stages/route/rollback"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], before.as_str());
+    assert_eq!(body["previous"], last.as_str());
+    assert_eq!(active_version(&url), before);
+    let (_, body) = call(
+        "GET",
+        &format!("{url}/api/v1/pipelines/events/stages/route/versions"),
+        None,
+        None,
+    );
+    assert_eq!(body["active"]["origin"], "rollback");
+    let uploads: BTreeSet<&str> = body["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["action"] == "upload")
+        .filter_map(|h| h["result"].as_str())
+        .map(|r| if r == "ok" { "ok" } else { "rejected" })
+        .collect();
+    assert_eq!(uploads, BTreeSet::from(["ok", "rejected"]));
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_add_up() {
+    let s = setup("admin-metrics", "");
+    let url = &s.admin.url;
+    const N: u64 = 700;
+    let mut expected: HashMap<&str, u64> = HashMap::new();
+    for i in 0..N {
+        let v: Value = serde_json::from_str(&event(i)).expect("event");
+        let route = if v["priority"] == "high" {
+            "urgent"
+        } else if v["event_type"] == "error" {
+            "errors"
+        } else {
+            "standard"
+        };
+        *expected.entry(route).or_default() += 1;
+    }
+    s.broker.produce("events", records(0..N)).expect("produced");
+    // 30 records that are not JSON: dead-lettered by the route stage.
+    s.broker
+        .produce(
+            "events",
+            (0..30).map(|i| TestRecord::new(&format!("bad-{i}"), b"{oops")),
+        )
+        .expect("produced");
+    s.running.wait_for("events", Duration::from_secs(30), |c| {
+        c.routed + c.dead_lettered == N + 30
+    });
+
+    let (status, text) = call("GET", &format!("{url}/metrics"), None, None);
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text").to_owned();
+    let samples = parse_prometheus(&text);
+    let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| *v)
+            .sum()
+    };
+    let p = ("pipeline", "events");
+    assert_eq!(get("switchyard_records_in_total", &[p]), (N + 30) as f64);
+    for (route, n) in &expected {
+        assert_eq!(
+            get("switchyard_records_out_total", &[p, ("route", route)]),
+            *n as f64,
+            "route {route}"
+        );
+    }
+    assert_eq!(
+        get(
+            "switchyard_dead_lettered_total",
+            &[p, ("stage", "route"), ("kind", "rejected")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        get("switchyard_records_out_total", &[p]) + get("switchyard_dead_lettered_total", &[p]),
+        (N + 30) as f64
+    );
+    assert!(
+        get(
+            "switchyard_plugin_call_seconds_count",
+            &[p, ("stage", "route")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        get("switchyard_end_to_end_latency_seconds_count", &[p]),
+        (N + 30) as f64
+    );
+    let version = sha256(&plugin_bytes("route"));
+    assert_eq!(
+        get(
+            "switchyard_plugin_info",
+            &[p, ("stage", "route"), ("version", &version)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get("switchyard_pipeline_state", &[p, ("state", "running")]),
+        1.0
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|(n, _, _)| n == "switchyard_consumer_lag_records")
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+}
+
+/// Parses the text exposition format strictly enough to fail on a malformed line: every
+/// line is a comment (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) or `name{labels} value`.
+fn parse_prometheus(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                ["HELP ", "TYPE ", "UNIT ", "EOF"]
+                    .iter()
+                    .any(|p| comment.starts_with(p)),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), HashMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        out.push((name, labels, value));
+    }
+    out
+}
+
+#[test]
+fn an_uploaded_version_comes_back_after_a_restart() {
+    let s = setup("admin-restart", "");
+    let noop = plugin_bytes("noop");
+    let (status, body) = call("PUT", &upload_url(&s.admin.url), Some(TOKEN), Some(&noop));
+    assert_eq!(status, 200, "{body}");
+    let Setup {
+        broker,
+        running,
+        admin,
+        dir,
+    } = s;
+    drop(admin);
+    running.stop().expect("clean stop");
+    let state = dir.join(".switchyard-state/events/route");
+    assert!(
+        state.join("state.json").is_file(),
+        "no state in {}",
+        state.display()
+    );
+    assert!(
+        state
+            .join(format!("plugins/{}.wasm", sha256(&noop)))
+            .is_file()
+    );
+
+    let running = start_with(&dir.join("switchyard.toml"), true).expect("restarts");
+    let admin = running.serve_admin();
+    wait_ready(&admin.url);
+    let (_, body) = call(
+        "GET",
+        &format!("{}/api/v1/pipelines/events", admin.url),
+        None,
+        None,
+    );
+    assert_eq!(body["stages"][0]["version"], sha256(&noop), "{body}");
+    assert_eq!(body["stages"][0]["origin"], "restart");
+    // And the rollback stack survived too.
+    assert_eq!(
+        body["stages"][0]["rollback_to"],
+        sha256(&plugin_bytes("route"))
+    );
+    drop(broker);
+}
+
+#[test]
+fn the_cli_pushes_rolls_back_and_lists() {
+    let s = setup("admin-cli", "");
+    let bin = switchyard_tests::router_process::switchyard_binary().expect("switchyard binary");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .env("SWITCHYARD_ADMIN", &s.admin.url)
+            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let noop = plugin_path("noop");
+    let noop_path = noop.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = cli(&[
+        "plugin", "push", "-p", "events", "-s", "route", noop_path, "--config", "x=y",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&sha256(&plugin_bytes("noop"))), "{stdout}");
+    let (code, stdout, _) = cli(&["plugin", "versions", "-p", "events", "-s", "route"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(v["active"]["config"]["x"], "y");
+    let (code, stdout, stderr) = cli(&["plugin", "rollback", "-p", "events", "-s", "route"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&sha256(&plugin_bytes("route"))), "{stdout}");
+    let (code, stdout, _) = cli(&["pipelines"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("\"events\""), "{stdout}");
+    // Errors name the problem and exit non-zero.
+    let (code, _, stderr) = cli(&["plugin", "push", "-p", "events", "-s", "nope", noop_path]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("404") && stderr.contains("no stage"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(&bin)
+        .args(["plugin", "push", "-p", "events", "-s", "route", noop_path])
+        .env("SWITCHYARD_ADMIN", &s.admin.url)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
