@@ -248,7 +248,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(address))
             .with_context(|| format!("admin.listen: cannot listen on {address}"))?;
-        tracing::info!(address = %address, state_dir = ?store.dir(), "Admin API listening.");
+        let bound = listener.local_addr().unwrap_or(address);
+        tracing::info!(address = %bound, state_dir = ?store.dir(), "Admin API listening.");
         Some(listener)
     } else {
         None

@@ -4,6 +4,7 @@
 //! Plugins are built from source by [`plugin_path`] the first time a test asks for one (a
 //! `cargo build` of the `plugins/` workspace for wasm32-wasip2), never committed as binaries.
 
+pub mod e2e;
 pub mod kafka;
 pub mod pipelines;
 pub mod router_process;

@@ -223,6 +223,10 @@ pub fn pipeline_toml(
     out
 }
 
+/// An `[admin]` table for a router process that must not take the default port (several
+/// run at once): a free port, chosen by the system and logged.
+pub const ADMIN_EPHEMERAL: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
 /// The `[kafka]` table for a test broker: fast group joins and commits.
 pub fn kafka_toml(bootstrap: &str) -> String {
     format!(

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use switchyard_tests::event;
 use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
-use switchyard_tests::pipelines::{kafka_toml, pipeline_toml, scratch_dir, write_file};
+use switchyard_tests::pipelines::{
+    ADMIN_EPHEMERAL, kafka_toml, pipeline_toml, scratch_dir, write_file,
+};
 use switchyard_tests::router_process::{RouterProcess, run_switchyard};
 
 const OUTPUTS: [&str; 4] = [
@@ -24,8 +26,9 @@ fn setup_on(broker: Broker, name: &str) -> (Broker, std::path::PathBuf) {
     topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
     broker.create_topics(&topics).expect("topics created");
     let dir = scratch_dir(name);
+    // Several routers run at once: each takes a free port for its admin API.
     let text = format!(
-        "{}\n{}",
+        "{}\n{ADMIN_EPHEMERAL}\n{}",
         kafka_toml(broker.bootstrap()),
         pipeline_toml(
             "events",

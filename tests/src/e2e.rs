@@ -1,0 +1,225 @@
+//! The pieces of the end-to-end benchmarks (tests/benches/e2e_latency.rs,
+//! tests/benches/reload_latency.rs): a load generator that stamps each event with its
+//! creation time, a checker that takes receive time minus creation time, percentiles, and
+//! a process's peak RSS.
+
+use crate::event;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Partitions of every bench topic.
+pub const PARTITIONS: i32 = 4;
+
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Wall-clock time in µs since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `event(i)` with its creation time.
+pub fn stamped(i: u64) -> String {
+    let e = event(i);
+    format!("{},\"sent_us\":{}}}", &e[..e.len() - 1], now_us())
+}
+
+/// The creation stamp of a `stamped` event.
+pub fn sent_us(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let at = text.rfind("\"sent_us\":")? + "\"sent_us\":".len();
+    text[at..].trim_end_matches('}').parse().ok()
+}
+
+/// Switchyard's producer settings (host/src/kafka.rs).
+pub fn producer(bootstrap: &str) -> ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .set("log_level", "3")
+        .create()
+        .expect("producer")
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+pub fn send(
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// Produces stamped events at `rate`/s for `secs` seconds.
+pub fn generate(bootstrap: &str, topic: &str, rate: u64, secs: u64) -> u64 {
+    let p = producer(bootstrap);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let end = Duration::from_secs(secs);
+    while start.elapsed() < end {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        // Behind schedule (the broker cannot take the rate): send what is due, but stop on time.
+        while sent < due && start.elapsed() < end {
+            let key = format!("user-{:05}", sent % 10_000);
+            send(&p, topic, key.as_bytes(), stamped(sent).as_bytes());
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let _ = p.flush(Duration::from_secs(30));
+    sent
+}
+
+/// Reads `topics` from their end (records written from now on) until `stop`; returns the
+/// latency (µs) of each record created after `measure_from_us`, and the time of each arrival.
+pub fn check(
+    bootstrap: &str,
+    topics: &[&str],
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    measure_from_us: Arc<std::sync::atomic::AtomicI64>,
+) -> (Vec<i64>, Vec<Instant>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-checker")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("log_level", "3")
+        .create()
+        .expect("checker");
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    ready.store(true, Ordering::Release);
+    let mut latencies = Vec::new();
+    let mut arrivals = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            let now = now_us();
+            arrivals.push(Instant::now());
+            if let Some(sent) = m.payload().and_then(sent_us)
+                && sent >= measure_from_us.load(Ordering::Acquire)
+            {
+                latencies.push(now - sent);
+            }
+        }
+    }
+    (latencies, arrivals)
+}
+
+pub struct Run {
+    /// Latency of each measured record, µs.
+    pub latencies: Vec<i64>,
+    /// When each record arrived.
+    pub arrivals: Vec<Instant>,
+    /// Records the generator sent.
+    pub sent: u64,
+}
+
+/// Checker on `outputs`, generator on `input`: one latency run.
+pub fn latency_run(
+    bootstrap: &str,
+    input: &str,
+    outputs: &[&str],
+    rate: u64,
+    warmup: u64,
+    secs: u64,
+) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let from = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let checker = {
+        let (b, stop, ready, from) = (
+            bootstrap.to_owned(),
+            stop.clone(),
+            ready.clone(),
+            from.clone(),
+        );
+        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            check(&b, &refs, stop, ready, from)
+        })
+    };
+    while !ready.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let generator = {
+        let (b, input) = (bootstrap.to_owned(), input.to_owned());
+        std::thread::spawn(move || generate(&b, &input, rate, warmup + secs))
+    };
+    std::thread::sleep(Duration::from_secs(warmup));
+    from.store(now_us(), Ordering::Release);
+    let sent = generator.join().expect("generator");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    let (latencies, arrivals) = checker.join().expect("checker");
+    Run {
+        latencies,
+        arrivals,
+        sent,
+    }
+}
+
+/// The `p` quantile of sorted µs values, in ms.
+pub fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// (p50, p99, p999) in ms.
+pub fn percentiles(mut v: Vec<i64>) -> (f64, f64, f64) {
+    v.sort_unstable();
+    (
+        percentile(&v, 0.50),
+        percentile(&v, 0.99),
+        percentile(&v, 0.999),
+    )
+}
+
+/// A process's peak resident memory (VmHWM), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
