@@ -128,6 +128,52 @@ pub async fn serve(
     Ok(())
 }
 
+/// The admin API running on a runtime; [`Serving::stop`] ends it.
+pub struct Serving {
+    /// The address it listens on.
+    pub address: std::net::SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Serving {
+    /// Stops serving (requests in progress finish).
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Binds `config.listen` and serves the API for `pipelines` on `runtime`. The bind happens
+/// now, so a taken port fails here, naming the key.
+pub fn start(
+    runtime: &tokio::runtime::Runtime,
+    config: &crate::config::AdminConfig,
+    pipelines: Vec<Arc<PipelineHandle>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Serving> {
+    use anyhow::Context as _;
+    let address = config.address()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(address))
+        .with_context(|| format!("admin.listen: cannot listen on {address}"))?;
+    let address = listener.local_addr().unwrap_or(address);
+    let state = Arc::new(AdminState {
+        pipelines,
+        metrics,
+        tokens: config.tokens.clone(),
+        max_upload_bytes: config.max_upload_bytes,
+        switch_timeout: Duration::from_millis(config.switch_timeout_ms),
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let notified = stop.clone();
+    runtime.spawn(async move {
+        let shutdown = async move { notified.notified().await };
+        if let Err(e) = serve(listener, state, shutdown).await {
+            tracing::error!(error = %format!("{e:#}"), "The admin API stopped.");
+        }
+    });
+    Ok(Serving { address, stop })
+}
+
 impl AdminState {
     fn pipeline(&self, name: &str) -> ApiResult<&Arc<PipelineHandle>> {
         self.pipelines

@@ -25,11 +25,13 @@
 //! - [`versions`]: each stage's plugin versions, rollback stack, history, persistence.
 //! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
 //! - [`client`]: the CLI's client of that API.
+//! - [`demo`]: `switchyard demo`, a live stream on an embedded broker.
 
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use switchyard::admin::{self, AdminState};
+use switchyard::admin;
 use switchyard::client::{self, Client};
 use switchyard::config::Config;
 use switchyard::metrics::Metrics;
@@ -52,6 +52,33 @@ enum Command {
     Inspect {
         /// Path to the component (.wasm).
         plugin: PathBuf,
+    },
+    /// Route a generated live stream through the example pipeline (validate -> enrich ->
+    /// transform -> route) on an embedded broker, show progress, and prove every event is
+    /// accounted for. The admin API stays up meanwhile, for hot reloads.
+    Demo {
+        /// Use this Kafka cluster (bootstrap servers) instead of the embedded broker.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// How long to generate, in seconds.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Directory holding the example plugins (validate.wasm, enrich.wasm, transform.wasm,
+        /// route.wasm).
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// Admin API address.
+        #[arg(long, default_value = switchyard::config::DEFAULT_ADMIN_LISTEN)]
+        admin_listen: String,
+        /// Keep the config, table and state here (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
     },
     /// Manage a running router's plugins through its admin API.
     Plugin {
@@ -127,14 +154,20 @@ enum PluginAction {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo draws its own progress on the terminal: only warnings unless RUST_LOG says.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match dispatch(Cli::parse().command) {
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -173,6 +206,30 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Run { config } => run(&config),
         Command::Plugin { action } => plugin_command(action),
+        Command::Demo {
+            brokers,
+            rate,
+            duration,
+            plugins,
+            admin_listen,
+            work_dir,
+            summary_json,
+        } => {
+            let summary = switchyard::demo::run(&switchyard::demo::DemoOptions {
+                brokers,
+                rate,
+                duration: Duration::from_secs(duration),
+                plugins: plugins.unwrap_or_else(switchyard::demo::default_plugins_dir),
+                admin_listen,
+                work_dir,
+                summary_json,
+            })?;
+            anyhow::ensure!(
+                summary.all_accounted,
+                "not every generated event was accounted for"
+            );
+            Ok(())
+        }
         Command::Pipelines { name, api } => {
             let path = match name {
                 Some(name) => format!("/api/v1/pipelines/{name}"),
@@ -243,14 +300,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the admin runtime")?;
     // Bound before any record is read: a taken port fails the start, naming the key.
-    let listener = if config.admin.enabled {
-        let address = config.admin.address()?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(address))
-            .with_context(|| format!("admin.listen: cannot listen on {address}"))?;
-        let bound = listener.local_addr().unwrap_or(address);
-        tracing::info!(address = %bound, state_dir = ?store.dir(), "Admin API listening.");
-        Some(listener)
+    let serving = if config.admin.enabled {
+        let serving = admin::start(&runtime, &config.admin, handles, metrics.clone())?;
+        tracing::info!(address = %serving.address, state_dir = ?store.dir(), "Admin API listening.");
+        Some(serving)
     } else {
         None
     };
@@ -261,23 +314,6 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             .name("pipelines".into())
             .spawn(move || pipeline::run_all(pipelines, stop))?
     };
-    let admin_stop = Arc::new(tokio::sync::Notify::new());
-    if let Some(listener) = listener {
-        let state = Arc::new(AdminState {
-            pipelines: handles,
-            metrics: metrics.clone(),
-            tokens: config.admin.tokens.clone(),
-            max_upload_bytes: config.admin.max_upload_bytes,
-            switch_timeout: Duration::from_millis(config.admin.switch_timeout_ms),
-        });
-        let admin_stop = admin_stop.clone();
-        runtime.spawn(async move {
-            let shutdown = async move { admin_stop.notified().await };
-            if let Err(e) = admin::serve(listener, state, shutdown).await {
-                tracing::error!(error = %format!("{e:#}"), "The admin API stopped.");
-            }
-        });
-    }
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -310,7 +346,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let result = runner
         .join()
         .map_err(|_| anyhow::anyhow!("the pipelines thread panicked"))?;
-    admin_stop.notify_one();
+    if let Some(serving) = &serving {
+        serving.stop();
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }

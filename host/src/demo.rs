@@ -1,0 +1,721 @@
+//! `switchyard demo`: a live stream routed end to end on an embedded broker, in one command.
+//!
+//! ```text
+//! generator --> demo-events --> [validate -> enrich (users table) -> transform -> route] --> demo-standard
+//!  (rate/s)                                                                 |                 demo-urgent
+//!                                                                           |                 demo-errors
+//!                                                                           \--> demo-dlq (invalid records)
+//!                         checker <-- every output topic: counts, latency, accounting
+//! ```
+//!
+//! The broker is librdkafka's own mock cluster (its test broker, in this process, listening on
+//! a loopback port so kcat and other clients can connect), or a real cluster with
+//! `--brokers`. The generator knows where each event must end up; the checker reads every
+//! output topic and at the end proves each generated event landed in exactly that topic.
+//! The admin API stays up the whole time, so a plugin can be hot-reloaded mid-run.
+
+use crate::config::Config;
+use crate::kafka::now_ms;
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::plugin::{EngineConfig, PluginEngine};
+use crate::versions::VersionStore;
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The demo's input topic.
+pub const INPUT: &str = "demo-events";
+/// Route -> topic.
+pub const ROUTES: [(&str, &str); 3] = [
+    ("standard", "demo-standard"),
+    ("urgent", "demo-urgent"),
+    ("errors", "demo-errors"),
+];
+/// The dead-letter topic.
+pub const DEAD_LETTER: &str = "demo-dlq";
+/// The header carrying each generated event's number (for the accounting).
+const ID_HEADER: &str = "demo-event-id";
+/// Partitions of every demo topic.
+const PARTITIONS: i32 = 4;
+/// Users in the reference table (ids user-0000 .. user-0199); events also come from a few
+/// unknown users, which the left join keeps with nulls.
+const USERS: u64 = 200;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// A real cluster's bootstrap servers; `None` starts the embedded mock broker.
+    pub brokers: Option<String>,
+    /// Events per second.
+    pub rate: u64,
+    /// How long to generate.
+    pub duration: Duration,
+    /// Where the example plugins (`validate.wasm`, ...) are.
+    pub plugins: PathBuf,
+    /// Admin API address.
+    pub admin_listen: String,
+    /// Working directory (config, users table, state); a temporary one if `None`.
+    pub work_dir: Option<PathBuf>,
+    /// Write the summary as JSON here too.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// How the run ended, as counted by the checker.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    /// Events generated.
+    pub generated: u64,
+    /// Seconds spent generating.
+    pub seconds: f64,
+    /// Distinct events read per topic.
+    pub per_topic: BTreeMap<String, u64>,
+    /// Dead letters by reason (the `switchyard-dlq-reason` header).
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Generated events found in no topic.
+    pub missing: u64,
+    /// Generated events read from more than one topic (must be 0).
+    pub split: u64,
+    /// Events in another topic than the stock plugins send them to (0 unless a plugin was
+    /// hot-reloaded during the run).
+    pub rerouted: u64,
+    /// Records read more than once (at-least-once redelivery).
+    pub duplicates: u64,
+    /// End-to-end latency percentiles in ms: event timestamp -> read from its output topic.
+    pub latency_ms: BTreeMap<String, f64>,
+    /// Every generated event is in exactly one output or the dead-letter topic.
+    pub all_accounted: bool,
+}
+
+/// One generated event: its bytes and the topic it must end up in.
+struct Generated {
+    key: String,
+    value: Vec<u8>,
+    expected_topic: &'static str,
+}
+
+/// A realistic event stream: page views, clicks, purchases, sign-ups from known and unknown
+/// users; about 1 in 12 high priority, 1 in 15 an error event, 1 in 40 invalid.
+fn generate_event(i: u64) -> Generated {
+    const TYPES: [&str; 4] = ["page_view", "click", "purchase", "signup"];
+    // A cheap deterministic scramble so the patterns do not line up.
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    let user = if h % 50 == 0 {
+        format!("user-9{:03}", h % 1000) // not in the table: enriched with nulls
+    } else {
+        format!("user-{:04}", h % USERS)
+    };
+    let event_type = if h % 15 == 1 {
+        "error"
+    } else {
+        TYPES[(h % 4) as usize]
+    };
+    let priority = if h % 12 == 2 { "high" } else { "normal" };
+    let amount = (h % 50_000) as f64 / 100.0;
+    let now = now_ms();
+    let (value, expected_topic) = match h % 40 {
+        // Not JSON at all.
+        7 => (
+            format!("{{\"event_id\": \"evt-{i}\", \"user_id\": \"{user}\", oops").into_bytes(),
+            DEAD_LETTER,
+        ),
+        // A required field is missing.
+        17 => (
+            format!(r#"{{"event_id":"evt-{i}","event_type":"{event_type}","priority":"{priority}","amount":{amount},"ts":{now}}}"#)
+                .into_bytes(),
+            DEAD_LETTER,
+        ),
+        // A field of the wrong type.
+        27 => (
+            format!(r#"{{"event_id":"evt-{i}","user_id":"{user}","event_type":"{event_type}","priority":"{priority}","amount":"{amount}","ts":{now}}}"#)
+                .into_bytes(),
+            DEAD_LETTER,
+        ),
+        _ => {
+            let topic = if priority == "high" {
+                "demo-urgent"
+            } else if event_type == "error" {
+                "demo-errors"
+            } else {
+                "demo-standard"
+            };
+            (
+                format!(r#"{{"event_id":"evt-{i}","user_id":"{user}","event_type":"{event_type}","priority":"{priority}","amount":{amount},"email":"{user}@example.com","ts":{now}}}"#)
+                    .into_bytes(),
+                topic,
+            )
+        }
+    };
+    Generated {
+        key: user,
+        value,
+        expected_topic,
+    }
+}
+
+/// The users table (JSON Lines).
+fn users_table() -> String {
+    const SEGMENTS: [&str; 3] = ["enterprise", "smb", "consumer"];
+    (0..USERS)
+        .map(|u| {
+            format!(
+                "{{\"id\":\"user-{u:04}\",\"name\":\"User {u}\",\"segment\":\"{}\"}}\n",
+                SEGMENTS[(u % 3) as usize]
+            )
+        })
+        .collect()
+}
+
+/// The pipeline config the demo runs (written to the work directory for the reader to see).
+fn config_text(brokers: &str, plugins: &Path, admin_listen: &str) -> String {
+    let plugin = |name: &str| plugins.join(format!("{name}.wasm")).display().to_string();
+    let routes: String = ROUTES
+        .iter()
+        .map(|(r, t)| format!("{r} = \"{t}\"\n"))
+        .collect();
+    format!(
+        r#"# Written by `switchyard demo`.
+[kafka]
+brokers = "{brokers}"
+
+[admin]
+listen = "{admin_listen}"
+state_dir = "state"
+
+[[table]]
+name = "users"
+path = "users.jsonl"
+key_field = "id"
+
+[[pipeline]]
+name = "demo"
+topics = ["{INPUT}"]
+default_route = "standard"
+dead_letter_topic = "{DEAD_LETTER}"
+[pipeline.routes]
+{routes}
+[[pipeline.stage]]
+name = "validate"
+plugin = "{validate}"
+[pipeline.stage.config]
+required = "event_id:string,user_id:string,event_type:string,priority:string,amount:number"
+
+[[pipeline.stage]]
+name = "enrich"
+plugin = "{enrich}"
+[pipeline.stage.config]
+table = "users"
+key_field = "user_id"
+fields = "name:user_name,segment:user_segment"
+
+[[pipeline.stage]]
+name = "transform"
+plugin = "{transform}"
+[pipeline.stage.config]
+remove = "email"
+
+[[pipeline.stage]]
+name = "route"
+plugin = "{route}"
+"#,
+        validate = plugin("validate"),
+        enrich = plugin("enrich"),
+        transform = plugin("transform"),
+        route = plugin("route"),
+    )
+}
+
+/// Where the example plugins are by default: `$SWITCHYARD_PLUGINS_TARGET_DIR` or
+/// `plugins/target`, under `wasm32-wasip2/release`.
+pub fn default_plugins_dir() -> PathBuf {
+    let target = std::env::var_os("SWITCHYARD_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("plugins/target"));
+    target.join("wasm32-wasip2").join("release")
+}
+
+fn check_plugins(dir: &Path) -> anyhow::Result<()> {
+    for name in ["validate", "enrich", "transform", "route"] {
+        let path = dir.join(format!("{name}.wasm"));
+        anyhow::ensure!(
+            path.is_file(),
+            "cannot find the example plugin {} (build them with `(cd plugins && cargo build --release --target wasm32-wasip2)`, or pass --plugins DIR)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the checker saw, shared with the progress display.
+#[derive(Default)]
+struct Seen {
+    /// Event number -> the topics it was read from (with repeats).
+    events: HashMap<u64, Vec<&'static str>>,
+    per_topic: HashMap<&'static str, u64>,
+    reasons: BTreeMap<String, u64>,
+    latencies_ms: Vec<i64>,
+    records: u64,
+}
+
+fn topic_name(topic: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .map(|(_, t)| *t)
+        .chain([DEAD_LETTER])
+        .find(|t| *t == topic)
+        .unwrap_or("other")
+}
+
+/// Reads every output topic from its current end until `stop`.
+fn checker(
+    client: ClientConfig,
+    seen: Arc<Mutex<Seen>>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", "switchyard-demo-checker")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("cannot create the checker's consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in ROUTES.iter().map(|(_, t)| *t).chain([DEAD_LETTER]) {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::End)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    // An assignment at End resolves on the first fetch: poll until every partition has a
+    // position, so nothing produced from now on is missed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = consumer.poll(Duration::from_millis(50));
+        let positioned = consumer.position().map(|p| {
+            p.elements()
+                .iter()
+                .all(|e| matches!(e.offset(), Offset::Offset(_)))
+        });
+        if positioned.unwrap_or(false) || Instant::now() > deadline {
+            break;
+        }
+    }
+    ready.store(true, Ordering::Release);
+    while !stop.load(Ordering::Acquire) {
+        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let message = match result {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Demo checker: read error.");
+                continue;
+            }
+        };
+        let now = now_ms();
+        let topic = topic_name(message.topic());
+        let mut id = None;
+        let mut reason = None;
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                let text = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                match h.key {
+                    ID_HEADER => id = text.and_then(|t| t.parse::<u64>().ok()),
+                    "switchyard-dlq-reason" => reason = text.map(str::to_owned),
+                    _ => {}
+                }
+            }
+        }
+        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        s.records += 1;
+        *s.per_topic.entry(topic).or_default() += 1;
+        if let Some(ts) = message.timestamp().to_millis() {
+            s.latencies_ms.push(now - ts);
+        }
+        if let Some(reason) = reason {
+            *s.reasons.entry(reason).or_default() += 1;
+        }
+        if let Some(id) = id {
+            s.events.entry(id).or_default().push(topic);
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[(((n - 1) as f64) * p).round() as usize] as f64,
+    }
+}
+
+/// Runs the demo; prints live progress to stderr and the summary to stdout.
+pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
+    check_plugins(&options.plugins)?;
+    anyhow::ensure!(options.rate > 0, "--rate must be above 0");
+    let work = match &options.work_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let plugins = std::fs::canonicalize(&options.plugins)
+        .with_context(|| format!("cannot resolve {}", options.plugins.display()))?;
+
+    // The broker.
+    let mock = match &options.brokers {
+        Some(_) => None,
+        None => Some(
+            rdkafka::mocking::MockCluster::new(1)
+                .context("cannot start the embedded broker (librdkafka's mock cluster)")?,
+        ),
+    };
+    let brokers = match (&options.brokers, &mock) {
+        (Some(b), _) => b.clone(),
+        (None, Some(m)) => m.bootstrap_servers(),
+        (None, None) => anyhow::bail!("no broker"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("demo-admin")
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    let topics: Vec<&str> = std::iter::once(INPUT)
+        .chain(ROUTES.iter().map(|(_, t)| *t))
+        .chain([DEAD_LETTER])
+        .collect();
+    match &mock {
+        Some(m) => {
+            for t in &topics {
+                m.create_topic(t, PARTITIONS, 1)
+                    .with_context(|| format!("cannot create topic {t}"))?;
+            }
+        }
+        None => runtime.block_on(create_topics(&brokers, &topics))?,
+    }
+
+    // The pipeline, as a user would configure it.
+    std::fs::write(work.join("users.jsonl"), users_table())?;
+    let config_path = work.join("switchyard.toml");
+    std::fs::write(
+        &config_path,
+        config_text(&brokers, &plugins, &options.admin_listen),
+    )?;
+    let config = Config::load(&config_path)?;
+    let engine =
+        PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?;
+    let metrics = Arc::new(Metrics::new());
+    let store = match &config.admin.state_dir {
+        Some(dir) => VersionStore::at(dir.clone())?,
+        None => VersionStore::memory(),
+    };
+    let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
+    let handles = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    let serving = crate::admin::start(&runtime, &config.admin, handles, metrics)?;
+    let stop_pipelines = Arc::new(AtomicBool::new(false));
+    let pipelines_thread = {
+        let stop = stop_pipelines.clone();
+        std::thread::Builder::new()
+            .name("pipelines".into())
+            .spawn(move || pipeline::run_all(pipelines, stop))?
+    };
+
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &brokers)
+        .set("log_level", "3");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let checker_ready = Arc::new(AtomicBool::new(false));
+    let stop_checker = Arc::new(AtomicBool::new(false));
+    let checker_thread = {
+        let (client, seen, ready, stop) = (
+            client.clone(),
+            seen.clone(),
+            checker_ready.clone(),
+            stop_checker.clone(),
+        );
+        std::thread::Builder::new()
+            .name("demo-checker".into())
+            .spawn(move || checker(client, seen, ready, stop))?
+    };
+    while !checker_ready.load(Ordering::Acquire) && !checker_thread.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    print_intro(&brokers, serving.address, &config_path, &plugins, options);
+
+    // Generate.
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create the demo's producer")?;
+    let expected: Arc<Mutex<Vec<&'static str>>> = Arc::new(Mutex::new(Vec::new()));
+    let generated = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    while started.elapsed() < options.duration {
+        let due = ((started.elapsed().as_secs_f64() * options.rate as f64) as u64).max(1);
+        while generated.load(Ordering::Relaxed) < due && started.elapsed() < options.duration {
+            let i = generated.load(Ordering::Relaxed);
+            let event = generate_event(i);
+            let id = i.to_string();
+            let mut record = BaseRecord::<str, [u8]>::to(INPUT)
+                .key(event.key.as_str())
+                .payload(&event.value)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: ID_HEADER,
+                    value: Some(id.as_str()),
+                }));
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        if !matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ) {
+                            anyhow::bail!("cannot produce to {INPUT}: {e}");
+                        }
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            expected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event.expected_topic);
+            generated.fetch_add(1, Ordering::Relaxed);
+        }
+        if last_progress.elapsed() >= Duration::from_millis(if terminal { 500 } else { 2000 }) {
+            progress(&seen, started.elapsed(), terminal);
+            last_progress = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    producer
+        .flush(Duration::from_secs(30))
+        .context("the broker did not acknowledge every generated event")?;
+    let total = generated.load(Ordering::Relaxed);
+
+    // Wait for everything to come out (or 30 s of nothing new).
+    let mut last_count = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let (accounted, records) = {
+            let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+            (s.events.len() as u64, s.records)
+        };
+        if accounted >= total || last_change.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if records != last_count {
+            last_count = records;
+            last_change = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_millis(500) {
+            progress(&seen, started.elapsed(), terminal);
+            last_progress = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    progress(&seen, started.elapsed(), terminal);
+    if terminal {
+        eprintln!();
+    }
+    stop_checker.store(true, Ordering::Release);
+    stop_pipelines.store(true, Ordering::Release);
+    let checked = checker_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the checker panicked"))?;
+    let ran = pipelines_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipelines thread panicked"))?;
+    serving.stop();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    checked?;
+    ran?;
+
+    let summary = summarize(
+        &seen.lock().unwrap_or_else(|p| p.into_inner()),
+        &expected.lock().unwrap_or_else(|p| p.into_inner()),
+        seconds,
+    );
+    print_summary(&summary);
+    if let Some(path) = &options.summary_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Clients first, so none reports the broker going away.
+    drop(producer);
+    drop(mock);
+    Ok(summary)
+}
+
+async fn create_topics(brokers: &str, topics: &[&str]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .context("cannot create the demo topics")?
+    {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+fn print_intro(
+    brokers: &str,
+    admin: std::net::SocketAddr,
+    config: &Path,
+    plugins: &Path,
+    options: &DemoOptions,
+) {
+    let broker_kind = if options.brokers.is_some() {
+        "your cluster"
+    } else {
+        "embedded broker: librdkafka's mock cluster, an in-process test broker"
+    };
+    let urgent = plugins.join("route.wasm");
+    eprintln!(
+        "Switchyard demo: {rate} events/s for {secs} s, validate -> enrich (users table) -> transform -> route\n\
+         \n  broker     {brokers} ({broker_kind})\n  config     {config}\n  admin API  http://{admin}\n\
+         \nWhile it runs, in another terminal:\n\
+         \n  # hot-reload the route stage (here: also treat `normal` priority as urgent)\n\
+         \x20 switchyard plugin push --admin http://{admin} -p demo -s route {urgent} --config urgent_values=high,normal\n\
+         \n  # watch it\n  curl -s http://{admin}/api/v1/pipelines/demo\n  curl -s http://{admin}/metrics | grep switchyard_records_out\n\
+         \n  # read an output topic with any Kafka client, e.g. kcat\n  kcat -b {brokers} -C -t demo-urgent -o beginning -f '%k %s\\n'\n",
+        rate = options.rate,
+        secs = options.duration.as_secs(),
+        config = config.display(),
+        urgent = urgent.display(),
+    );
+}
+
+fn progress(seen: &Mutex<Seen>, elapsed: Duration, terminal: bool) {
+    let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut recent: Vec<i64> = s.latencies_ms.iter().rev().take(5_000).copied().collect();
+    recent.sort_unstable();
+    let count = |t: &str| s.per_topic.get(t).copied().unwrap_or(0);
+    let line = format!(
+        "{:6.1} s | out {:>7} ({:>6.0}/s) | standard {:>7} | urgent {:>6} | errors {:>6} | dead-letter {:>5} | p99 {:>5.0} ms",
+        elapsed.as_secs_f64(),
+        s.records,
+        s.records as f64 / elapsed.as_secs_f64().max(0.001),
+        count("demo-standard"),
+        count("demo-urgent"),
+        count("demo-errors"),
+        count(DEAD_LETTER),
+        percentile(&recent, 0.99),
+    );
+    if terminal {
+        eprint!("\r{line}");
+        let _ = std::io::stderr().flush();
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+fn summarize(seen: &Seen, expected: &[&'static str], seconds: f64) -> Summary {
+    let mut summary = Summary {
+        generated: expected.len() as u64,
+        seconds,
+        dead_letter_reasons: seen.reasons.clone(),
+        ..Summary::default()
+    };
+    for (i, want) in expected.iter().enumerate() {
+        match seen.events.get(&(i as u64)) {
+            None => summary.missing += 1,
+            Some(topics) => {
+                let first = topics[0];
+                if topics.iter().any(|t| *t != first) {
+                    summary.split += 1;
+                }
+                if first != *want {
+                    summary.rerouted += 1;
+                }
+                summary.duplicates += topics.len() as u64 - 1;
+                *summary.per_topic.entry(first.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let mut latencies = seen.latencies_ms.clone();
+    latencies.sort_unstable();
+    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999), ("max", 1.0)] {
+        summary
+            .latency_ms
+            .insert(name.to_owned(), percentile(&latencies, p));
+    }
+    summary.all_accounted = summary.missing == 0 && summary.split == 0;
+    summary
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "\nSwitchyard demo: {} events in {:.1} s ({:.0}/s)\n",
+        s.generated,
+        s.seconds,
+        s.generated as f64 / s.seconds.max(0.001)
+    );
+    println!("| topic | events |\n|---|---:|");
+    for (topic, n) in &s.per_topic {
+        println!("| {topic} | {n} |");
+    }
+    if !s.dead_letter_reasons.is_empty() {
+        println!("\n| dead-letter reason | records |\n|---|---:|");
+        for (reason, n) in &s.dead_letter_reasons {
+            println!("| {reason} | {n} |");
+        }
+    }
+    let l = |k: &str| s.latency_ms.get(k).copied().unwrap_or(f64::NAN);
+    println!(
+        "\nend-to-end latency (event timestamp -> read from its output topic): p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms, max {:.0} ms",
+        l("p50"),
+        l("p99"),
+        l("p999"),
+        l("max")
+    );
+    println!(
+        "\ncheck: {} of {} generated events are in exactly one output or the dead-letter topic; missing {}, in two topics {}, read twice {}: {}",
+        s.generated - s.missing - s.split,
+        s.generated,
+        s.missing,
+        s.split,
+        s.duplicates,
+        if s.all_accounted { "OK" } else { "FAILED" }
+    );
+    if s.rerouted > 0 {
+        println!(
+            "       {} events went elsewhere than the stock plugins send them (a plugin was changed during the run)",
+            s.rerouted
+        );
+    }
+}

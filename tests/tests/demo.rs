@@ -1,0 +1,76 @@
+//! `switchyard demo` on the embedded broker: it runs, and its summary adds up.
+
+use serde_json::Value;
+use switchyard_tests::pipelines::scratch_dir;
+use switchyard_tests::router_process::switchyard_binary;
+
+#[test]
+fn the_demo_accounts_for_every_generated_event() {
+    let dir = scratch_dir("demo");
+    let summary_path = dir.join("summary.json");
+    // Any plugin's path gives the directory the example plugins were built into.
+    let plugins = switchyard_tests::plugin_path("route")
+        .parent()
+        .expect("plugin dir")
+        .to_path_buf();
+    let out = std::process::Command::new(switchyard_binary().expect("switchyard binary"))
+        .args(["demo", "--rate", "400", "--duration", "4"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+
+    let s: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary"))
+        .expect("summary JSON");
+    let generated = s["generated"].as_u64().expect("generated");
+    assert!(generated >= 1_000, "{s}");
+    let per_topic = s["per_topic"].as_object().expect("per_topic");
+    for topic in ["demo-standard", "demo-urgent", "demo-errors", "demo-dlq"] {
+        assert!(
+            per_topic
+                .get(topic)
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0),
+            "{topic} got nothing: {s}"
+        );
+    }
+    let placed: u64 = per_topic.values().filter_map(Value::as_u64).sum();
+    assert_eq!(placed, generated, "{s}");
+    assert_eq!(s["missing"], 0, "{s}");
+    assert_eq!(s["split"], 0, "{s}");
+    assert_eq!(
+        s["rerouted"], 0,
+        "no reload happened, so the stock routing holds: {s}"
+    );
+    assert_eq!(s["all_accounted"], true);
+    let reasons: u64 = s["dead_letter_reasons"]
+        .as_object()
+        .expect("reasons")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert!(
+        reasons >= per_topic["demo-dlq"].as_u64().unwrap_or(0),
+        "{s}"
+    );
+    assert!(
+        s["latency_ms"]["p99"].as_f64().is_some_and(|p| p > 0.0),
+        "{s}"
+    );
+    // The printed summary says the same, and the intro tells how to hot-reload.
+    assert!(
+        stdout.contains(&format!("{generated} of {generated} generated events")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(": OK"), "{stdout}");
+    assert!(stderr.contains("switchyard plugin push"), "{stderr}");
+    assert!(stderr.contains("kcat -b"), "{stderr}");
+}
