@@ -109,7 +109,7 @@ fn generate_event(i: u64) -> Generated {
     const TYPES: [&str; 4] = ["page_view", "click", "purchase", "signup"];
     // A cheap deterministic scramble so the patterns do not line up.
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    let user = if h % 50 == 0 {
+    let user = if h.is_multiple_of(50) {
         format!("user-9{:03}", h % 1000) // not in the table: enriched with nulls
     } else {
         format!("user-{:04}", h % USERS)
