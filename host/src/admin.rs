@@ -20,7 +20,8 @@
 //! is logged as an audit line (target `switchyard::audit`).
 
 use crate::metrics::{
-    Metrics, PartitionLabels, PipelineLabels, ReloadLabels, StateLabels, VersionLabels,
+    Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, ReloadLabels, StateLabels,
+    VersionLabels,
 };
 use crate::pipeline::PipelineHandle;
 use crate::plugin::{
@@ -280,6 +281,23 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
     m.consumer_lag.clear();
     m.plugin_info.clear();
     m.pipeline_state.clear();
+    m.plugin_counters.clear();
+    let mut seen_counters: Vec<&Arc<crate::plugin::PluginCounters>> = Vec::new();
+    for p in &st.pipelines {
+        // Pipelines usually share one set of plugin counters: report each set once.
+        if !seen_counters.iter().any(|c| Arc::ptr_eq(c, &p.services.counters)) {
+            seen_counters.push(&p.services.counters);
+            for (key, total) in p.services.counters.snapshot() {
+                m.plugin_counters
+                    .get_or_create(&PluginCounterLabels {
+                        pipeline: key.pipeline,
+                        stage: key.stage,
+                        name: key.name,
+                    })
+                    .set(i64::try_from(total).unwrap_or(i64::MAX));
+            }
+        }
+    }
     for p in &st.pipelines {
         let pipeline = p.name().to_owned();
         m.in_flight

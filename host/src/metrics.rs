@@ -168,6 +168,17 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a counter a plugin keeps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCounterLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// The name the plugin gave it.
+    pub name: String,
+}
+
 /// Labels of the pipeline state gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -218,6 +229,8 @@ pub struct Metrics {
     pub plugin_info: Family<VersionLabels, Gauge>,
     /// 1 for the pipeline's state (scrape time).
     pub pipeline_state: Family<StateLabels, Gauge>,
+    /// Running totals of plugins' `host::counter-add` (scrape time).
+    pub plugin_counters: Family<PluginCounterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -244,6 +257,7 @@ impl Metrics {
             in_flight: Family::default(),
             plugin_info: Family::default(),
             pipeline_state: Family::default(),
+            plugin_counters: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -310,6 +324,11 @@ impl Metrics {
             "pipeline_state",
             "The pipeline's state (value 1)",
             m.pipeline_state.clone(),
+        );
+        registry.register(
+            "plugin_counter",
+            "Running totals of the counters plugins keep with host::counter-add",
+            m.plugin_counters.clone(),
         );
         Metrics { registry, ..m }
     }
