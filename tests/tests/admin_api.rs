@@ -20,10 +20,12 @@ const OUTPUTS: [&str; 4] = [
     "events-dlq",
 ];
 
+/// Dropped in field order: the admin API, then the pipeline (which drains and commits), then
+/// the broker it commits to.
 struct Setup {
-    broker: Broker,
-    running: Running,
     admin: AdminServer,
+    running: Running,
+    broker: Broker,
     dir: std::path::PathBuf,
 }
 
@@ -60,9 +62,9 @@ fn setup_on(broker: Broker, name: &str, admin_extra: &str) -> Setup {
     let admin = running.serve_admin();
     wait_ready(&admin.url);
     Setup {
-        broker,
-        running,
         admin,
+        running,
+        broker,
         dir,
     }
 }
@@ -866,9 +868,9 @@ fn an_uploaded_version_comes_back_after_a_restart() {
     let (status, body) = call("PUT", &upload_url(&s.admin.url), Some(TOKEN), Some(&noop));
     assert_eq!(status, 200, "{body}");
     let Setup {
-        broker,
-        running,
         admin,
+        running,
+        broker,
         dir,
     } = s;
     drop(admin);
@@ -901,6 +903,9 @@ fn an_uploaded_version_comes_back_after_a_restart() {
         body["stages"][0]["rollback_to"],
         sha256(&plugin_bytes("route"))
     );
+    // The pipeline drains and commits before its broker goes.
+    drop(admin);
+    running.stop().expect("clean stop");
     drop(broker);
 }
 
