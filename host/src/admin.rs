@@ -285,7 +285,10 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
     let mut seen_counters: Vec<&Arc<crate::plugin::PluginCounters>> = Vec::new();
     for p in &st.pipelines {
         // Pipelines usually share one set of plugin counters: report each set once.
-        if !seen_counters.iter().any(|c| Arc::ptr_eq(c, &p.services.counters)) {
+        if !seen_counters
+            .iter()
+            .any(|c| Arc::ptr_eq(c, &p.services.counters))
+        {
             seen_counters.push(&p.services.counters);
             for (key, total) in p.services.counters.snapshot() {
                 m.plugin_counters
