@@ -24,11 +24,9 @@ use crate::metrics::{
     VersionLabels,
 };
 use crate::pipeline::PipelineHandle;
-use crate::plugin::{
-    ChainRunner, ChainSpec, Destination, Header, InputRecord, LoadError, PluginModule, StageSpec,
-    TraceOutcome,
-};
+use crate::plugin::{ChainRunner, ChainSpec, Destination, LoadError, PluginModule, StageSpec};
 use crate::router::Source;
+use crate::sample::{self, SampleRecord};
 use crate::versions::{StageHistory, config_pairs};
 use axum::Json;
 use axum::body::Body;
@@ -36,7 +34,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -715,25 +712,8 @@ async fn versions(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DryRunRecord {
-    key: Option<String>,
-    /// A string is used as is; any other JSON value as its JSON text.
-    #[serde(default)]
-    value: Value,
-    /// The value as base64, for bytes that are not text.
-    value_base64: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    topic: Option<String>,
-    #[serde(default)]
-    partition: i32,
-    timestamp_ms: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DryRunRequest {
-    records: Vec<DryRunRecord>,
+    records: Vec<SampleRecord>,
 }
 
 async fn dry_run(
@@ -783,131 +763,71 @@ fn run_dry(p: &PipelineHandle, request: DryRunRequest) -> ApiResult<Json<Value>>
         .or_else(|| p.config.topics.first().cloned())
         .unwrap_or_else(|| "dry-run".into());
     let partition = request.records.first().map_or(0, |r| r.partition);
-    let mut records = Vec::with_capacity(request.records.len());
-    for (i, r) in request.records.into_iter().enumerate() {
-        let value = match (r.value_base64, r.value) {
-            (Some(b64), _) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("records[{i}].value_base64: {e}"),
-                        )
-                    })?,
-            ),
-            (None, Value::Null) => None,
-            (None, Value::String(s)) => Some(s.into_bytes()),
-            (None, other) => Some(other.to_string().into_bytes()),
-        };
-        records.push(InputRecord {
-            offset: i as i64,
-            timestamp_ms: r.timestamp_ms.or(Some(crate::kafka::now_ms())),
-            key: r.key.map(String::into_bytes),
-            value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(key, value)| Header {
-                    key,
-                    value: Some(value.into_bytes()),
-                })
-                .collect(),
-        });
-    }
-    let count = records.len();
+    let records = request
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.into_input(i as i64)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("records[{i}].{e}")))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let unavailable = |e: crate::plugin::StageLoadError| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    };
     let mut runner = ChainRunner::new(p.engine.clone(), active.spec.clone(), p.services.clone())
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    runner.set_tracing(true);
-    let deliveries = runner
-        .process(&topic, partition, records)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let trace = runner.take_trace();
-    let stage_names: Vec<&str> = active
-        .spec
-        .stages()
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    let mut out: Vec<Value> = (0..count)
-        .map(|i| json!({ "index": i, "stages": [], "outputs": [], "dead_letter": null }))
-        .collect();
-    for t in trace {
-        let Some(entry) = out.get_mut(t.source) else {
-            continue;
-        };
-        let stage = stage_names.get(t.stage).copied().unwrap_or("?");
-        let verdict = match t.outcome {
-            TraceOutcome::Pass => json!({ "stage": stage, "verdict": "pass" }),
-            TraceOutcome::Route(route) => {
-                json!({ "stage": stage, "verdict": "route", "route": route })
-            }
-            TraceOutcome::Emit(routes) => {
-                json!({ "stage": stage, "verdict": "emit", "outputs": routes.len(), "routes": routes })
-            }
-            TraceOutcome::Drop => json!({ "stage": stage, "verdict": "drop" }),
-            TraceOutcome::DeadLetter { kind, reason } => {
-                json!({ "stage": stage, "verdict": "dead-letter", "kind": kind.as_str(), "reason": reason })
-            }
-        };
-        if let Some(stages) = entry["stages"].as_array_mut() {
-            stages.push(verdict);
-        }
-    }
+        .map_err(unavailable)?;
+    let explained = sample::explain(&mut runner, &active.spec, &topic, partition, records)
+        .map_err(unavailable)?;
     let now = crate::kafka::now_ms();
-    for d in deliveries {
-        let Some(entry) = out.get_mut(d.source) else {
-            continue;
-        };
-        let source = Source {
-            topic: &topic,
-            partition,
-        };
-        let dead = match &d.destination {
-            Destination::DeadLetter(dead) => Some(json!({
-                "stage": dead.stage_name, "kind": dead.error.kind.as_str(),
-                "reason": dead.error.message, "version": dead.version.0,
-            })),
-            Destination::Route { .. } => None,
-        };
-        let route = match &d.destination {
-            Destination::Route { route, .. } => Some(active.spec.route_name(*route).to_owned()),
-            Destination::DeadLetter(_) => None,
-        };
-        let outgoing = active.router.route(source, d.destination, now);
-        let record = json!({
-            "route": route,
-            "topic": &*outgoing.topic,
-            "key": outgoing.key.as_deref().map(bytes_json),
-            "value": outgoing.value.as_deref().map(bytes_json),
-            "headers": outgoing.headers.iter().map(|h| json!({
-                "key": h.key, "value": h.value.as_deref().map(bytes_json),
-            })).collect::<Vec<_>>(),
-        });
-        match dead {
-            Some(mut dead) => {
-                dead["record"] = record;
-                entry["dead_letter"] = dead;
-            }
-            None => {
-                if let Some(outputs) = entry["outputs"].as_array_mut() {
-                    outputs.push(record);
+    let source = Source {
+        topic: &topic,
+        partition,
+    };
+    let out: Vec<Value> = explained
+        .into_iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let mut outputs = Vec::new();
+            let mut dead_letter = Value::Null;
+            for d in e.deliveries {
+                let (route, dead) = match &d.destination {
+                    Destination::Route { route, .. } => {
+                        (Some(active.spec.route_name(*route).to_owned()), None)
+                    }
+                    Destination::DeadLetter(dead) => (
+                        None,
+                        Some(json!({
+                            "stage": dead.stage_name, "kind": dead.error.kind.as_str(),
+                            "reason": dead.error.message, "version": dead.version.0,
+                        })),
+                    ),
+                };
+                let o = active.router.route(source, d.destination, now);
+                let record = json!({
+                    "route": route,
+                    "topic": &*o.topic,
+                    "key": o.key.as_deref().map(sample::bytes_json),
+                    "value": o.value.as_deref().map(sample::bytes_json),
+                    "headers": sample::headers_json(&o.headers),
+                });
+                match dead {
+                    Some(mut dead) => {
+                        dead["record"] = record;
+                        dead_letter = dead;
+                    }
+                    None => outputs.push(record),
                 }
             }
-        }
-    }
+            json!({
+                "index": index, "stages": e.stages, "outputs": outputs, "dead_letter": dead_letter,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "pipeline": p.name(),
         "versions": active.spec.stages().iter().map(|s| json!({"stage": s.name, "version": s.module.version.0})).collect::<Vec<_>>(),
         "written": false,
         "records": out,
     })))
-}
-
-/// Text as a JSON string; other bytes as `{"base64": ".."}`.
-fn bytes_json(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_owned()),
-        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
-    }
 }

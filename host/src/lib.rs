@@ -25,6 +25,8 @@
 //! - [`versions`]: each stage's plugin versions, rollback stack, history, persistence.
 //! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
 //! - [`client`]: the CLI's client of that API.
+//! - [`sample`]: sample records run through a chain and explained (dry run, test-plugin).
+//! - [`test_plugin`]: `switchyard test-plugin`, a plugin over sample records, no Kafka.
 //! - [`demo`]: `switchyard demo`, a live stream on an embedded broker.
 
 pub mod admin;
@@ -38,6 +40,8 @@ pub mod pipeline;
 pub mod plugin;
 pub mod ring;
 pub mod router;
+pub mod sample;
 pub mod sink;
 pub mod source;
+pub mod test_plugin;
 pub mod versions;

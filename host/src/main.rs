@@ -80,6 +80,28 @@ enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
     },
+    /// Run a plugin over sample records locally, with no Kafka, and print each record's
+    /// verdict and outputs (JSON lines; a table on a terminal).
+    TestPlugin {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Sample records, one JSON object per line: `{"key", "value", "headers"}` or a bare
+        /// event (used as the value).
+        #[arg(long, short)]
+        input: PathBuf,
+        /// A config entry for `init` (repeat for each key).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// A lookup table from a JSON Lines file, keyed by a top-level field (default `id`).
+        #[arg(long = "table", value_name = "NAME=FILE[:KEY_FIELD]")]
+        table: Vec<String>,
+        /// A route the plugin may name, besides `default` (repeat for each).
+        #[arg(long = "route", value_name = "NAME")]
+        route: Vec<String>,
+        /// JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage a running router's plugins through its admin API.
     Plugin {
         #[command(subcommand)]
@@ -206,6 +228,31 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Run { config } => run(&config),
         Command::Plugin { action } => plugin_command(action),
+        Command::TestPlugin {
+            plugin,
+            input,
+            config,
+            table,
+            route,
+            json,
+        } => {
+            use switchyard::test_plugin::{TestPluginOptions, parse_table, run};
+            let options = TestPluginOptions {
+                plugin,
+                input,
+                config: client::parse_pairs(&config, "--config")?
+                    .into_iter()
+                    .collect(),
+                tables: table
+                    .iter()
+                    .map(|t| parse_table(t))
+                    .collect::<anyhow::Result<_>>()?,
+                routes: route,
+                json,
+            };
+            run(&options, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::Demo {
             brokers,
             rate,

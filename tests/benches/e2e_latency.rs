@@ -14,7 +14,8 @@
 //!
 //! ```sh
 //! cargo bench -p switchyard-tests --bench e2e_latency
-//! RATE=10000 SECS=20 WARMUP_S=3 cargo bench   # MAX_RATE=40000 adds the saturation phase -p switchyard-tests --bench e2e_latency
+//! RATE=10000 SECS=20 WARMUP_S=3 MAX_RATE=40000 cargo bench -p switchyard-tests --bench e2e_latency
+//! # MAX_RATE (default 0: off) adds the saturation phase
 //! ```
 
 use rdkafka::ClientConfig;
@@ -72,17 +73,26 @@ fn start_passthrough(bootstrap: &str, input: &str, output: &str) -> Child {
         .expect("passthrough starts")
 }
 
-fn start_switchyard(bootstrap: &str, input: &str, prefix: &str) -> RouterProcess {
+/// A router with the route plugin; with `one_topic`, every route writes to `{prefix}-standard`
+/// (the same plugin work, but one output topic like the passthrough).
+fn start_switchyard(bootstrap: &str, input: &str, prefix: &str, one_topic: bool) -> RouterProcess {
     let dir = scratch_dir(prefix);
+    let topic = |route: &str| {
+        if one_topic {
+            format!("{prefix}-standard")
+        } else {
+            format!("{prefix}-{route}")
+        }
+    };
     let text = format!(
         "[kafka]\nbrokers = \"{bootstrap}\"\n{ADMIN_EPHEMERAL}\n{}",
         pipeline_toml(
             prefix,
             input,
             &[
-                ("standard", &format!("{prefix}-standard")),
-                ("urgent", &format!("{prefix}-urgent")),
-                ("errors", &format!("{prefix}-errors")),
+                ("standard", &topic("standard")),
+                ("urgent", &topic("urgent")),
+                ("errors", &topic("errors")),
             ],
             &format!("{prefix}-dlq"),
             &[("route", "route", &[])],
@@ -114,12 +124,15 @@ fn main() {
         "hop".into(),
         "pt-in".into(),
         "pt-out".into(),
-        "pt2-in".into(),
-        "pt2-out".into(),
+        // The saturation phase's (pt3, sy3). A topic missing here makes tansu time every
+        // produce out: that, not tansu, is what hung this phase before.
+        "pt3-in".into(),
+        "pt3-out".into(),
         "sy-in".into(),
-        "sy2-in".into(),
+        "sy3-in".into(),
+        "sy1-in".into(),
     ];
-    for prefix in ["sy", "sy2"] {
+    for prefix in ["sy", "sy3", "sy1"] {
         for suffix in ["standard", "urgent", "errors", "dlq"] {
             topics.push(format!("{prefix}-{suffix}"));
         }
@@ -149,7 +162,7 @@ fn main() {
     let _ = pt.wait();
 
     eprintln!("switchyard at {rate}/s ...");
-    let mut sy = start_switchyard(&b, "sy-in", "sy");
+    let mut sy = start_switchyard(&b, "sy-in", "sy", false);
     std::thread::sleep(Duration::from_secs(2));
     let sy_run = latency_run(&b, "sy-in", &sy_out, rate, warmup, secs);
     let sy_rss = peak_rss_mib(sy.pid());
@@ -160,8 +173,28 @@ fn main() {
     let _ = sy.sigterm();
     let _ = sy.wait(Duration::from_secs(30));
 
-    // Saturation (MAX_RATE > 0): the same at a higher offered rate. Off by default: on
-    // tansu this phase has hung (see BENCHMARKS.md), so it is opt-in until that is understood.
+    // The same router writing one output topic: separates the cost of fanning out to more
+    // topics (more, smaller produce batches; more partitions to fetch) from Switchyard's own.
+    eprintln!("switchyard, one output topic, at {rate}/s ...");
+    let mut sy1 = start_switchyard(&b, "sy1-in", "sy1", true);
+    std::thread::sleep(Duration::from_secs(2));
+    let sy1_run = latency_run(
+        &b,
+        "sy1-in",
+        &["sy1-standard", "sy1-dlq"],
+        rate,
+        warmup,
+        secs,
+    );
+    let sy1_rss = peak_rss_mib(sy1.pid());
+    eprintln!(
+        "  p50/p99/p999 ms: {:?}",
+        percentiles(sy1_run.latencies.clone())
+    );
+    let _ = sy1.sigterm();
+    let _ = sy1.wait(Duration::from_secs(30));
+
+    // Saturation (MAX_RATE > 0): the same at a higher offered rate.
     let saturation = (max_rate > 0).then(|| {
         eprintln!("saturation: offered {max_rate}/s ...");
         let mut pt3 = start_passthrough(&b, "pt3-in", "pt3-out");
@@ -169,7 +202,7 @@ fn main() {
         let pt_max = latency_run(&b, "pt3-in", &["pt3-out"], max_rate, warmup, secs);
         let _ = pt3.kill();
         let _ = pt3.wait();
-        let mut sy3 = start_switchyard(&b, "sy3-in", "sy3");
+        let mut sy3 = start_switchyard(&b, "sy3-in", "sy3", false);
         std::thread::sleep(Duration::from_secs(2));
         let sy_max = latency_run(&b, "sy3-in", &sy3_out, max_rate, warmup, secs);
         let sy3_rss = peak_rss_mib(sy3.pid());
@@ -202,20 +235,33 @@ fn main() {
             }
         )
     };
-    let (_, pt99, _) = percentiles(pt_run.latencies.clone());
-    let (_, sy99, _) = percentiles(sy_run.latencies.clone());
+    let (pt50, pt99, _) = percentiles(pt_run.latencies.clone());
+    let (sy50, sy99, _) = percentiles(sy_run.latencies.clone());
+    let (sy1_50, sy1_99, _) = percentiles(sy1_run.latencies.clone());
     let _ = &hop.arrivals;
     let _ = &pt_run.arrivals;
     let report = format!(
         "rate {rate}/s, {secs} s measured after {warmup} s warm-up, {PARTITIONS} partitions, tansu in memory\n\n\
          | path | p50 ms | p99 ms | p999 ms | records measured | records sent | peak RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n{}\n{}\n{}\n\n\
-         switchyard p99 - passthrough p99: {:+.1} ms (target: at most +2 ms)\n\n\
+         |---|---:|---:|---:|---:|---:|---:|\n{}\n{}\n{}\n{}\n\n\
+         switchyard p99 - passthrough p99: {:+.1} ms (target: at most +2 ms); with one output topic: {:+.1} ms; p50: {:+.1} ms and {:+.1} ms\n\n\
          {}",
         row("one hop (producer -> consumer)", &hop, f64::NAN),
         row("passthrough (two hops, no WASM)", &pt_run, pt_rss),
-        row("switchyard + route plugin (two hops)", &sy_run, sy_rss),
+        row(
+            "switchyard + route plugin (two hops, 3 route topics)",
+            &sy_run,
+            sy_rss
+        ),
+        row(
+            "switchyard + route plugin (two hops, 1 output topic)",
+            &sy1_run,
+            sy1_rss
+        ),
         sy99 - pt99,
+        sy1_99 - pt99,
+        sy50 - pt50,
+        sy1_50 - pt50,
         saturation.unwrap_or_default(),
     );
     println!("{report}");
