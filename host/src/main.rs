@@ -189,6 +189,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Compiles (start-up, uploads) yield the CPU to the workers.
+    switchyard::plugin::engine::lower_compile_priority();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -206,6 +206,28 @@ impl std::fmt::Debug for PluginModule {
     }
 }
 
+/// Compiling a component (at start-up, on an upload) runs on rayon's global thread pool; on a
+/// small machine it competes with the workers for the CPU. This gives the pool's threads a
+/// lower priority (nice 10), so an upload slows itself down rather than the records flowing.
+/// Call once, before the first compile; later calls do nothing.
+pub fn lower_compile_priority() {
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("compile-{i}"))
+        .start_handler(|_| {
+            // SAFETY: setpriority with this thread's id changes only this thread's nice value
+            // (Linux threads have their own); no memory is touched.
+            let tid = unsafe { libc::gettid() };
+            let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) };
+            if result != 0 {
+                tracing::debug!("Cannot lower the compile threads' priority.");
+            }
+        })
+        .build_global();
+    if built.is_err() {
+        tracing::debug!("The compile thread pool was already started.");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
