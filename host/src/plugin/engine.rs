@@ -28,6 +28,25 @@ pub struct EngineConfig {
     pub max_instances: u32,
     /// The largest memory cap any stage may ask for, in bytes.
     pub max_memory_bytes: usize,
+    /// Where compiled plugins are cached (`None`: compile every time). Entries are keyed by
+    /// a hash of the component's bytes and of the engine's compilation settings and
+    /// version, written and read only by this engine: an upload is always compiled here,
+    /// never taken as precompiled code. Default: [`default_cache_dir`].
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// The compiled-plugin cache directory: `$SWITCHYARD_CACHE_DIR` (empty: no cache), else
+/// `$XDG_CACHE_HOME/switchyard/compiled`, else `~/.cache/switchyard/compiled`.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("SWITCHYARD_CACHE_DIR") {
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("switchyard").join("compiled")),
+    }
 }
 
 impl Default for EngineConfig {
@@ -35,6 +54,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -75,6 +95,25 @@ impl PluginEngine {
             .linear_memory_keep_resident(64 * 1024)
             .table_keep_resident(64 * 1024);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &settings.cache_dir {
+            // A cache that cannot be set up costs compile time, never correctness. Its entries
+            // are machine code the engine runs: the directory is private to its owner.
+            if std::fs::create_dir_all(dir).is_ok() {
+                use std::os::unix::fs::PermissionsExt as _;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            match wasmtime::Cache::new(cache) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(), error = %format!("{e:#}"),
+                    "Compiled-plugin cache disabled."
+                ),
+            }
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
