@@ -420,7 +420,8 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
         None => VersionStore::memory(),
     };
     let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
-    let handles = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    let status = handles.first().map(|h| h.status.clone());
     let serving = crate::admin::start(&runtime, &config.admin, handles, metrics)?;
     let stop_pipelines = Arc::new(AtomicBool::new(false));
     let pipelines_thread = {
@@ -452,6 +453,17 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // Generate once the pipeline has joined its group and owns the partitions, so the
+    // first events do not wait for the join (it would show as latency).
+    let joined = Instant::now();
+    while status
+        .as_ref()
+        .is_some_and(|s| s.tracker.partitions().is_empty())
+        && joined.elapsed() < Duration::from_secs(20)
+        && !pipelines_thread.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     print_intro(&brokers, serving.address, &config_path, &plugins, options);
 
     // Generate.
