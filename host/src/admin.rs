@@ -504,35 +504,43 @@ async fn upload(
     let history = p.stages[index].clone().lock_owned().await;
     let timeout = st.switch_timeout;
     let metrics = st.metrics.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking("upload", move || {
         let mut history = history;
         let started = Instant::now();
         let result = apply_upload(&p, index, &mut history, &bytes, config, &who, timeout);
-        let version = PluginVersionText::of(&bytes);
+        let version = crate::plugin::PluginVersion::of(&bytes).0;
         record_outcome(&metrics, &mut history, &who, "upload", &version, &result);
-        result.map(|previous| {
-            Json(json!({
-                "pipeline": p.name(), "stage": history.stage(), "version": version,
-                "previous": previous, "workers": p.control.live_workers(),
-                "switched_in_ms": started.elapsed().as_millis() as u64,
-            }))
-        })
+        result.map(|previous| switched(&p, &history, &version, &previous, started))
     })
     .await
-    .map_err(|e| {
+}
+
+/// Runs `f` on a blocking thread (compiles and switches never run on the async workers).
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("upload task failed: {e}"),
+            format!("{what} task failed: {e}"),
         )
     })?
 }
 
-struct PluginVersionText;
-
-impl PluginVersionText {
-    fn of(bytes: &[u8]) -> String {
-        crate::plugin::PluginVersion::of(bytes).0
-    }
+/// The answer to a change that every worker has taken.
+fn switched(
+    p: &PipelineHandle,
+    history: &StageHistory,
+    version: &str,
+    previous: &str,
+    started: Instant,
+) -> Json<Value> {
+    Json(json!({
+        "pipeline": p.name(), "stage": history.stage(), "version": version,
+        "previous": previous, "workers": p.control.live_workers(),
+        "switched_in_ms": started.elapsed().as_millis() as u64,
+    }))
 }
 
 fn record_outcome(
@@ -604,7 +612,7 @@ async fn rollback(
     let history = p.stages[index].clone().lock_owned().await;
     let timeout = st.switch_timeout;
     let metrics = st.metrics.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking("rollback", move || {
         let mut history = history;
         let started = Instant::now();
         let current = history.active.version.clone();
@@ -620,21 +628,9 @@ async fn rollback(
         })();
         let version = result.as_ref().map_or(String::new(), Clone::clone);
         record_outcome(&metrics, &mut history, &who, "rollback", &version, &result);
-        result.map(|version| {
-            Json(json!({
-                "pipeline": p.name(), "stage": history.stage(), "version": version,
-                "previous": current, "workers": p.control.live_workers(),
-                "switched_in_ms": started.elapsed().as_millis() as u64,
-            }))
-        })
+        result.map(|version| switched(&p, &history, &version, &current, started))
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rollback task failed: {e}"),
-        )
-    })?
 }
 
 /// Runs the stage's `init` with the new module and config on a throwaway instance, then
@@ -744,14 +740,7 @@ async fn dry_run(
             format!("at most {DRY_RUN_MAX_RECORDS} records per dry run"),
         ));
     }
-    tokio::task::spawn_blocking(move || run_dry(&p, request))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("dry run failed: {e}"),
-            )
-        })?
+    blocking("dry run", move || run_dry(&p, request)).await
 }
 
 fn run_dry(p: &PipelineHandle, request: DryRunRequest) -> ApiResult<Json<Value>> {
