@@ -340,13 +340,26 @@ impl Pipeline {
         let mut last_report = Instant::now();
         let mut last_watermarks = Instant::now();
         let mut fatal = None;
+        // Housekeeping (fatal errors, commits, lag, progress) runs when a poll comes back
+        // empty or every HOUSEKEEPING_EVERY records, not for every record: under load the
+        // loop takes each record with one clock read and a few atomics.
+        let mut since_housekeeping = 0u32;
+        // Topic names as the tracker keys them, so taking a record allocates no name.
+        let mut interned: std::collections::HashMap<String, Arc<str>> =
+            std::collections::HashMap::new();
+        let mut now = Instant::now();
         while !stop.load(Ordering::Acquire) {
-            if let Some(why) = sink.fatal_error() {
-                status.health.fail(format!("producer: {why}"));
-            }
-            if let Some(why) = status.health.fatal() {
-                fatal = Some(why);
-                break;
+            let housekeeping = since_housekeeping >= HOUSEKEEPING_EVERY;
+            if housekeeping {
+                since_housekeeping = 0;
+                now = Instant::now();
+                if let Some(why) = sink.fatal_error() {
+                    status.health.fail(format!("producer: {why}"));
+                }
+                if let Some(why) = status.health.fatal() {
+                    fatal = Some(why);
+                    break;
+                }
             }
             let in_flight = tracker.in_flight();
             let reassigned = consumer
@@ -363,8 +376,17 @@ impl Pipeline {
             }
             match consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(message)) => {
+                    since_housekeeping += 1;
+                    let topic = match interned.get(message.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(message.topic());
+                            interned.insert(message.topic().to_owned(), t.clone());
+                            t
+                        }
+                    };
                     let Some(handle) =
-                        tracker.track(message.topic(), message.partition(), message.offset())
+                        tracker.track_interned(&topic, message.partition(), message.offset())
                     else {
                         // Not assigned, or taken already (fetched again after a seek).
                         continue;
@@ -384,10 +406,14 @@ impl Pipeline {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(pipeline = %name, error = %e, "Consumer error.");
+                    since_housekeeping = HOUSEKEEPING_EVERY;
                 }
-                None => {}
+                None => since_housekeeping = HOUSEKEEPING_EVERY,
             }
-            if last_commit.elapsed() >= commit_interval {
+            if !housekeeping {
+                continue;
+            }
+            if now.duration_since(last_commit) >= commit_interval {
                 let again = last_full_commit.elapsed() >= RECOMMIT_INTERVAL;
                 commit_async(&consumer, name, status, again);
                 last_commit = Instant::now();
@@ -457,6 +483,10 @@ const RECOMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most records a worker's lane holds (a full lane makes the consumer wait).
 const LANE_CAPACITY: usize = 16_384;
+
+/// Records the consumer takes between two housekeeping passes (fatal errors, commits, lag,
+/// progress) while records keep coming; an empty poll always triggers one.
+const HOUSEKEEPING_EVERY: u32 = 64;
 
 /// How often the consumer reads each partition's end (for lag).
 const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);

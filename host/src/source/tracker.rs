@@ -121,8 +121,19 @@ impl Tracker {
     /// offset is not above the last one taken (a record fetched again after a seek): such a
     /// record is not processed, and is not committed past.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> Option<Arc<PartitionHandle>> {
+        self.track_interned(&Arc::from(topic), partition, offset)
+    }
+
+    /// [`Tracker::track`] for a caller that keeps its topic names as `Arc<str>` (the hot
+    /// path: no allocation per record).
+    pub fn track_interned(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+    ) -> Option<Arc<PartitionHandle>> {
         let mut partitions = self.lock();
-        let state = partitions.get_mut(&(Arc::from(topic), partition))?;
+        let state = partitions.get_mut(&(topic.clone(), partition))?;
         state.offsets.track(offset).ok()?;
         state.last_taken = Some(offset);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
