@@ -485,8 +485,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
     let expected: Arc<Mutex<Vec<&'static str>>> = Arc::new(Mutex::new(Vec::new()));
     let generated = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    seen.lock().unwrap_or_else(|p| p.into_inner()).measure_from_ms =
-        now_ms() + WARM_UP.as_millis() as i64;
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .measure_from_ms = now_ms() + WARM_UP.as_millis() as i64;
     let mut last_progress = Instant::now();
     let terminal = std::io::stderr().is_terminal();
     while started.elapsed() < options.duration {
