@@ -206,6 +206,22 @@ impl AdminState {
         Ok((p.clone(), index))
     }
 
+    /// A stage that runs a plugin: built-in stages take no upload or rollback.
+    fn plugin_stage(&self, pipeline: &str, stage: &str) -> ApiResult<(Arc<PipelineHandle>, usize)> {
+        let (p, index) = self.stage(pipeline, stage)?;
+        if let Some(schema) = &p.config.stages[index].json_schema {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "stage {stage} of pipeline {pipeline} is the built-in json-schema validator \
+                     (schema file {}); it takes no plugin: change the schema file and restart",
+                    schema.display()
+                ),
+            ));
+        }
+        Ok((p, index))
+    }
+
     /// Who is asking: the name of the token presented. Without configured tokens, anyone on
     /// the loopback address (`anonymous`).
     fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
@@ -366,6 +382,9 @@ async fn describe(p: &PipelineHandle) -> Value {
             "version": stage.module.version.0,
             "size_bytes": stage.module.size,
         });
+        if let Some(kind) = stage.module.builtin() {
+            entry["builtin"] = json!(kind);
+        }
         match history.try_lock() {
             Ok(h) => {
                 entry["loaded_at_ms"] = json!(h.active.loaded_at_ms);
@@ -462,7 +481,7 @@ async fn upload(
     // Refused before a byte of the body is read: the wrong caller, the wrong stage, a
     // declared size over the limit.
     let who = st.authorize(&headers)?;
-    let (p, index) = st.stage(&pipeline, &stage)?;
+    let (p, index) = st.plugin_stage(&pipeline, &stage)?;
     let limit = st.max_upload_bytes;
     let too_large = || {
         ApiError::new(
@@ -608,7 +627,7 @@ async fn rollback(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let who = st.authorize(&headers)?;
-    let (p, index) = st.stage(&pipeline, &stage)?;
+    let (p, index) = st.plugin_stage(&pipeline, &stage)?;
     let history = p.stages[index].clone().lock_owned().await;
     let timeout = st.switch_timeout;
     let metrics = st.metrics.clone();

@@ -236,14 +236,45 @@ pub struct PipelineConfig {
 pub struct StageConfig {
     /// Unique name within the pipeline.
     pub name: String,
-    /// Path to the plugin component, relative to the config file's directory.
-    pub plugin: PathBuf,
+    /// Path to the plugin component, relative to the config file's directory. Exactly one
+    /// of `plugin` and `json_schema`.
+    pub plugin: Option<PathBuf>,
+    /// Path to a JSON Schema file: the stage is the built-in `json-schema` validator instead
+    /// of a plugin (relative to the config file's directory).
+    pub json_schema: Option<PathBuf>,
     /// Config map given to the plugin's `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     /// Resource limits; every key optional.
     #[serde(default)]
     pub limits: StageLimits,
+}
+
+/// What runs a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageSource<'a> {
+    /// A WebAssembly component file.
+    Plugin(&'a Path),
+    /// The built-in validator with this schema file.
+    JsonSchema(&'a Path),
+}
+
+impl StageConfig {
+    /// The plugin or schema file; [`Config::validate`] made sure there is exactly one.
+    pub fn source(&self) -> StageSource<'_> {
+        match (&self.plugin, &self.json_schema) {
+            (_, Some(schema)) => StageSource::JsonSchema(schema),
+            (Some(plugin), None) => StageSource::Plugin(plugin),
+            (None, None) => StageSource::Plugin(Path::new("")),
+        }
+    }
+
+    /// The file the stage's code comes from.
+    pub fn file(&self) -> &Path {
+        match self.source() {
+            StageSource::Plugin(path) | StageSource::JsonSchema(path) => path,
+        }
+    }
 }
 
 fn default_start() -> StartPosition {
@@ -323,8 +354,13 @@ impl Config {
         }
         for pipeline in &mut config.pipelines {
             for stage in &mut pipeline.stages {
-                if stage.plugin.is_relative() {
-                    stage.plugin = base.join(&stage.plugin);
+                for path in [&mut stage.plugin, &mut stage.json_schema]
+                    .into_iter()
+                    .flatten()
+                {
+                    if path.is_relative() {
+                        *path = base.join(&*path);
+                    }
                 }
             }
         }
@@ -463,8 +499,30 @@ impl Config {
                 if !stage_names.insert(s.name.as_str()) {
                     return err(format!("{at}: the stage name {:?} is used twice", s.name));
                 }
-                if !s.plugin.is_file() {
-                    return err(format!("{at}.plugin: no such file {}", s.plugin.display()));
+                match (&s.plugin, &s.json_schema) {
+                    (None, None) => {
+                        return err(format!(
+                            "{at}: set plugin (a .wasm component) or json_schema (a JSON Schema file)"
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return err(format!("{at}: set plugin or json_schema, not both"));
+                    }
+                    (Some(plugin), None) if !plugin.is_file() => {
+                        return err(format!("{at}.plugin: no such file {}", plugin.display()));
+                    }
+                    (None, Some(schema)) if !schema.is_file() => {
+                        return err(format!(
+                            "{at}.json_schema: no such file {}",
+                            schema.display()
+                        ));
+                    }
+                    (None, Some(_)) if !s.config.is_empty() => {
+                        return err(format!(
+                            "{at}.config: a json_schema stage takes no config map"
+                        ));
+                    }
+                    _ => {}
                 }
                 if let Err(e) = s.limits.validate() {
                     return err(format!("{at}.{e}"));

@@ -19,7 +19,7 @@
 //! leaves the affected records unfinished, so they are never committed past, and ends `run`
 //! with that error.
 
-use crate::config::{Config, KafkaConfig, PipelineConfig, TableConfig};
+use crate::config::{Config, KafkaConfig, PipelineConfig, StageSource, TableConfig};
 use crate::control::{ChainControl, IDLE_TICK};
 use crate::kafka::{self, now_ms};
 use crate::metrics::{Health, Metrics, PipelineCounters, PipelineMetrics};
@@ -138,12 +138,17 @@ impl Pipeline {
             .iter()
             .map(|stage| {
                 let at = || format!("pipeline {}, stage {}", config.name, stage.name);
-                let bytes = std::fs::read(&stage.plugin)
-                    .with_context(|| format!("{}: cannot read {}", at(), stage.plugin.display()))?;
+                let file = stage.file();
+                let bytes = std::fs::read(file)
+                    .with_context(|| format!("{}: cannot read {}", at(), file.display()))?;
                 let file_module = || -> anyhow::Result<Arc<PluginModule>> {
-                    engine
-                        .load(&bytes)
-                        .map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), stage.plugin.display()))
+                    match stage.source() {
+                        StageSource::Plugin(_) => engine
+                            .load(&bytes)
+                            .map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), file.display())),
+                        StageSource::JsonSchema(_) => PluginModule::json_schema_file(file)
+                            .map_err(|e| anyhow::anyhow!("{}: {e:#}", at())),
+                    }
                 };
                 let configured: Vec<(String, String)> = stage
                     .config

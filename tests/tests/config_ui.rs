@@ -80,7 +80,7 @@ fn the_good_config_loads_with_defaults_filled_in() {
     assert!(config.tables.is_empty());
     assert_eq!(p.routes["urgent"], "events-urgent");
     let stage = &p.stages[0];
-    assert_eq!(stage.plugin, ui_dir().join("placeholder.plugin"));
+    assert_eq!(stage.plugin, Some(ui_dir().join("placeholder.plugin")));
     assert_eq!(stage.config["urgent_route"], "urgent");
     assert_eq!(stage.limits.memory_mib, 32);
     assert_eq!(

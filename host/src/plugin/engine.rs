@@ -159,7 +159,7 @@ impl PluginEngine {
             version: PluginVersion::of(bytes),
             size: bytes.len(),
             loaded_at: SystemTime::now(),
-            pre,
+            code: StageCode::Wasm(pre),
         }))
     }
 
@@ -233,7 +233,25 @@ pub struct PluginModule {
     pub size: usize,
     /// When it was compiled.
     pub loaded_at: SystemTime,
-    pub(crate) pre: PluginPre<HostState>,
+    pub(crate) code: StageCode,
+}
+
+/// What runs a stage: a WebAssembly component, or a built-in stage.
+pub(crate) enum StageCode {
+    /// A component, pre-instantiated.
+    Wasm(PluginPre<HostState>),
+    /// The built-in `json-schema` validator.
+    JsonSchema(Arc<super::schema::JsonSchemaStage>),
+}
+
+impl PluginModule {
+    /// The built-in stage kind this is (`json-schema`), or `None` for a plugin.
+    pub fn builtin(&self) -> Option<&'static str> {
+        match self.code {
+            StageCode::Wasm(_) => None,
+            StageCode::JsonSchema(_) => Some("json-schema"),
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginModule {

@@ -6,10 +6,12 @@
 //! fresh instance from the pre-instantiated module costs microseconds.
 
 use super::bindings::{Plugin, RecordBatch, Verdict};
-use super::engine::{EPOCH_TICK, PluginModule};
+use super::engine::{EPOCH_TICK, PluginModule, StageCode};
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, HostState, Tags};
 use super::limits::{MemoryCapExceeded, StageLimits};
+use super::schema::JsonSchemaStage;
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Engine, Store, Trap};
 
@@ -23,9 +25,14 @@ pub(crate) struct InstanceSetup {
     pub(crate) config: Vec<(String, String)>,
 }
 
-pub(crate) struct StageInstance {
-    store: Store<HostState>,
-    plugin: Plugin,
+pub(crate) enum StageInstance {
+    /// A component instance in its own store.
+    Wasm {
+        store: Box<Store<HostState>>,
+        plugin: Plugin,
+    },
+    /// A built-in stage: nothing to instantiate, shared by every worker.
+    JsonSchema(Arc<JsonSchemaStage>),
 }
 
 impl StageInstance {
@@ -35,6 +42,10 @@ impl StageInstance {
         module: &PluginModule,
         setup: &InstanceSetup,
     ) -> Result<Self, LoadError> {
+        let pre = match &module.code {
+            StageCode::Wasm(pre) => pre,
+            StageCode::JsonSchema(stage) => return Ok(StageInstance::JsonSchema(stage.clone())),
+        };
         let cap = usize::try_from(setup.limits.memory_bytes()).unwrap_or(usize::MAX);
         let state = HostState::new(setup.tags.clone(), setup.services.clone(), cap);
         let mut store = Store::new(engine, state);
@@ -42,7 +53,7 @@ impl StageInstance {
         let init_budget = Duration::from_millis(setup.limits.init_timeout_ms);
         store.set_epoch_deadline(deadline_ticks(init_budget));
 
-        let plugin = module.pre.instantiate(&mut store).map_err(|e| {
+        let plugin = pre.instantiate(&mut store).map_err(|e| {
             match classify(&store, &e) {
                 // A trap or cap hit while instantiating is the component's own fault.
                 failure if failure.kind != ErrorKind::Trap => LoadError::InitCrashed(failure),
@@ -55,7 +66,10 @@ impl StageInstance {
             .call_init(&mut store, &setup.config);
         store.data_mut().flush_counters();
         match outcome {
-            Ok(Ok(())) => Ok(StageInstance { store, plugin }),
+            Ok(Ok(())) => Ok(StageInstance::Wasm {
+                store: Box::new(store),
+                plugin,
+            }),
             Ok(Err(message)) => Err(LoadError::Init(message)),
             Err(e) => Err(LoadError::InitCrashed(classify(&store, &e))),
         }
@@ -67,14 +81,17 @@ impl StageInstance {
         batch: &RecordBatch,
         budget: Duration,
     ) -> Result<Vec<Verdict>, RecordError> {
-        self.store.set_epoch_deadline(deadline_ticks(budget));
-        self.store.data().reset_stderr_tail();
-        let result = self
-            .plugin
+        let (store, plugin) = match self {
+            StageInstance::Wasm { store, plugin } => (store, plugin),
+            StageInstance::JsonSchema(stage) => return Ok(stage.process(batch)),
+        };
+        store.set_epoch_deadline(deadline_ticks(budget));
+        store.data().reset_stderr_tail();
+        let result = plugin
             .switchyard_plugin_transform()
-            .call_process(&mut self.store, batch);
-        self.store.data_mut().flush_counters();
-        result.map_err(|e| classify(&self.store, &e))
+            .call_process(&mut **store, batch);
+        store.data_mut().flush_counters();
+        result.map_err(|e| classify(store, &e))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod error;
 pub mod host_api;
 mod instance;
 pub mod limits;
+pub mod schema;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
 pub use chain::{
@@ -30,3 +31,4 @@ pub use engine::{EngineConfig, PluginEngine, PluginModule, PluginVersion};
 pub use error::{ErrorKind, LoadError, RecordError};
 pub use host_api::{HostServices, MemoryTables, PluginCounters, Tables};
 pub use limits::StageLimits;
+pub use schema::JsonSchemaStage;
