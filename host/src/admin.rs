@@ -4,7 +4,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | the process is alive |
-//! | GET | `/readyz` | every pipeline consumes, its plugins are loaded, dead-letter writes work |
+//! | GET | `/readyz` | every table is loaded and caught up, every pipeline consumes, dead-letter writes work |
 //! | GET | `/metrics` | Prometheus (OpenMetrics text) |
 //! | GET | `/api/v1/pipelines`, `/api/v1/pipelines/{p}` | state, stages and versions, routes, counters, lag |
 //! | PUT | `/api/v1/pipelines/{p}/stages/{s}/plugin` | upload a component (body), optional `?config=<JSON object>` |
@@ -12,6 +12,8 @@
 //! | GET | `/api/v1/pipelines/{p}/stages/{s}/versions` | active, rollback stack, history |
 //! | POST | `/api/v1/pipelines/{p}/pause`, `/resume` | stop or restart consuming |
 //! | POST | `/api/v1/pipelines/{p}/dry-run` | run sample records through the live chain; nothing is written |
+//! | GET | `/api/v1/tables` | every enrichment table: rows, bytes, source, last update, last error, ready |
+//! | POST | `/api/v1/tables/{t}/reload` | read a file table again (422 with the reason if it cannot be loaded; the old rows stay) |
 //!
 //! Every request other than GET needs `Authorization: Bearer <token>` when tokens are
 //! configured (they must be on a non-loopback address). An upload is compiled, type-checked,
@@ -105,10 +107,12 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/api/v1/pipelines/{p}/stages/{s}/plugin", put(upload))
         .route("/api/v1/pipelines/{p}/stages/{s}/rollback", post(rollback))
         .route("/api/v1/pipelines/{p}/stages/{s}/versions", get(versions))
+        .route("/api/v1/tables", get(list_tables))
+        .route("/api/v1/tables/{t}/reload", post(reload_table))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/pipelines, /healthz, /readyz, /metrics",
+                "no such endpoint; see /api/v1/pipelines, /api/v1/tables, /healthz, /readyz, /metrics",
             )
         })
         .with_state(state)
@@ -206,6 +210,11 @@ impl AdminState {
         Ok((p.clone(), index))
     }
 
+    /// The tables every pipeline shares.
+    fn tables(&self) -> Option<Arc<dyn crate::plugin::Tables>> {
+        self.pipelines.first().map(|p| p.services.tables.clone())
+    }
+
     /// A stage that runs a plugin: built-in stages take no upload or rollback.
     fn plugin_stage(&self, pipeline: &str, stage: &str) -> ApiResult<(Arc<PipelineHandle>, usize)> {
         let (p, index) = self.stage(pipeline, stage)?;
@@ -264,6 +273,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
     let mut problems = Vec::new();
+    if let Some(tables) = st.tables() {
+        for table in tables.pending() {
+            problems.push(format!("table {table}: catching up with its topic"));
+        }
+    }
     for p in &st.pipelines {
         if !p.consuming.load(Ordering::Acquire) {
             problems.push(format!("pipeline {}: not consuming", p.name()));
@@ -287,6 +301,53 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
         )
             .into_response()
     }
+}
+
+async fn list_tables(State(st): State<Arc<AdminState>>) -> Json<Value> {
+    let tables = st.tables().map(|t| t.describe()).unwrap_or_default();
+    Json(json!({ "tables": tables }))
+}
+
+async fn reload_table(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let who = st.authorize(&headers)?;
+    let tables = st.tables().ok_or_else(|| no_table(&name, &[]))?;
+    let result = blocking("table reload", move || {
+        let known: Vec<String> = tables
+            .describe()
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect();
+        tables
+            .reload(&name)
+            .ok_or_else(|| no_table(&name, &known))
+            .map(|r| (name, r))
+    })
+    .await?;
+    let (name, result) = result;
+    match result {
+        Ok(described) => {
+            audit(&who, "table-reload", "", &name, "", "ok");
+            Ok(Json(described))
+        }
+        Err(e) => {
+            audit(&who, "table-reload", "", &name, "", "failed");
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("table {name} keeps its rows: {e}"),
+            ))
+        }
+    }
+}
+
+fn no_table(name: &str, known: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no table {name:?} (tables: {})", known.join(", ")),
+    )
 }
 
 async fn metrics(State(st): State<Arc<AdminState>>) -> Response {

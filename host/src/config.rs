@@ -108,18 +108,131 @@ impl Default for AdminConfig {
     }
 }
 
-/// A lookup table loaded from a JSON Lines file at start-up: each line a JSON object, keyed by
-/// the value of `key_field` (a string, or a number in its JSON text form); the value a plugin
-/// sees is the whole line.
+/// An enrichment table plugins read with `host::lookup` (see `tables.rs`): from a file
+/// (`path`, JSON Lines or CSV, keyed by `key_field`) or from a topic (`topic`, keyed by the
+/// record key, like a compacted topic).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// Name plugins use in `lookup(table, key)`.
     pub name: String,
-    /// JSON Lines file, relative to the config file's directory.
-    pub path: PathBuf,
-    /// Top-level field holding each row's key.
-    pub key_field: String,
+    /// A JSON Lines or CSV file, relative to the config file's directory. Exactly one of
+    /// `path` and `topic`.
+    pub path: Option<PathBuf>,
+    /// A Kafka topic: the latest value per key; a null value deletes the key.
+    pub topic: Option<String>,
+    /// File tables: the field (JSON Lines) or column (CSV) holding each row's key.
+    pub key_field: Option<String>,
+    /// File tables: `jsonl` or `csv` (default: from the file's extension).
+    pub format: Option<TableFormat>,
+    /// File tables: how often the file is checked for changes, in ms (default 1000; 0: only
+    /// `POST /api/v1/tables/{name}/reload` reads it again).
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+/// Default interval between checks of a table file.
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
+
+fn default_watch_interval_ms() -> u64 {
+    DEFAULT_WATCH_INTERVAL_MS
+}
+
+/// The format of a table file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// One JSON object per line; the value is the line.
+    Jsonl,
+    /// A header row, then one row per line; the value is the row as a JSON object of strings.
+    Csv,
+}
+
+impl TableFormat {
+    /// The format a file's extension says: `.jsonl`, `.ndjson`, `.json` or `.csv`.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "jsonl" | "ndjson" | "json" => Some(TableFormat::Jsonl),
+            "csv" => Some(TableFormat::Csv),
+            _ => None,
+        }
+    }
+
+    /// `jsonl` or `csv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Jsonl => "jsonl",
+            TableFormat::Csv => "csv",
+        }
+    }
+}
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSource<'a> {
+    /// A file.
+    File {
+        /// The file.
+        path: &'a Path,
+        /// Its format.
+        format: TableFormat,
+        /// The field or column holding the key.
+        key_field: &'a str,
+    },
+    /// A topic.
+    Topic {
+        /// The topic.
+        topic: &'a str,
+    },
+}
+
+impl TableConfig {
+    /// A file table (for `test-plugin` and tests).
+    pub fn file(name: &str, path: PathBuf, key_field: &str) -> Self {
+        TableConfig {
+            name: name.to_owned(),
+            path: Some(path),
+            topic: None,
+            key_field: Some(key_field.to_owned()),
+            format: None,
+            watch_interval_ms: DEFAULT_WATCH_INTERVAL_MS,
+        }
+    }
+
+    /// Where the rows come from; an error names the key that is wrong.
+    pub fn source(&self) -> Result<TableSource<'_>, String> {
+        match (&self.path, &self.topic) {
+            (Some(path), None) => {
+                let key_field = self
+                    .key_field
+                    .as_deref()
+                    .filter(|k| !k.trim().is_empty())
+                    .ok_or("key_field: a file table needs the field or column holding the key")?;
+                let format = self.format.or_else(|| TableFormat::from_path(path)).ok_or(
+                    "format: set \"jsonl\" or \"csv\" (the file's extension says neither)",
+                )?;
+                Ok(TableSource::File {
+                    path,
+                    format,
+                    key_field,
+                })
+            }
+            (None, Some(topic)) => {
+                if topic.trim().is_empty() {
+                    return Err("topic is empty".into());
+                }
+                if self.key_field.is_some() || self.format.is_some() {
+                    return Err(
+                        "key_field/format: a topic table is keyed by the record key; remove them"
+                            .into(),
+                    );
+                }
+                Ok(TableSource::Topic { topic })
+            }
+            (None, None) => Err("set path (a JSON Lines or CSV file) or topic".into()),
+            (Some(_), Some(_)) => Err("set path or topic, not both".into()),
+        }
+    }
 }
 
 /// Kafka connection and client settings.
@@ -348,8 +461,10 @@ impl Config {
             state_dir
         });
         for table in &mut config.tables {
-            if table.path.is_relative() {
-                table.path = base.join(&table.path);
+            if let Some(path) = &mut table.path
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
             }
         }
         for pipeline in &mut config.pipelines {
@@ -413,11 +528,12 @@ impl Config {
             if !table_names.insert(t.name.as_str()) {
                 return err(format!("{at}: the name {:?} is used by two tables", t.name));
             }
-            if t.key_field.trim().is_empty() {
-                return err(format!("{at}.key_field is empty"));
-            }
-            if !t.path.is_file() {
-                return err(format!("{at}.path: no such file {}", t.path.display()));
+            match t.source() {
+                Err(e) => return err(format!("{at}.{e}")),
+                Ok(TableSource::File { path, .. }) if !path.is_file() => {
+                    return err(format!("{at}.path: no such file {}", path.display()));
+                }
+                Ok(_) => {}
             }
         }
         let mut names = std::collections::HashSet::new();

@@ -26,6 +26,7 @@
 //! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
 //! - [`client`]: the CLI's client of that API.
 //! - [`sample`]: sample records run through a chain and explained (dry run, test-plugin).
+//! - [`tables`]: enrichment tables from files and topics, kept up to date.
 //! - [`test_plugin`]: `switchyard test-plugin`, a plugin over sample records, no Kafka.
 //! - [`demo`]: `switchyard demo`, a live stream on an embedded broker.
 
@@ -43,5 +44,6 @@ pub mod router;
 pub mod sample;
 pub mod sink;
 pub mod source;
+pub mod tables;
 pub mod test_plugin;
 pub mod versions;

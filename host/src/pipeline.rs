@@ -19,19 +19,20 @@
 //! leaves the affected records unfinished, so they are never committed past, and ends `run`
 //! with that error.
 
-use crate::config::{Config, KafkaConfig, PipelineConfig, StageSource, TableConfig};
+use crate::config::{Config, KafkaConfig, PipelineConfig, StageSource};
 use crate::control::{ChainControl, IDLE_TICK};
 use crate::kafka::{self, now_ms};
 use crate::metrics::{Health, Metrics, PipelineCounters, PipelineMetrics};
 use crate::plugin::{
-    ChainRunner, ChainSpec, Destination, HostServices, InputRecord, MemoryTables, PluginCounters,
-    PluginEngine, PluginModule, StageSpec,
+    ChainRunner, ChainSpec, Destination, HostServices, InputRecord, PluginCounters, PluginEngine,
+    PluginModule, StageSpec,
 };
 use crate::ring::{Job, Lane, Next, Ring};
 use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, Ticket};
 use crate::source::tracker::{PartitionHandle, Tracker};
 use crate::source::{SourceContext, commit_sync};
+use crate::tables::TableSet;
 use crate::versions::{StageHistory, VersionStore};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -229,6 +230,9 @@ impl Pipeline {
     /// The calling thread becomes the consumer thread.
     pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
         let shared = self.shared.clone();
+        if !wait_for_tables(&shared, stop) {
+            return Ok(());
+        }
         shared.consuming.store(true, Ordering::Release);
         let result = self.run_inner(stop);
         shared.consuming.store(false, Ordering::Release);
@@ -700,39 +704,29 @@ impl Worker {
     }
 }
 
-/// Lookup tables from the config's `[[table]]` files.
-pub fn load_tables(tables: &[TableConfig]) -> anyhow::Result<MemoryTables> {
-    let mut out = MemoryTables::empty();
-    for table in tables {
-        let text = std::fs::read_to_string(&table.path).with_context(|| {
-            format!("table {}: cannot read {}", table.name, table.path.display())
-        })?;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = || {
-                format!(
-                    "table {}: {} line {}",
-                    table.name,
-                    table.path.display(),
-                    i + 1
-                )
-            };
-            let row: serde_json::Value = serde_json::from_str(line).with_context(at)?;
-            let key = match row.get(&table.key_field) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                _ => anyhow::bail!(
-                    "{}: no string or number field `{}` to key the row by",
-                    at(),
-                    table.key_field
-                ),
-            };
-            out.insert(&table.name, key.into_bytes(), line.as_bytes().to_vec());
+/// Waits until every table is loaded and caught up with its topic, so that no record is
+/// enriched from a table still filling. False if `stop` was set meanwhile.
+fn wait_for_tables(shared: &PipelineHandle, stop: &AtomicBool) -> bool {
+    let started = Instant::now();
+    let mut logged = started;
+    loop {
+        let pending = shared.services.tables.pending();
+        if pending.is_empty() {
+            return true;
         }
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        if logged.elapsed() >= Duration::from_secs(5) || logged == started {
+            tracing::info!(
+                pipeline = %shared.config.name, tables = %pending.join(", "),
+                waited_s = started.elapsed().as_secs(),
+                "Waiting for tables to catch up with their topics before consuming."
+            );
+            logged = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(out)
 }
 
 /// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
@@ -744,7 +738,7 @@ pub fn load(
     store: &VersionStore,
 ) -> anyhow::Result<Vec<Pipeline>> {
     let services = HostServices {
-        tables: Arc::new(load_tables(&config.tables)?),
+        tables: Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?),
         counters: Arc::new(PluginCounters::default()),
     };
     config

@@ -105,14 +105,10 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
     let tables: Vec<TableConfig> = options
         .tables
         .iter()
-        .map(|(name, path, key_field)| TableConfig {
-            name: name.clone(),
-            path: path.clone(),
-            key_field: key_field.clone(),
-        })
+        .map(|(name, path, key_field)| TableConfig::file(name, path.clone(), key_field))
         .collect();
     let services = HostServices {
-        tables: Arc::new(crate::pipeline::load_tables(&tables)?),
+        tables: Arc::new(crate::tables::TableSet::start(None, &tables)?),
         counters: Arc::new(PluginCounters::default()),
     };
     let mut routes = vec![DEFAULT_ROUTE.to_owned()];
