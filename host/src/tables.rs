@@ -294,13 +294,15 @@ fn spawn_watcher(table: Arc<Table>, stop: Arc<AtomicBool>) -> anyhow::Result<()>
             while sleep_unless_stopped(&stop, interval) {
                 let now = file_signature(&path);
                 let loaded = table.status().loaded;
-                if now.is_some() && now != loaded && now == seen {
-                    if let Err(e) = table.reload_file() {
-                        tracing::error!(
-                            table = %table.config.name, error = %e,
-                            "The table file changed but cannot be loaded; the table keeps its rows."
-                        );
-                    }
+                if now.is_some()
+                    && now != loaded
+                    && now == seen
+                    && let Err(e) = table.reload_file()
+                {
+                    tracing::error!(
+                        table = %table.config.name, error = %e,
+                        "The table file changed but cannot be loaded; the table keeps its rows."
+                    );
                 }
                 seen = now;
             }

@@ -2,6 +2,7 @@
 //! read.
 
 use crate::engine;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,4 +233,60 @@ pub fn kafka_toml(bootstrap: &str) -> String {
     format!(
         "[kafka]\nbrokers = \"{bootstrap}\"\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
     )
+}
+
+/// Waits until `GET /readyz` answers 200 (30 s at most, then panics with the last answer).
+pub fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call("GET", &format!("{url}/readyz"), None, None);
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One request; the status and the body (JSON if it parses, else a string).
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "POST" | "PUT" => {
+            let mut r = if method == "POST" {
+                agent.post(url)
+            } else {
+                agent.put(url)
+            };
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some(b) => r.send(b),
+                None => r.send_empty(),
+            }
+        }
+        other => panic!("method {other}"),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: body: {e}"));
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
 }
