@@ -5,6 +5,7 @@
 //! - `noop/wasm`: a plugin that passes everything: the cost of the boundary alone, for
 //!   records with a key and a value and no headers; `noop_unkeyed/wasm`: the same without keys.
 //! - `route/wasm` vs `route/native`, `validate/wasm` vs `validate/native`.
+//! - `validate/json-schema`: the built-in JSON Schema stage checking the same fields.
 //!
 //! Run: `cargo bench -p switchyard-tests --bench plugin_throughput`, then
 //! `python3 tests/bench_report.py` to print the table for BENCHMARKS.md.
@@ -12,7 +13,9 @@
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
-use switchyard::plugin::{ChainRunner, ChainSpec, HostServices, InputRecord};
+use switchyard::plugin::{
+    ChainRunner, ChainSpec, HostServices, InputRecord, PluginModule, StageLimits, StageSpec,
+};
 use switchyard_plugin_sdk::{Batch, Config, Plugin, Record};
 use switchyard_tests::{engine, event, stage};
 
@@ -95,6 +98,47 @@ fn bench_native<P: Plugin>(c: &mut Criterion, group: &str, config: &[(&str, &str
     g.finish();
 }
 
+/// The same checks as `validate` with `REQUIRED`, as a JSON Schema for the built-in stage.
+const EVENT_SCHEMA: &str = r#"{
+    "type": "object",
+    "required": ["event_id", "user_id", "event_type", "timestamp"],
+    "properties": {
+        "event_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "event_type": {"type": "string"},
+        "timestamp": {"type": "number"}
+    }
+}"#;
+
+/// The built-in `json-schema` stage (no WebAssembly) over the same events.
+fn bench_schema(c: &mut Criterion) {
+    let dir = switchyard_tests::pipelines::scratch_dir("schema-bench");
+    let path = switchyard_tests::pipelines::write_file(&dir, "event.schema.json", EVENT_SCHEMA);
+    let stage = StageSpec {
+        name: "schema".into(),
+        module: PluginModule::json_schema_file(&path).expect("schema compiles"),
+        config: Vec::new(),
+        limits: StageLimits::default(),
+    };
+    let spec = ChainSpec::new("bench", vec!["standard".into()], "standard", vec![stage])
+        .expect("valid chain");
+    let mut runner =
+        ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates");
+    let mut g = c.benchmark_group("validate");
+    for n in BATCH_SIZES {
+        g.throughput(Throughput::Elements(n as u64));
+        let records = host_records(n, true);
+        g.bench_with_input(BenchmarkId::new("json-schema", n), &n, |b, _| {
+            b.iter_batched(
+                || records.clone(),
+                |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn plugins(c: &mut Criterion) {
     let size = event(1).len();
     eprintln!("event size: {size} bytes, e.g. {}", event(1));
@@ -104,6 +148,7 @@ fn plugins(c: &mut Criterion) {
     bench_native::<route::Route>(c, "route", &[]);
     bench_wasm(c, "validate", "validate", &[("required", REQUIRED)], true);
     bench_native::<validate::Validate>(c, "validate", &[("required", REQUIRED)]);
+    bench_schema(c);
 }
 
 criterion_group! {

@@ -32,6 +32,7 @@
 //! | `{"do":"print","message":"x"}`                       | `x` to stdout and to stderr, then pass            |
 //! | `{"do":"counter","name":"x","delta":N}`              | host counter add (delta default 1), then pass     |
 //! | `{"do":"lookup","table":"t","key":"k"}`              | emit one output whose value is the looked-up bytes, or `null` |
+//! | `{"do":"lookup-timing","table":"t","prefix":"user-","keys":K,"n":N}` | N lookups of `prefix` + `i % K` (5 digits), each timed on the monotonic clock; emit one output: JSON `{"n","found","ns":{"p50","p99","p999","max"},"clock_ns":{"p50","p99"}}` (`clock_ns`: two clock reads with nothing between, the timing's own cost) |
 //! | `{"do":"probe"}`                                     | emit one output: JSON `{"env_vars","args","read_dir","open_file","tcp"}` |
 //! | `{"do":"echo"}`                                      | emit the record with headers `offset`, `topic`, `partition` added |
 //!
@@ -147,6 +148,12 @@ fn obey(batch: &Batch, record: &Record, held: &mut Vec<Vec<u8>>, verdicts: &mut 
             let found = host::lookup(&text("table", ""), text("key", "").as_bytes());
             Verdict::emit_one(Output::new().with_value(found.unwrap_or_else(|| b"null".to_vec())))
         }
+        "lookup-timing" => Verdict::emit_one(Output::new().with_json(&lookup_timing(
+            &text("table", ""),
+            &text("prefix", ""),
+            number("keys").max(1),
+            number("n"),
+        ))),
         "probe" => Verdict::emit_one(Output::new().with_json(&probe())),
         "echo" => Verdict::emit_one(
             Output::from_record(record)
@@ -359,4 +366,37 @@ mod tests {
             .with_header("partition", "2");
         assert_eq!(verdicts, [Verdict::emit_one(expected)]);
     }
+}
+
+/// Times `n` lookups one by one, and the clock alone, and returns their percentiles.
+fn lookup_timing(table: &str, prefix: &str, keys: u64, n: u64) -> Value {
+    let mut key = String::with_capacity(prefix.len() + 8);
+    let mut times = Vec::with_capacity(n as usize);
+    let mut clock = Vec::with_capacity(n as usize);
+    let mut found = 0u64;
+    for i in 0..n {
+        key.clear();
+        key.push_str(prefix);
+        key.push_str(&format!("{:05}", i % keys));
+        let started = Instant::now();
+        let value = host::lookup(table, key.as_bytes());
+        times.push(started.elapsed().as_nanos() as u64);
+        found += u64::from(black_box(value).is_some());
+        let started = Instant::now();
+        clock.push(black_box(started).elapsed().as_nanos() as u64);
+    }
+    times.sort_unstable();
+    clock.sort_unstable();
+    let at = |v: &[u64], p: f64| -> u64 {
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    json!({
+        "n": n,
+        "found": found,
+        "ns": {"p50": at(&times, 0.5), "p99": at(&times, 0.99), "p999": at(&times, 0.999), "max": times.last().copied().unwrap_or(0)},
+        "clock_ns": {"p50": at(&clock, 0.5), "p99": at(&clock, 0.99)},
+    })
 }
