@@ -177,3 +177,44 @@ pub fn event(i: u64) -> String {
         i % 100
     )
 }
+
+/// A plugin written in another language (`python`, `javascript`): built by
+/// `examples/plugins/<language>/build.sh` into `<plugins target>/<language>/NAME.wasm` when
+/// missing or older than its sources (the script installs its pinned toolchain the first
+/// time). Panics with the script's output if the build fails.
+pub fn polyglot_plugin(language: &str, name: &str) -> PathBuf {
+    use std::sync::Mutex;
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let sources = repo_root().join("examples").join("plugins").join(language);
+    let out_dir = plugins_target_dir().join(language);
+    let output = out_dir.join(format!("{name}.wasm"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_source = std::fs::read_dir(sources.join(name))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| modified(&e.path()))
+        .chain(modified(&sources.join("build.sh")))
+        .max();
+    let fresh = matches!((modified(&output), newest_source), (Some(built), Some(src)) if built >= src);
+    if !fresh {
+        let result = Command::new("bash")
+            .arg(sources.join("build.sh"))
+            .arg(&out_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the {language} build script: {e}"));
+        assert!(
+            result.status.success(),
+            "building the {language} plugins failed:\n{}\n{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    assert!(
+        output.is_file(),
+        "{language} plugin {name} was not built: {}",
+        output.display()
+    );
+    output
+}

@@ -275,8 +275,8 @@ pub struct StageLoadError {
     pub pipeline: String,
     /// Stage name.
     pub stage: String,
-    /// Why.
-    #[source]
+    /// Why. Part of this error's own message, so not also its `source` (which would print
+    /// the reason twice in an error chain).
     pub error: LoadError,
 }
 
