@@ -3,9 +3,11 @@
 #
 #   tests/run.sh
 #
-# Needs rustup and cargo. Installs the wasm32-wasip2 target and clippy/rustfmt if missing, and
-# the tansu broker the Kafka tests start (built once from crates.io into $SWITCHYARD_TOOLS,
-# default ~/.cache/switchyard/tools; the first build takes about 15 minutes on 2 cores).
+# Needs rustup and cargo, python3 (with venv) and node/npm. Installs the wasm32-wasip2 target
+# and clippy/rustfmt if missing, the tansu broker the Kafka tests start (built once from
+# crates.io into $SWITCHYARD_TOOLS, default ~/.cache/switchyard/tools; the first build takes
+# about 15 minutes on 2 cores), and the pinned Python and JavaScript plugin toolchains (pip and
+# npm, into the same directory).
 # CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,11 @@ plugins_cargo fmt --all --check
 
 step "build the example plugins (wasm32-wasip2, release)"
 plugins_cargo build --release --target wasm32-wasip2
+
+step "plugins in Python and JavaScript (componentize-py 0.25.1, componentize-js 0.23.0; installed once into \$SWITCHYARD_TOOLS)"
+export SWITCHYARD_TOOLS="$tools"
+bash examples/plugins/python/build.sh "$SWITCHYARD_PLUGINS_TARGET_DIR/python"
+bash examples/plugins/javascript/build.sh "$SWITCHYARD_PLUGINS_TARGET_DIR/javascript"
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
