@@ -6,6 +6,8 @@
 //!   records with a key and a value and no headers; `noop_unkeyed/wasm`: the same without keys.
 //! - `route/wasm` vs `route/native`, `validate/wasm` vs `validate/native`.
 //! - `validate/json-schema`: the built-in JSON Schema stage checking the same fields.
+//! - `route/python`, `route/javascript`, `validate/python`, `validate/javascript`: the same
+//!   plugins written in those languages, at batch 256.
 //!
 //! Run: `cargo bench -p switchyard-tests --bench plugin_throughput`, then
 //! `python3 tests/bench_report.py` to print the table for BENCHMARKS.md.
@@ -139,6 +141,50 @@ fn bench_schema(c: &mut Criterion) {
     g.finish();
 }
 
+/// `route` and `validate` written in Python and JavaScript, at batch 256 (their components are
+/// built by `examples/plugins/<language>/build.sh` when missing).
+fn bench_polyglot(c: &mut Criterion) {
+    for (plugin, config) in [
+        ("route", &[][..]),
+        ("validate", &[("required", REQUIRED)][..]),
+    ] {
+        let mut g = c.benchmark_group(plugin);
+        for language in ["python", "javascript"] {
+            let path = switchyard_tests::polyglot_plugin(language, plugin);
+            let bytes = std::fs::read(&path).expect("component");
+            let stage = StageSpec {
+                name: plugin.into(),
+                module: engine().load(&bytes).expect("loads"),
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                limits: StageLimits::default(),
+            };
+            let spec = ChainSpec::new(
+                "bench",
+                vec!["standard".into(), "urgent".into(), "errors".into()],
+                "standard",
+                vec![stage],
+            )
+            .expect("valid chain");
+            let mut runner = ChainRunner::new(engine(), Arc::new(spec), HostServices::default())
+                .expect("instantiates");
+            let n = 256;
+            g.throughput(Throughput::Elements(n as u64));
+            let records = host_records(n, true);
+            g.bench_with_input(BenchmarkId::new(language, n), &n, |b, _| {
+                b.iter_batched(
+                    || records.clone(),
+                    |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        g.finish();
+    }
+}
+
 fn plugins(c: &mut Criterion) {
     let size = event(1).len();
     eprintln!("event size: {size} bytes, e.g. {}", event(1));
@@ -149,6 +195,7 @@ fn plugins(c: &mut Criterion) {
     bench_wasm(c, "validate", "validate", &[("required", REQUIRED)], true);
     bench_native::<validate::Validate>(c, "validate", &[("required", REQUIRED)]);
     bench_schema(c);
+    bench_polyglot(c);
 }
 
 criterion_group! {
