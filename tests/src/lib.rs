@@ -197,7 +197,8 @@ pub fn polyglot_plugin(language: &str, name: &str) -> PathBuf {
         .filter_map(|e| modified(&e.path()))
         .chain(modified(&sources.join("build.sh")))
         .max();
-    let fresh = matches!((modified(&output), newest_source), (Some(built), Some(src)) if built >= src);
+    let fresh =
+        matches!((modified(&output), newest_source), (Some(built), Some(src)) if built >= src);
     if !fresh {
         let result = Command::new("bash")
             .arg(sources.join("build.sh"))
