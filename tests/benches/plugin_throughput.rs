@@ -29,7 +29,11 @@ const BATCH_SIZES: [usize; 3] = [1, 16, 256];
 const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
 
 fn wasm_runner(plugin: &str, config: &[(&str, &str)]) -> ChainRunner {
-    let stage = stage(plugin, plugin, config);
+    one_stage_runner(stage(plugin, plugin, config))
+}
+
+/// A chain of one stage, with the routes the example plugins use.
+fn one_stage_runner(stage: StageSpec) -> ChainRunner {
     let spec = ChainSpec::new(
         "bench",
         vec!["standard".into(), "urgent".into(), "errors".into()],
@@ -38,6 +42,28 @@ fn wasm_runner(plugin: &str, config: &[(&str, &str)]) -> ChainRunner {
     )
     .expect("valid chain");
     ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
+}
+
+/// Times `runner` over a batch of `n` records (with keys if `keyed`), as `group/id/n`.
+fn bench_runner(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    n: usize,
+    keyed: bool,
+    runner: &mut ChainRunner,
+) {
+    g.throughput(Throughput::Elements(n as u64));
+    let records = host_records(n, keyed);
+    g.bench_with_input(BenchmarkId::new(id, n), &n, |b, _| {
+        b.iter_batched(
+            || records.clone(),
+            // The deliveries are dropped inside the timed region, as the router frees them once
+            // produced: keeping them alive across iterations would time page faults of
+            // ever-fresh memory instead of the runtime.
+            |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 fn host_records(n: usize, keyed: bool) -> Vec<InputRecord> {
@@ -71,18 +97,7 @@ fn bench_wasm(c: &mut Criterion, group: &str, plugin: &str, config: &[(&str, &st
     let mut g = c.benchmark_group(group);
     let mut runner = wasm_runner(plugin, config);
     for n in BATCH_SIZES {
-        g.throughput(Throughput::Elements(n as u64));
-        let records = host_records(n, keyed);
-        g.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
-            b.iter_batched(
-                || records.clone(),
-                // The deliveries are dropped inside the timed region, as the router frees
-                // them once produced: keeping them alive across iterations would time page
-                // faults of ever-fresh memory instead of the runtime.
-                |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
-                BatchSize::SmallInput,
-            )
-        });
+        bench_runner(&mut g, "wasm", n, keyed, &mut runner);
     }
     g.finish();
 }
@@ -122,21 +137,10 @@ fn bench_schema(c: &mut Criterion) {
         config: Vec::new(),
         limits: StageLimits::default(),
     };
-    let spec = ChainSpec::new("bench", vec!["standard".into()], "standard", vec![stage])
-        .expect("valid chain");
-    let mut runner =
-        ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates");
+    let mut runner = one_stage_runner(stage);
     let mut g = c.benchmark_group("validate");
     for n in BATCH_SIZES {
-        g.throughput(Throughput::Elements(n as u64));
-        let records = host_records(n, true);
-        g.bench_with_input(BenchmarkId::new("json-schema", n), &n, |b, _| {
-            b.iter_batched(
-                || records.clone(),
-                |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
-                BatchSize::SmallInput,
-            )
-        });
+        bench_runner(&mut g, "json-schema", n, true, &mut runner);
     }
     g.finish();
 }
@@ -161,25 +165,7 @@ fn bench_polyglot(c: &mut Criterion) {
                     .collect(),
                 limits: StageLimits::default(),
             };
-            let spec = ChainSpec::new(
-                "bench",
-                vec!["standard".into(), "urgent".into(), "errors".into()],
-                "standard",
-                vec![stage],
-            )
-            .expect("valid chain");
-            let mut runner = ChainRunner::new(engine(), Arc::new(spec), HostServices::default())
-                .expect("instantiates");
-            let n = 256;
-            g.throughput(Throughput::Elements(n as u64));
-            let records = host_records(n, true);
-            g.bench_with_input(BenchmarkId::new(language, n), &n, |b, _| {
-                b.iter_batched(
-                    || records.clone(),
-                    |batch| drop(black_box(runner.process("events", 0, batch).expect("runs"))),
-                    BatchSize::SmallInput,
-                )
-            });
+            bench_runner(&mut g, language, 256, true, &mut one_stage_runner(stage));
         }
         g.finish();
     }
