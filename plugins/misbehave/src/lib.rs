@@ -215,6 +215,39 @@ fn probe() -> Value {
 
 switchyard_plugin_sdk::export!(Misbehave);
 
+/// Times `n` lookups one by one, and the clock alone, and returns their percentiles.
+fn lookup_timing(table: &str, prefix: &str, keys: u64, n: u64) -> Value {
+    let mut key = String::with_capacity(prefix.len() + 8);
+    let mut times = Vec::with_capacity(n as usize);
+    let mut clock = Vec::with_capacity(n as usize);
+    let mut found = 0u64;
+    for i in 0..n {
+        key.clear();
+        key.push_str(prefix);
+        key.push_str(&format!("{:05}", i % keys));
+        let started = Instant::now();
+        let value = host::lookup(table, key.as_bytes());
+        times.push(started.elapsed().as_nanos() as u64);
+        found += u64::from(black_box(value).is_some());
+        let started = Instant::now();
+        clock.push(black_box(started).elapsed().as_nanos() as u64);
+    }
+    times.sort_unstable();
+    clock.sort_unstable();
+    let at = |v: &[u64], p: f64| -> u64 {
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    json!({
+        "n": n,
+        "found": found,
+        "ns": {"p50": at(&times, 0.5), "p99": at(&times, 0.99), "p999": at(&times, 0.999), "max": times.last().copied().unwrap_or(0)},
+        "clock_ns": {"p50": at(&clock, 0.5), "p99": at(&clock, 0.99)},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use switchyard_plugin_sdk::testing;
@@ -366,37 +399,4 @@ mod tests {
             .with_header("partition", "2");
         assert_eq!(verdicts, [Verdict::emit_one(expected)]);
     }
-}
-
-/// Times `n` lookups one by one, and the clock alone, and returns their percentiles.
-fn lookup_timing(table: &str, prefix: &str, keys: u64, n: u64) -> Value {
-    let mut key = String::with_capacity(prefix.len() + 8);
-    let mut times = Vec::with_capacity(n as usize);
-    let mut clock = Vec::with_capacity(n as usize);
-    let mut found = 0u64;
-    for i in 0..n {
-        key.clear();
-        key.push_str(prefix);
-        key.push_str(&format!("{:05}", i % keys));
-        let started = Instant::now();
-        let value = host::lookup(table, key.as_bytes());
-        times.push(started.elapsed().as_nanos() as u64);
-        found += u64::from(black_box(value).is_some());
-        let started = Instant::now();
-        clock.push(black_box(started).elapsed().as_nanos() as u64);
-    }
-    times.sort_unstable();
-    clock.sort_unstable();
-    let at = |v: &[u64], p: f64| -> u64 {
-        if v.is_empty() {
-            return 0;
-        }
-        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
-    };
-    json!({
-        "n": n,
-        "found": found,
-        "ns": {"p50": at(&times, 0.5), "p99": at(&times, 0.99), "p999": at(&times, 0.999), "max": times.last().copied().unwrap_or(0)},
-        "clock_ns": {"p50": at(&clock, 0.5), "p99": at(&clock, 0.99)},
-    })
 }
