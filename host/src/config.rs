@@ -318,6 +318,10 @@ pub struct PipelineConfig {
     /// Format of dead-letter records (default `headers`).
     #[serde(default = "default_dlq_format")]
     pub dead_letter_format: DeadLetterFormat,
+    /// Whether routed records carry the provenance headers `switchyard-pipeline` and
+    /// `switchyard-versions` (default true). Dead letters always carry theirs.
+    #[serde(default = "default_true")]
+    pub provenance_headers: bool,
     /// Records per plugin call (default 256).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -395,6 +399,9 @@ fn default_start() -> StartPosition {
 }
 fn default_dlq_format() -> DeadLetterFormat {
     DeadLetterFormat::Headers
+}
+fn default_true() -> bool {
+    true
 }
 fn default_batch_size() -> usize {
     DEFAULT_BATCH_SIZE

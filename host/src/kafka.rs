@@ -9,6 +9,7 @@
 //! | client   | setting              | default           | why |
 //! |----------|----------------------|-------------------|-----|
 //! | consumer | `fetch.wait.max.ms`  | `10`              | a fetch returns within 10 ms even when the broker holds it (librdkafka: 500) |
+//! | consumer | `fetch.queue.backoff.ms` | `10`          | a router briefly behind its prefetched records fetches again within 10 ms, not 1 s (librdkafka: 1000) |
 //! | consumer | `session.timeout.ms` | `10000`           | a dead router's partitions move to the others within 10 s (librdkafka: 45000) |
 //! | producer | `enable.idempotence` | `true`            | broker retries neither duplicate nor reorder; implies `acks=all` |
 //! | producer | `acks`               | `all`             | an output counts as written only when every in-sync replica has it |
@@ -37,6 +38,10 @@ pub fn consumer_config(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> Client
     };
     config
         .set("fetch.wait.max.ms", "10")
+        // When the records fetched ahead pass librdkafka's queue thresholds it stops fetching
+        // for this long (default 1000 ms). A router that is briefly behind then runs dry for
+        // up to a second: on a backlog this alone cut throughput by 40%.
+        .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", "10000")
         .set("client.id", format!("switchyard-{}", pipeline.name));
     for (key, value) in &kafka.consumer {

@@ -103,13 +103,7 @@ impl PipelineHandle {
 
     /// A router for `spec` with this pipeline's topics.
     pub fn router_for(&self, spec: &ChainSpec) -> anyhow::Result<Router> {
-        Router::new(
-            spec,
-            &self.config.routes,
-            &self.config.dead_letter_topic,
-            self.config.dead_letter_format,
-        )
-        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", self.config.name))
+        router_for(&self.config, spec)
     }
 }
 
@@ -179,13 +173,7 @@ impl Pipeline {
             ChainSpec::new(&config.name, routes, &config.default_route, stages)
                 .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?,
         );
-        let router = Router::new(
-            &spec,
-            &config.routes,
-            &config.dead_letter_topic,
-            config.dead_letter_format,
-        )
-        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
+        let router = router_for(&config, &spec)?;
         // One throwaway chain: every stage's init runs now, with its real config.
         ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
         let routes = spec.routes().to_vec();
@@ -702,6 +690,22 @@ impl Worker {
             self.sink.send(out, ticket);
         }
     }
+}
+
+/// The route table of `config` for `spec`.
+fn router_for(config: &PipelineConfig, spec: &ChainSpec) -> anyhow::Result<Router> {
+    let router = Router::new(
+        spec,
+        &config.routes,
+        &config.dead_letter_topic,
+        config.dead_letter_format,
+    )
+    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
+    Ok(if config.provenance_headers {
+        router
+    } else {
+        router.without_provenance()
+    })
 }
 
 /// Waits until every table is loaded and caught up with its topic, so that no record is

@@ -59,6 +59,8 @@ pub struct Router {
     dead_letter_topic: Arc<str>,
     format: DeadLetterFormat,
     versions: Vec<u8>,
+    /// Whether routed records get the provenance headers.
+    provenance: bool,
 }
 
 impl Router {
@@ -91,7 +93,15 @@ impl Router {
             dead_letter_topic: Arc::from(dead_letter_topic),
             format,
             versions: versions.into_bytes(),
+            provenance: true,
         })
+    }
+
+    /// The same table, writing routed records without the provenance headers (the pipeline's
+    /// `provenance_headers = false`). Dead letters keep theirs.
+    pub fn without_provenance(mut self) -> Self {
+        self.provenance = false;
+        self
     }
 
     /// The outgoing record for one delivery. `now_ms` stamps dead letters.
@@ -120,8 +130,10 @@ impl Router {
             mut headers,
             ..
         } = record;
-        headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
-        headers.push(header(VERSIONS_HEADER, &self.versions));
+        if self.provenance {
+            headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
+            headers.push(header(VERSIONS_HEADER, &self.versions));
+        }
         Outgoing {
             topic: self.topic(route),
             key,

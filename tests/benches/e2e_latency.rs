@@ -18,98 +18,15 @@
 //! # MAX_RATE (default 0: off) adds the saturation phase
 //! ```
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use switchyard_tests::e2e::{
-    PARTITIONS, Run, env_u64, latency_run, peak_rss_mib, percentiles, producer, send,
+    PARTITIONS, Run, env_u64, latency_run, peak_rss_mib, percentiles, run_as_passthrough,
+    start_passthrough, start_switchyard,
 };
 use switchyard_tests::kafka::Broker;
-use switchyard_tests::pipelines::{ADMIN_EPHEMERAL, pipeline_toml, scratch_dir, write_file};
-use switchyard_tests::router_process::RouterProcess;
-
-/// The passthrough, when this bench runs as its own child.
-fn passthrough(bootstrap: &str, input: &str, output: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("passthrough-{input}"))
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .set("session.timeout.ms", "10000")
-        .set("log_level", "3")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[input]).expect("subscribe");
-    let p = producer(bootstrap);
-    loop {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
-            send(
-                &p,
-                output,
-                m.key().unwrap_or_default(),
-                m.payload().unwrap_or_default(),
-            );
-        }
-    }
-}
-
-fn start_passthrough(bootstrap: &str, input: &str, output: &str) -> Child {
-    let mut command = Command::new(std::env::current_exe().expect("own path"));
-    // SAFETY: prctl in the forked child before exec only sets a flag of that child: the
-    // passthrough dies with the bench.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    command
-        .env("E2E_PASSTHROUGH", format!("{bootstrap},{input},{output}"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("passthrough starts")
-}
-
-/// A router with the route plugin; with `one_topic`, every route writes to `{prefix}-standard`
-/// (the same plugin work, but one output topic like the passthrough).
-fn start_switchyard(bootstrap: &str, input: &str, prefix: &str, one_topic: bool) -> RouterProcess {
-    let dir = scratch_dir(prefix);
-    let topic = |route: &str| {
-        if one_topic {
-            format!("{prefix}-standard")
-        } else {
-            format!("{prefix}-{route}")
-        }
-    };
-    let text = format!(
-        "[kafka]\nbrokers = \"{bootstrap}\"\n{ADMIN_EPHEMERAL}\n{}",
-        pipeline_toml(
-            prefix,
-            input,
-            &[
-                ("standard", &topic("standard")),
-                ("urgent", &topic("urgent")),
-                ("errors", &topic("errors")),
-            ],
-            &format!("{prefix}-dlq"),
-            &[("route", "route", &[])],
-            // tansu cannot resume a fetch inside a batch, so the router must never pause:
-            // at 10,000 records/s far fewer than this are ever in flight.
-            "max_in_flight = 100000",
-        )
-    );
-    let config = write_file(&dir, "switchyard.toml", &text);
-    let path = config.to_str().expect("path").to_owned();
-    RouterProcess::start(&["run", "--config", &path]).expect("switchyard starts")
-}
 
 fn main() {
-    if let Ok(spec) = std::env::var("E2E_PASSTHROUGH") {
-        let parts: Vec<&str> = spec.split(',').collect();
-        passthrough(parts[0], parts[1], parts[2]);
+    if run_as_passthrough() {
         return;
     }
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -162,7 +79,7 @@ fn main() {
     let _ = pt.wait();
 
     eprintln!("switchyard at {rate}/s ...");
-    let mut sy = start_switchyard(&b, "sy-in", "sy", false);
+    let mut sy = start_switchyard(&b, "sy-in", "sy", false, "");
     std::thread::sleep(Duration::from_secs(2));
     let sy_run = latency_run(&b, "sy-in", &sy_out, rate, warmup, secs);
     let sy_rss = peak_rss_mib(sy.pid());
@@ -176,7 +93,7 @@ fn main() {
     // The same router writing one output topic: separates the cost of fanning out to more
     // topics (more, smaller produce batches; more partitions to fetch) from Switchyard's own.
     eprintln!("switchyard, one output topic, at {rate}/s ...");
-    let mut sy1 = start_switchyard(&b, "sy1-in", "sy1", true);
+    let mut sy1 = start_switchyard(&b, "sy1-in", "sy1", true, "");
     std::thread::sleep(Duration::from_secs(2));
     let sy1_run = latency_run(
         &b,
@@ -202,7 +119,7 @@ fn main() {
         let pt_max = latency_run(&b, "pt3-in", &["pt3-out"], max_rate, warmup, secs);
         let _ = pt3.kill();
         let _ = pt3.wait();
-        let mut sy3 = start_switchyard(&b, "sy3-in", "sy3", false);
+        let mut sy3 = start_switchyard(&b, "sy3-in", "sy3", false, "");
         std::thread::sleep(Duration::from_secs(2));
         let sy_max = latency_run(&b, "sy3-in", &sy3_out, max_rate, warmup, secs);
         let sy3_rss = peak_rss_mib(sy3.pid());

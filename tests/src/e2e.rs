@@ -4,10 +4,13 @@
 //! a process's peak RSS.
 
 use crate::event;
+use crate::pipelines::{ADMIN_EPHEMERAL, pipeline_toml, scratch_dir, write_file};
+use crate::router_process::RouterProcess;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -222,4 +225,147 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The environment variable that makes a bench executable run the passthrough instead.
+const PASSTHROUGH_ENV: &str = "E2E_PASSTHROUGH";
+
+/// The passthrough: a plain consume -> produce loop with Switchyard's client settings and no
+/// WebAssembly, the floor for any router. With `headers`, every output also carries two
+/// headers the size of Switchyard's provenance headers. Runs forever.
+fn passthrough(bootstrap: &str, input: &str, output: &str, headers: bool) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("passthrough-{input}"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let p = producer(bootstrap);
+    let versions = format!("route={}", "0".repeat(64));
+    loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            let mut record = BaseRecord::<[u8], [u8]>::to(output)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            if headers {
+                record = record.headers(
+                    rdkafka::message::OwnedHeaders::new_with_capacity(2)
+                        .insert(rdkafka::message::Header {
+                            key: "switchyard-pipeline",
+                            value: Some(input),
+                        })
+                        .insert(rdkafka::message::Header {
+                            key: "switchyard-versions",
+                            value: Some(&versions),
+                        }),
+                );
+            }
+            loop {
+                match p.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Call first in a bench's `main`: true if this process was started by [`start_passthrough`]
+/// (it then ran the passthrough, and the bench must return).
+pub fn run_as_passthrough() -> bool {
+    let Ok(spec) = std::env::var(PASSTHROUGH_ENV) else {
+        return false;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    passthrough(
+        parts[0],
+        parts[1],
+        parts[2],
+        parts.get(3) == Some(&"headers"),
+    );
+    true
+}
+
+/// The passthrough in its own process (this executable again), killed with its parent.
+pub fn start_passthrough(bootstrap: &str, input: &str, output: &str) -> Child {
+    start_passthrough_with(bootstrap, input, output, false)
+}
+
+/// [`start_passthrough`], with or without Switchyard-sized provenance headers on every output.
+pub fn start_passthrough_with(bootstrap: &str, input: &str, output: &str, headers: bool) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    // SAFETY: prctl in the forked child before exec only sets a flag of that child: the
+    // passthrough dies with the bench.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+        .env(
+            PASSTHROUGH_ENV,
+            format!(
+                "{bootstrap},{input},{output},{}",
+                if headers { "headers" } else { "plain" }
+            ),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("passthrough starts")
+}
+
+/// A router with the route plugin reading `input` and writing `{prefix}-standard`,
+/// `-urgent`, `-errors` and `-dlq`; with `one_topic`, every route writes to
+/// `{prefix}-standard` (the same plugin work, but one output topic like the passthrough).
+/// `extra` is added to the pipeline table.
+pub fn start_switchyard(
+    bootstrap: &str,
+    input: &str,
+    prefix: &str,
+    one_topic: bool,
+    extra: &str,
+) -> RouterProcess {
+    let dir = scratch_dir(prefix);
+    let topic = |route: &str| {
+        if one_topic {
+            format!("{prefix}-standard")
+        } else {
+            format!("{prefix}-{route}")
+        }
+    };
+    // Extra `[kafka]` lines for experiments, e.g. SY_KAFKA='[kafka.producer]\n"linger.ms" = "5"'.
+    let kafka_extra = std::env::var("SY_KAFKA")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
+    let text = format!(
+        "[kafka]\nbrokers = \"{bootstrap}\"\n{kafka_extra}\n{ADMIN_EPHEMERAL}\n{}",
+        pipeline_toml(
+            prefix,
+            input,
+            &[
+                ("standard", &topic("standard")),
+                ("urgent", &topic("urgent")),
+                ("errors", &topic("errors")),
+            ],
+            &format!("{prefix}-dlq"),
+            &[("route", "route", &[])],
+            // tansu cannot resume a fetch inside a batch, so the router must never pause:
+            // far fewer than this are ever in flight (the ring's lanes and librdkafka's
+            // queue bound them first, and those block instead of pausing).
+            &format!("max_in_flight = 1000000\n{extra}"),
+        )
+    );
+    let config = write_file(&dir, "switchyard.toml", &text);
+    let path = config.to_str().expect("path").to_owned();
+    RouterProcess::start(&["run", "--config", &path]).expect("switchyard starts")
 }

@@ -202,6 +202,14 @@ impl Broker {
         &self.bootstrap
     }
 
+    /// tansu's process id (`None` for the mock cluster).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Tansu { child, .. } => child.lock().ok().map(|c| c.id()),
+            Kind::Mock(_) => None,
+        }
+    }
+
     /// The mock cluster, for fault injection.
     pub fn mock_cluster(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
         match &self.kind {

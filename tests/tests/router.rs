@@ -97,6 +97,31 @@ fn routed_records_keep_key_headers_timestamp_and_gain_provenance() {
 }
 
 #[test]
+fn provenance_headers_can_be_turned_off_for_routed_records_only() {
+    let router = Router::new(&spec(), &topics(), "orders-dlq", DeadLetterFormat::Headers)
+        .expect("router")
+        .without_provenance();
+    let out = router.route(
+        SOURCE,
+        Destination::Route {
+            route: RouteId(1),
+            record: original(),
+        },
+        5,
+    );
+    assert_eq!(&*out.topic, "orders-urgent");
+    let keys: Vec<&str> = out.headers.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, ["trace"], "only the record's own headers");
+    // A dead letter still says where it came from and why.
+    let dead = router.route(SOURCE, dead(), 1_700_000_999_000);
+    assert_eq!(header(&dead.headers, "switchyard-pipeline"), Some("orders"));
+    assert_eq!(
+        header(&dead.headers, "switchyard-dlq-reason"),
+        Some("missing field user_id")
+    );
+}
+
+#[test]
 fn dead_letters_in_headers_keep_the_record_and_say_why() {
     let router =
         Router::new(&spec(), &topics(), "orders-dlq", DeadLetterFormat::Headers).expect("router");

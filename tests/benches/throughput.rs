@@ -1,0 +1,295 @@
+//! Maximum sustained throughput: how fast each path drains a backlog, on a real
+//! Kafka-protocol broker (tansu), against a native passthrough measured in the same run.
+//!
+//! For each round and path, on a fresh broker: `RECORDS` events are written to a 4-partition
+//! input topic first (nothing else running), then the path starts from the earliest offset and the bench
+//! follows the output topics' high watermarks (a metadata request every 50 ms; no consumer
+//! competes for the CPU). The rate is taken between 10% and 90% of the records written
+//! out, which leaves out start-up (group join, plugin load) and the tail. CPU is the path's
+//! own user + system time over the same span, per record: a figure the shared machine's
+//! noise moves much less than the rate.
+//!
+//! Paths:
+//! - **passthrough**: a plain Rust consume -> produce loop (Switchyard's client settings, no
+//!   WebAssembly, no commit tracking), the floor for any router;
+//! - **switchyard**: the release binary with the `route` plugin, three route topics and a
+//!   dead-letter topic, as in `e2e_latency`.
+//!
+//! ```sh
+//! cargo bench -p switchyard-tests --bench throughput
+//! RECORDS=1000000 ROUNDS=3 PATHS=pt,sy,sy1 cargo bench -p switchyard-tests --bench throughput
+//! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
+//! SY_EXTRA='workers = 1' PATHS=sy cargo bench -p switchyard-tests --bench throughput
+//! ```
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
+use std::time::{Duration, Instant};
+use switchyard_tests::e2e::{
+    PARTITIONS, env_u64, peak_rss_mib, producer, run_as_passthrough, send, stamped,
+    start_passthrough_with, start_switchyard,
+};
+use switchyard_tests::kafka::Broker;
+
+/// Writes `n` events to `topic` as fast as the broker takes them.
+fn preload(bootstrap: &str, topic: &str, n: u64) -> Duration {
+    let started = Instant::now();
+    let p = producer(bootstrap);
+    for i in 0..n {
+        let key = format!("user-{:05}", i % 10_000);
+        send(&p, topic, key.as_bytes(), stamped(i).as_bytes());
+    }
+    p.flush(Duration::from_secs(120)).expect("preload flushed");
+    started.elapsed()
+}
+
+/// The sum of the high watermarks of `topics`.
+fn written(consumer: &BaseConsumer, topics: &[String]) -> i64 {
+    let mut total = 0;
+    for t in topics {
+        for p in 0..PARTITIONS {
+            if let Ok((_, high)) = consumer.fetch_watermarks(t, p, Duration::from_secs(5)) {
+                total += high;
+            }
+        }
+    }
+    total
+}
+
+/// User + system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+struct Drain {
+    /// Records per second between 10% and 90%.
+    rate: f64,
+    /// CPU µs per record over the same span.
+    cpu_us: f64,
+    /// The broker's CPU µs per record over the same span.
+    broker_cpu_us: f64,
+    /// Records written out in the end (every one, or the run timed out).
+    out: i64,
+    peak_rss_mib: f64,
+}
+
+/// Follows `outputs` until `n` records are out (or `timeout`), measuring `pid`.
+fn follow(
+    consumer: &BaseConsumer,
+    outputs: &[String],
+    n: u64,
+    pid: u32,
+    broker_pid: u32,
+    timeout: Duration,
+) -> Drain {
+    let (lo, hi) = ((n / 10) as i64, (n * 9 / 10) as i64);
+    let deadline = Instant::now() + timeout;
+    let mut start: Option<(Instant, i64, f64, f64)> = None;
+    let mut end: Option<(Instant, i64, f64, f64)> = None;
+    let mut out = 0;
+    // tansu's high watermark can stay a little short of the records written (it seems to
+    // leave out part of the last batch), so a path is also done once its output stops
+    // growing for 3 s past the 90% mark.
+    let mut last_change = (Instant::now(), 0);
+    while Instant::now() < deadline {
+        out = written(consumer, outputs);
+        let now = Instant::now();
+        if out != last_change.1 {
+            last_change = (now, out);
+        } else if end.is_some() && now.duration_since(last_change.0) >= Duration::from_secs(3) {
+            break;
+        }
+        if start.is_none() && out >= lo {
+            start = Some((now, out, cpu_seconds(pid), cpu_seconds(broker_pid)));
+        }
+        if end.is_none() && out >= hi {
+            end = Some((now, out, cpu_seconds(pid), cpu_seconds(broker_pid)));
+        }
+        if out >= n as i64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak_rss_mib = peak_rss_mib(pid);
+    let (rate, cpu_us, broker_cpu_us) = match (start, end) {
+        (Some((t0, n0, c0, b0)), Some((t1, n1, c1, b1))) if n1 > n0 => {
+            let records = (n1 - n0) as f64;
+            (
+                records / t1.duration_since(t0).as_secs_f64(),
+                (c1 - c0) * 1e6 / records,
+                (b1 - b0) * 1e6 / records,
+            )
+        }
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    Drain {
+        rate,
+        cpu_us,
+        broker_cpu_us,
+        out,
+        peak_rss_mib,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    if run_as_passthrough() {
+        return;
+    }
+    let n = env_u64("RECORDS", 1_000_000);
+    let rounds = env_u64("ROUNDS", 3);
+    let timeout = Duration::from_secs(env_u64("TIMEOUT_S", 300));
+    // Extra pipeline settings for the routers, for experiments (e.g. `workers = 1`).
+    let sy_extra = format!(
+        "start = \"earliest\"\n{}",
+        std::env::var("SY_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n")
+    );
+
+    let paths: Vec<String> = std::env::var("PATHS")
+        .unwrap_or_else(|_| "pt,sy,sy1".into())
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .collect();
+    // Per path: (round, drain) for every round.
+    let mut results: Vec<(String, Vec<Drain>)> =
+        paths.iter().map(|p| (p.clone(), Vec::new())).collect();
+    for round in 1..=rounds {
+        for (path, drains) in results.iter_mut() {
+            let prefix = format!("{path}r{round}");
+            let input = format!("{prefix}-in");
+            let outputs: Vec<String> = if path.starts_with("pt") {
+                vec![format!("{prefix}-standard")]
+            } else {
+                ["standard", "urgent", "errors", "dlq"]
+                    .iter()
+                    .map(|s| format!("{prefix}-{s}"))
+                    .collect()
+            };
+            // A fresh broker for every run: tansu's in-memory storage gets slower as it fills
+            // (its CPU per record doubled from one run to the next on a shared broker), which
+            // would favour whichever path runs first.
+            let broker = Broker::tansu().expect("tansu starts");
+            let b = broker.bootstrap().to_owned();
+            let watcher: BaseConsumer = broker.client_config().create().expect("watcher");
+            let broker_pid = broker.pid().expect("tansu's pid");
+            let mut topics = vec![input.clone()];
+            topics.extend(outputs.iter().cloned());
+            let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
+            broker.create_topics(&specs).expect("topics");
+
+            eprintln!("round {round}, {path}: preloading {n} records ...");
+            let took = preload(&b, &input, n);
+            eprintln!(
+                "  {:.0} records/s; draining ...",
+                n as f64 / took.as_secs_f64()
+            );
+            let drain = match path.as_str() {
+                "pt" | "pth" => {
+                    let mut pt = start_passthrough_with(&b, &input, &outputs[0], path == "pth");
+                    let drain = follow(&watcher, &outputs, n, pt.id(), broker_pid, timeout);
+                    let _ = pt.kill();
+                    let _ = pt.wait();
+                    drain
+                }
+                "sy" | "sy1" | "syn" | "sy1n" => {
+                    let extra = if path.ends_with('n') {
+                        format!("{sy_extra}\nprovenance_headers = false")
+                    } else {
+                        sy_extra.clone()
+                    };
+                    let mut router =
+                        start_switchyard(&b, &input, &prefix, path.starts_with("sy1"), &extra);
+                    let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
+                    let _ = router.sigterm();
+                    let _ = router.wait(Duration::from_secs(30));
+                    if drain.out < n as i64 * 99 / 100 {
+                        eprintln!("switchyard log:\n{}", router.log());
+                    }
+                    drain
+                }
+                other => panic!("unknown path {other:?}: PATHS takes pt, pth, sy, syn, sy1, sy1n"),
+            };
+            eprintln!(
+                "  {:.0} records/s, CPU µs/record: {:.2} (broker {:.2})",
+                drain.rate, drain.cpu_us, drain.broker_cpu_us
+            );
+            drains.push(drain);
+        }
+    }
+    let names = |p: &str| match p {
+        "pt" => "passthrough (no WASM)",
+        "pth" => "passthrough + 2 provenance headers",
+        "sy" => "switchyard + route, 3 route topics",
+        "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
+        "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",
+        _ => "switchyard + route, 1 output topic",
+    };
+    let passthrough: Option<&Vec<Drain>> = results.iter().find(|(p, _)| p == "pt").map(|(_, d)| d);
+    let mut rows = Vec::new();
+    let mut summary = Vec::new();
+    for (path, drains) in &results {
+        let mut ratios = Vec::new();
+        for (i, d) in drains.iter().enumerate() {
+            let ratio = passthrough
+                .and_then(|pt| pt.get(i))
+                .map(|pt| d.rate / pt.rate);
+            if let Some(r) = ratio {
+                ratios.push(r);
+            }
+            rows.push(format!(
+                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {} | {:.0} |",
+                i + 1,
+                names(path),
+                d.rate,
+                ratio.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r)),
+                d.cpu_us,
+                d.broker_cpu_us,
+                d.out,
+                d.peak_rss_mib
+            ));
+        }
+        summary.push(format!(
+            "| {} | {:.0} | {} | {:.2} | {:.2} |",
+            names(path),
+            median(drains.iter().map(|d| d.rate).collect()),
+            if ratios.is_empty() {
+                "-".into()
+            } else {
+                format!("**{:.0}%**", 100.0 * median(ratios))
+            },
+            median(drains.iter().map(|d| d.cpu_us).collect()),
+            median(drains.iter().map(|d| d.broker_cpu_us).collect()),
+        ));
+    }
+    let report = format!(
+        "drain of {n} records per path and round, {PARTITIONS} partitions, tansu in memory\n\n\
+         | round | path | records/s | of the passthrough | CPU µs/record | broker CPU µs/record | records out | peak RSS MiB |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
+         medians:\n\n\
+         | path | records/s | of the passthrough | CPU µs/record | broker CPU µs/record |\n|---|---:|---:|---:|---:|\n{}\n\n\
+         target: switchyard at least 90% of the passthrough\n",
+        rows.join("\n"),
+        summary.join("\n"),
+    );
+    println!("{report}");
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let _ = std::fs::write(format!("{target}/throughput.md"), &report);
+}
