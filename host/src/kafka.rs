@@ -129,3 +129,38 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod defaults_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(kafka_extra: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-kafka-defaults-{}-{}",
+            std::process::id(),
+            kafka_extra.len()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("s.json"), "{}").expect("schema");
+        let text = format!(
+            "[kafka]\nbrokers = \"b:9092\"\n{kafka_extra}\n\
+             [[pipeline]]\nname = \"p\"\ntopics = [\"in\"]\ndefault_route = \"out\"\n\
+             dead_letter_topic = \"dlq\"\n[pipeline.routes]\nout = \"out-topic\"\n\
+             [[pipeline.stage]]\nname = \"schema\"\njson_schema = \"s.json\"\n"
+        );
+        Config::parse(&text, &dir, &|_| None).expect("config")
+    }
+
+    #[test]
+    fn the_consumer_refetches_within_10_ms_unless_told_otherwise() {
+        let c = parse("");
+        let consumer = consumer_config(&c.kafka, &c.pipelines[0]);
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        let c = parse("[kafka.consumer]\n\"fetch.queue.backoff.ms\" = \"250\"\n");
+        let consumer = consumer_config(&c.kafka, &c.pipelines[0]);
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("250"));
+    }
+}

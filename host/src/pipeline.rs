@@ -173,7 +173,7 @@ impl Pipeline {
             ChainSpec::new(&config.name, routes, &config.default_route, stages)
                 .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?,
         );
-        let router = router_for(&config, &spec)?;
+        let router = router_for(config, &spec)?;
         // One throwaway chain: every stage's init runs now, with its real config.
         ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
         let routes = spec.routes().to_vec();
