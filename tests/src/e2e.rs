@@ -67,7 +67,14 @@ pub fn send(
     key: &[u8],
     value: &[u8],
 ) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
+    send_record(p, BaseRecord::to(topic).key(key).payload(value));
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+pub fn send_record(
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) {
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -265,15 +272,7 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, headers: bool) {
                         }),
                 );
             }
-            loop {
-                match p.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-            }
+            send_record(&p, record);
         }
     }
 }

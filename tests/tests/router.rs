@@ -7,7 +7,7 @@ use switchyard::config::DeadLetterFormat;
 use switchyard::plugin::{
     ChainSpec, DeadLetter, Destination, ErrorKind, Header, InputRecord, RecordError, RouteId,
 };
-use switchyard::router::{Router, Source};
+use switchyard::router::{Outgoing, Router, Source};
 use switchyard_tests::{module, stage};
 
 fn spec() -> ChainSpec {
@@ -66,18 +66,23 @@ const SOURCE: Source<'static> = Source {
     partition: 4,
 };
 
-#[test]
-fn routed_records_keep_key_headers_timestamp_and_gain_provenance() {
-    let router =
-        Router::new(&spec(), &topics(), "orders-dlq", DeadLetterFormat::Headers).expect("router");
-    let out = router.route(
+/// The original record, routed to route 1 (`urgent`).
+fn to_urgent(router: &Router) -> Outgoing {
+    router.route(
         SOURCE,
         Destination::Route {
             route: RouteId(1),
             record: original(),
         },
         5,
-    );
+    )
+}
+
+#[test]
+fn routed_records_keep_key_headers_timestamp_and_gain_provenance() {
+    let router =
+        Router::new(&spec(), &topics(), "orders-dlq", DeadLetterFormat::Headers).expect("router");
+    let out = to_urgent(&router);
     assert_eq!(&*out.topic, "orders-urgent");
     assert!(!out.dead_letter);
     assert_eq!(out.key.as_deref(), Some(&b"user-1"[..]));
@@ -101,14 +106,7 @@ fn provenance_headers_can_be_turned_off_for_routed_records_only() {
     let router = Router::new(&spec(), &topics(), "orders-dlq", DeadLetterFormat::Headers)
         .expect("router")
         .without_provenance();
-    let out = router.route(
-        SOURCE,
-        Destination::Route {
-            route: RouteId(1),
-            record: original(),
-        },
-        5,
-    );
+    let out = to_urgent(&router);
     assert_eq!(&*out.topic, "orders-urgent");
     let keys: Vec<&str> = out.headers.iter().map(|h| h.key.as_str()).collect();
     assert_eq!(keys, ["trace"], "only the record's own headers");

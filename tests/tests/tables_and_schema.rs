@@ -64,6 +64,22 @@ fn wait_table(url: &str, name: &str, what: &str, done: impl Fn(&Value) -> bool) 
     }
 }
 
+/// Produces `events` and reads the outputs until `total` arrived (every record so far): each
+/// must be on the enriched topic, none dead-lettered. Returns them by event id.
+fn enrich(
+    broker: &Broker,
+    events: [TestRecord; 3],
+    total: usize,
+) -> std::collections::HashMap<String, Value> {
+    broker.produce("events", events).expect("events produced");
+    let out = broker
+        .consume_all(&["enriched", "dlq"], total, SETTLE, DEADLINE)
+        .expect("consumed");
+    assert_eq!(out.len(), total, "{out:?}");
+    assert!(out.iter().all(|c| c.topic == "enriched"), "{out:?}");
+    by_id(&out)
+}
+
 /// (event id -> the enriched output) of records read from the output topic.
 fn by_id(out: &[Consumed]) -> std::collections::HashMap<String, Value> {
     out.iter()
@@ -132,18 +148,11 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     assert_eq!(plans_table["source"]["format"], "jsonl");
 
     // Phase 1: a known user, a user with no plan, an unknown user (kept, with nulls).
-    broker
-        .produce(
-            "events",
-            [event("a1", "u1"), event("a2", "u3"), event("a3", "u9")],
-        )
-        .expect("events produced");
-    let out = broker
-        .consume_all(&["enriched", "dlq"], 3, SETTLE, DEADLINE)
-        .expect("consumed");
-    assert_eq!(out.len(), 3, "{out:?}");
-    assert!(out.iter().all(|c| c.topic == "enriched"), "{out:?}");
-    let got = by_id(&out);
+    let got = enrich(
+        &broker,
+        [event("a1", "u1"), event("a2", "u3"), event("a3", "u9")],
+        3,
+    );
     assert_eq!(got["a1"]["user_name"], "Ann");
     assert_eq!(got["a1"]["user_plan"], "free");
     assert_eq!(got["a2"]["user_name"], "Cy");
@@ -168,17 +177,11 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     assert_eq!(users["tombstones"], 1);
     wait_table(&admin.url, "plans", "reloaded", |t| t["loads"] == 2);
 
-    broker
-        .produce(
-            "events",
-            [event("b1", "u1"), event("b2", "u2"), event("b3", "u3")],
-        )
-        .expect("events produced");
-    let out = broker
-        .consume_all(&["enriched", "dlq"], 6, SETTLE, DEADLINE)
-        .expect("consumed");
-    assert_eq!(out.len(), 6, "{out:?}");
-    let got = by_id(&out);
+    let got = enrich(
+        &broker,
+        [event("b1", "u1"), event("b2", "u2"), event("b3", "u3")],
+        6,
+    );
     assert_eq!(
         got["b1"]["user_name"], "Ann B",
         "the update applies to later records"
