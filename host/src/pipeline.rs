@@ -341,9 +341,9 @@ impl Pipeline {
         // empty or every HOUSEKEEPING_EVERY records, not for every record: under load the
         // loop takes each record with one clock read and a few atomics.
         let mut since_housekeeping = 0u32;
-        // Topic names as the tracker keys them, so taking a record allocates no name.
-        let mut interned: std::collections::HashMap<String, Arc<str>> =
-            std::collections::HashMap::new();
+        // The handles of the partitions records came from, so taking a record needs no
+        // lookup in the tracker (a handle found revoked is looked up again).
+        let mut handles = HandleCache::default();
         let mut now = Instant::now();
         while !stop.load(Ordering::Acquire) {
             let housekeeping = since_housekeeping >= HOUSEKEEPING_EVERY;
@@ -363,6 +363,9 @@ impl Pipeline {
                 .context()
                 .assignment_changed
                 .swap(false, Ordering::AcqRel);
+            if reassigned {
+                handles.forget_revoked();
+            }
             let operator = shared.paused.load(Ordering::Acquire);
             if (!paused && (in_flight >= max_in_flight || operator)) || (paused && reassigned) {
                 set_paused(&consumer, name, true);
@@ -374,20 +377,15 @@ impl Pipeline {
             match consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(message)) => {
                     since_housekeeping += 1;
-                    let topic = match interned.get(message.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(message.topic());
-                            interned.insert(message.topic().to_owned(), t.clone());
-                            t
-                        }
-                    };
-                    let Some(handle) =
-                        tracker.track_interned(&topic, message.partition(), message.offset())
+                    let Some(handle) = handles.get(tracker, message.topic(), message.partition())
                     else {
-                        // Not assigned, or taken already (fetched again after a seek).
+                        // Not assigned (any more).
                         continue;
                     };
+                    if !tracker.track_on(&handle, message.offset()) {
+                        // Revoked meanwhile, or taken already (fetched again after a seek).
+                        continue;
+                    }
                     PipelineCounters::add(&status.counters.consumed, 1);
                     shared.metrics.records_in.inc();
                     let record = InputRecord {
@@ -470,6 +468,42 @@ impl Pipeline {
             Some(why) => Err(anyhow::anyhow!("pipeline {name} stopped: {why}")),
             None => Ok(()),
         }
+    }
+}
+
+/// The consumer's handles of its assigned partitions: a few entries, searched in order.
+#[derive(Default)]
+struct HandleCache {
+    handles: Vec<Arc<PartitionHandle>>,
+}
+
+impl HandleCache {
+    /// The current assignment of a partition: the cached handle unless it was revoked, else
+    /// the tracker's (cached for the next record).
+    fn get(
+        &mut self,
+        tracker: &Tracker,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Arc<PartitionHandle>> {
+        let found = self
+            .handles
+            .iter()
+            .position(|h| h.partition == partition && &*h.topic == topic);
+        if let Some(i) = found {
+            if !self.handles[i].is_revoked() {
+                return Some(self.handles[i].clone());
+            }
+            self.handles.swap_remove(i);
+        }
+        let handle = tracker.handle(topic, partition)?;
+        self.handles.push(handle.clone());
+        Some(handle)
+    }
+
+    /// Drops the handles of revoked partitions (after an assignment change).
+    fn forget_revoked(&mut self) {
+        self.handles.retain(|h| !h.is_revoked());
     }
 }
 

@@ -20,6 +20,8 @@
 //! RECORDS=1000000 ROUNDS=3 PATHS=pt,sy,sy1 cargo bench -p switchyard-tests --bench throughput
 //! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
 //! SY_EXTRA='workers = 1' PATHS=sy cargo bench -p switchyard-tests --bench throughput
+//! # Two builds in the same run: a router path with `-b` runs the binary at BASELINE_BIN.
+//! BASELINE_BIN=/tmp/switchyard-before PATHS=sy-b,sy cargo bench -p switchyard-tests --bench throughput
 //! ```
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,9 +29,10 @@ use rdkafka::producer::Producer;
 use std::time::{Duration, Instant};
 use switchyard_tests::e2e::{
     PARTITIONS, env_u64, peak_rss_mib, producer, run_as_passthrough, send, stamped,
-    start_passthrough_with, start_switchyard,
+    start_passthrough_with, start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
+use switchyard_tests::router_process::switchyard_binary;
 
 /// Writes `n` events to `topic` as fast as the broker takes them.
 fn preload(bootstrap: &str, topic: &str, n: u64) -> Duration {
@@ -143,6 +146,15 @@ fn follow(
     }
 }
 
+/// Marks the rows of the build at `BASELINE_BIN`.
+fn baseline_note(path: &str) -> &'static str {
+    if path.ends_with("-b") {
+        " (baseline build)"
+    } else {
+        ""
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -209,14 +221,29 @@ fn main() {
                     let _ = pt.wait();
                     drain
                 }
-                "sy" | "sy1" | "syn" | "sy1n" => {
-                    let extra = if path.ends_with('n') {
+                sy if matches!(sy.trim_end_matches("-b"), "sy" | "sy1" | "syn" | "sy1n") => {
+                    let baseline = sy.ends_with("-b");
+                    let sy = sy.trim_end_matches("-b");
+                    let binary = if baseline {
+                        std::path::PathBuf::from(
+                            std::env::var("BASELINE_BIN").expect("a -b path needs BASELINE_BIN"),
+                        )
+                    } else {
+                        switchyard_binary().expect("switchyard builds")
+                    };
+                    let extra = if sy.ends_with('n') {
                         format!("{sy_extra}\nprovenance_headers = false")
                     } else {
                         sy_extra.clone()
                     };
-                    let mut router =
-                        start_switchyard(&b, &input, &prefix, path.starts_with("sy1"), &extra);
+                    let mut router = start_switchyard_binary(
+                        &binary,
+                        &b,
+                        &input,
+                        &prefix,
+                        sy.starts_with("sy1"),
+                        &extra,
+                    );
                     let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
                     let _ = router.sigterm();
                     let _ = router.wait(Duration::from_secs(30));
@@ -225,7 +252,10 @@ fn main() {
                     }
                     drain
                 }
-                other => panic!("unknown path {other:?}: PATHS takes pt, pth, sy, syn, sy1, sy1n"),
+                other => panic!(
+                    "unknown path {other:?}: PATHS takes pt, pth, sy, syn, sy1, sy1n \
+                     (a router path with -b runs the build at BASELINE_BIN)"
+                ),
             };
             eprintln!(
                 "  {:.0} records/s, CPU µs/record: {:.2} (broker {:.2})",
@@ -234,7 +264,7 @@ fn main() {
             drains.push(drain);
         }
     }
-    let names = |p: &str| match p {
+    let names = |p: &str| match p.trim_end_matches("-b") {
         "pt" => "passthrough (no WASM)",
         "pth" => "passthrough + 2 provenance headers",
         "sy" => "switchyard + route, 3 route topics",
@@ -267,8 +297,9 @@ fn main() {
             ));
         }
         summary.push(format!(
-            "| {} | {:.0} | {} | {:.2} | {:.2} |",
+            "| {}{} | {:.0} | {} | {:.2} | {:.2} |",
             names(path),
+            baseline_note(path),
             median(drains.iter().map(|d| d.rate).collect()),
             if ratios.is_empty() {
                 "-".into()

@@ -334,6 +334,19 @@ pub fn start_switchyard(
     one_topic: bool,
     extra: &str,
 ) -> RouterProcess {
+    let binary = crate::router_process::switchyard_binary().expect("switchyard builds");
+    start_switchyard_binary(&binary, bootstrap, input, prefix, one_topic, extra)
+}
+
+/// [`start_switchyard`] with another build of switchyard (`binary`).
+pub fn start_switchyard_binary(
+    binary: &std::path::Path,
+    bootstrap: &str,
+    input: &str,
+    prefix: &str,
+    one_topic: bool,
+    extra: &str,
+) -> RouterProcess {
     let dir = scratch_dir(prefix);
     let topic = |route: &str| {
         if one_topic {
@@ -366,5 +379,5 @@ pub fn start_switchyard(
     );
     let config = write_file(&dir, "switchyard.toml", &text);
     let path = config.to_str().expect("path").to_owned();
-    RouterProcess::start(&["run", "--config", &path]).expect("switchyard starts")
+    RouterProcess::start_binary(binary, &["run", "--config", &path]).expect("switchyard starts")
 }

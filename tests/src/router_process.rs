@@ -75,6 +75,11 @@ pub struct RouterProcess {
 impl RouterProcess {
     /// Starts `switchyard <args>`.
     pub fn start(args: &[&str]) -> anyhow::Result<RouterProcess> {
+        Self::start_binary(&switchyard_binary()?, args)
+    }
+
+    /// Starts `<binary> <args>`: another build of switchyard (benches compare two builds).
+    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> anyhow::Result<RouterProcess> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "switchyard-router-{}-{}.log",
@@ -82,7 +87,7 @@ impl RouterProcess {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(switchyard_binary()?);
+        let mut command = Command::new(binary);
         // SAFETY: prctl in the forked child before exec only sets a flag of that child. A
         // router outlives no test, even one that is killed.
         unsafe {

@@ -499,3 +499,60 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
     assert!(huge[0].header("switchyard-dlq-source-offset").is_some());
     assert_eq!(get("after").topic, "events-standard");
 }
+
+/// tansu answers every by-time offset lookup with 0 and librdkafka's mock cluster with "no such
+/// record" (both checked), so no broker here can place a partition in the middle by time;
+/// this test covers the rest: a new group with a start timestamp later than every record
+/// starts at the end of each partition and takes only what is written after it.
+#[test]
+fn a_start_timestamp_after_every_record_starts_at_the_end() {
+    let broker = Broker::mock(1).expect("mock cluster");
+    broker
+        .create_topics(&[("events", 4), ("events-standard", 2), ("events-dlq", 2)])
+        .expect("topics created");
+    let hour_ago = switchyard::kafka::now_ms() - 3_600_000;
+    let old = (0..20).map(|i| TestRecord {
+        timestamp_ms: Some(hour_ago + i as i64),
+        ..keyed(i, event(i))
+    });
+    broker.produce("events", old).expect("produced");
+    let dir = scratch_dir("start_ts");
+    let text = format!(
+        "{}\n{}",
+        kafka_toml(broker.bootstrap()),
+        pipeline_toml(
+            "events",
+            "events",
+            &[("standard", "events-standard")],
+            "events-dlq",
+            &[("validate", "validate", &[("required", REQUIRED)])],
+            &format!("start = \"timestamp:{}\"", hour_ago + 60_000),
+        )
+    );
+    let running = start(&write_file(&dir, "switchyard.toml", &text)).expect("pipeline starts");
+    let tracker = running.handles[0].status.tracker.clone();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while tracker.partitions().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions never assigned"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The end offset is looked up when fetching starts, just after the assignment.
+    std::thread::sleep(Duration::from_secs(2));
+    broker
+        .produce("events", (20..40).map(|i| keyed(i, event(i))))
+        .expect("produced");
+    let out = broker
+        .consume_all(&["events-standard", "events-dlq"], 20, SETTLE * 4, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    let mut got: Vec<u64> = out.iter().map(event_number).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (20..40).collect::<Vec<u64>>(),
+        "only the records written after the start, once each"
+    );
+}

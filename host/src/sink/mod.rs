@@ -345,9 +345,12 @@ impl Sink {
     /// Writes one record. Blocks while librdkafka's queue is full (backpressure); a record
     /// refused before it is even queued takes the same path as one the broker refused.
     pub fn send(&self, out: Outgoing, ticket: Box<Ticket>) {
-        let headers: OwnedHeaders = headers_to_kafka(&out.headers);
-        let mut record = BaseRecord::<[u8], [u8], Box<Ticket>>::with_opaque_to(&out.topic, ticket)
-            .headers(headers);
+        let mut record = BaseRecord::<[u8], [u8], Box<Ticket>>::with_opaque_to(&out.topic, ticket);
+        if !out.headers.is_empty() {
+            // librdkafka allocates a header list even for no headers: skip it then.
+            let headers: OwnedHeaders = headers_to_kafka(&out.headers);
+            record = record.headers(headers);
+        }
         if let Some(key) = &out.key {
             record = record.key(key.as_slice());
         }

@@ -2,9 +2,11 @@
 //! as it takes them and commits), the workers (which skip records of revoked partitions) and
 //! the producer's delivery callbacks (which finish records).
 //!
-//! A partition's state lives from its assignment to its revocation. Each assignment gets a new
-//! [`PartitionHandle`] with its own generation, so a record finished after its partition was
-//! revoked (and perhaps assigned again) is recognised as stale and never moves the new
+//! A partition's state lives from its assignment to its revocation, inside that assignment's
+//! [`PartitionHandle`]. Every record carries its handle, so the hot path (track, finish) locks
+//! only that partition's state: no lookup by name, no lock shared by all partitions. Each
+//! assignment gets a new handle, so a record finished after its partition was revoked (and
+//! perhaps assigned again) lands on the old, revoked handle and never moves the new
 //! assignment's commit position.
 
 use super::offsets::PartitionOffsets;
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// One assignment of one partition.
+/// One assignment of one partition, and its in-flight records.
 #[derive(Debug)]
 pub struct PartitionHandle {
     /// Topic.
@@ -22,7 +24,25 @@ pub struct PartitionHandle {
     /// Which assignment this is; unique within the process.
     pub generation: u64,
     /// Set when the partition is revoked: its queued records are skipped, not processed.
+    /// Written only under the `state` lock, so a track or finish that holds the lock and
+    /// sees it clear is counted before the revocation subtracts what was in flight.
     pub revoked: AtomicBool,
+    state: Mutex<PartitionState>,
+}
+
+impl PartitionHandle {
+    fn lock(&self) -> MutexGuard<'_, PartitionState> {
+        // A panic while holding this lock leaves consistent data (every update is a single
+        // step), so a poisoned lock is used as is rather than taking the process down.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the partition was revoked since this assignment.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 /// A record taken from Kafka and not yet finished.
@@ -34,9 +54,8 @@ pub struct InFlight {
     pub offset: i64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PartitionState {
-    handle: Arc<PartitionHandle>,
     offsets: PartitionOffsets,
     /// Highest offset the broker confirmed committed.
     committed: Option<i64>,
@@ -53,7 +72,9 @@ type Key = (Arc<str>, i32);
 /// The in-flight records of every assigned partition.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    partitions: Mutex<HashMap<Key, PartitionState>>,
+    /// The current assignment of each partition. Taken on assignment changes, commits and
+    /// reports; never per record.
+    partitions: Mutex<HashMap<Key, Arc<PartitionHandle>>>,
     in_flight: AtomicUsize,
     next_generation: AtomicU64,
 }
@@ -64,12 +85,15 @@ impl Tracker {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, PartitionState>> {
-        // A panic while holding this lock leaves consistent data (every update is a single
-        // step), so a poisoned lock is used as is rather than taking the process down.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<PartitionHandle>>> {
+        // As for PartitionHandle::lock: every update is a single step.
         self.partitions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, topic: &str, partition: i32) -> Option<Arc<PartitionHandle>> {
+        self.lock().get(&(Arc::from(topic), partition)).cloned()
     }
 
     /// A partition was assigned: start tracking it afresh.
@@ -80,64 +104,63 @@ impl Tracker {
             partition,
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
             revoked: AtomicBool::new(false),
+            state: Mutex::new(PartitionState::default()),
         });
-        let state = PartitionState {
-            handle: handle.clone(),
-            offsets: PartitionOffsets::new(),
-            committed: None,
-            requested: None,
-            last_taken: None,
-            high_watermark: None,
-        };
-        if let Some(old) = self.lock().insert((topic, partition), state) {
-            self.forget(old);
+        if let Some(old) = self.lock().insert((topic, partition), handle.clone()) {
+            self.forget(&old);
         }
         handle
     }
 
-    fn forget(&self, old: PartitionState) {
-        old.handle.revoked.store(true, Ordering::Release);
-        self.in_flight
-            .fetch_sub(old.offsets.in_flight(), Ordering::AcqRel);
+    fn forget(&self, old: &PartitionHandle) {
+        let state = old.lock();
+        if !old.revoked.swap(true, Ordering::AcqRel) {
+            self.in_flight
+                .fetch_sub(state.offsets.in_flight(), Ordering::AcqRel);
+        }
     }
 
     /// A partition was revoked: stop tracking it. Its records still in flight are skipped by
     /// the workers and ignored when they finish.
     pub fn revoke(&self, topic: &str, partition: i32) {
-        if let Some(old) = self.lock().remove(&(Arc::from(topic), partition)) {
-            self.forget(old);
+        let old = self.lock().remove(&(Arc::from(topic), partition));
+        if let Some(old) = old {
+            self.forget(&old);
         }
     }
 
     /// Every partition was revoked (or the assignment was lost).
     pub fn revoke_all(&self) {
-        let drained: Vec<PartitionState> = self.lock().drain().map(|(_, s)| s).collect();
+        let drained: Vec<Arc<PartitionHandle>> = self.lock().drain().map(|(_, h)| h).collect();
         for old in drained {
-            self.forget(old);
+            self.forget(&old);
         }
+    }
+
+    /// The current assignment of a partition, if it is assigned.
+    pub fn handle(&self, topic: &str, partition: i32) -> Option<Arc<PartitionHandle>> {
+        self.get(topic, partition)
     }
 
     /// A record was taken from Kafka. `None` when its partition is not assigned, or the
     /// offset is not above the last one taken (a record fetched again after a seek): such a
     /// record is not processed, and is not committed past.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> Option<Arc<PartitionHandle>> {
-        self.track_interned(&Arc::from(topic), partition, offset)
+        let handle = self.get(topic, partition)?;
+        self.track_on(&handle, offset).then_some(handle)
     }
 
-    /// [`Tracker::track`] for a caller that keeps its topic names as `Arc<str>` (the hot
-    /// path: no allocation per record).
-    pub fn track_interned(
-        &self,
-        topic: &Arc<str>,
-        partition: i32,
-        offset: i64,
-    ) -> Option<Arc<PartitionHandle>> {
-        let mut partitions = self.lock();
-        let state = partitions.get_mut(&(topic.clone(), partition))?;
-        state.offsets.track(offset).ok()?;
+    /// [`Tracker::track`] for a caller that already holds the partition's handle (the hot
+    /// path: the consumer keeps the handles of its partitions). False when the handle was
+    /// revoked or the offset is not above the last one taken.
+    pub fn track_on(&self, handle: &PartitionHandle, offset: i64) -> bool {
+        let mut state = handle.lock();
+        if handle.is_revoked() || state.offsets.track(offset).is_err() {
+            return false;
+        }
         state.last_taken = Some(offset);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(state.handle.clone())
+        true
     }
 
     /// Every output of a record was acknowledged (or it had none).
@@ -145,20 +168,20 @@ impl Tracker {
         self.finish_many(&record.handle, std::iter::once(record.offset));
     }
 
-    /// Several records of one partition assignment finished.
+    /// Several records of one partition assignment finished. Ignored for a revoked
+    /// assignment (its records were already subtracted from the in-flight count).
     pub fn finish_many(&self, handle: &PartitionHandle, offsets: impl IntoIterator<Item = i64>) {
-        let mut partitions = self.lock();
-        let Some(state) = partitions.get_mut(&(handle.topic.clone(), handle.partition)) else {
-            return;
-        };
-        if state.handle.generation != handle.generation {
+        let mut state = handle.lock();
+        if handle.is_revoked() {
             return;
         }
+        let mut finished = 0;
         for offset in offsets {
             if state.offsets.finish(offset).is_ok() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                finished += 1;
             }
         }
+        self.in_flight.fetch_sub(finished, Ordering::AcqRel);
     }
 
     /// Records taken and not finished, in every partition.
@@ -166,13 +189,20 @@ impl Tracker {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Records in flight in the given partitions.
-    pub fn in_flight_of(&self, partitions: &[(String, i32)]) -> usize {
+    /// The handles of the given partitions that are assigned.
+    fn handles_of(&self, partitions: &[(String, i32)]) -> Vec<Arc<PartitionHandle>> {
         let map = self.lock();
         partitions
             .iter()
-            .filter_map(|(t, p)| map.get(&(Arc::from(t.as_str()), *p)))
-            .map(|s| s.offsets.in_flight())
+            .filter_map(|(t, p)| map.get(&(Arc::from(t.as_str()), *p)).cloned())
+            .collect()
+    }
+
+    /// Records in flight in the given partitions.
+    pub fn in_flight_of(&self, partitions: &[(String, i32)]) -> usize {
+        self.handles_of(partitions)
+            .iter()
+            .map(|h| h.lock().offsets.in_flight())
             .sum()
     }
 
@@ -181,14 +211,15 @@ impl Tracker {
     /// commit that failed without its failure being reported is sent again. Marks them
     /// requested.
     pub fn to_commit(&self, again: bool) -> Vec<(Arc<str>, i32, i64)> {
-        let mut map = self.lock();
+        let handles: Vec<Arc<PartitionHandle>> = self.lock().values().cloned().collect();
         let mut out = Vec::new();
-        for ((topic, partition), state) in map.iter_mut() {
+        for handle in handles {
+            let mut state = handle.lock();
             if let Some(offset) = state.offsets.committable()
                 && (again || state.requested.is_none_or(|r| offset > r))
             {
                 state.requested = Some(offset);
-                out.push((topic.clone(), *partition, offset));
+                out.push((handle.topic.clone(), handle.partition, offset));
             }
         }
         out
@@ -196,20 +227,19 @@ impl Tracker {
 
     /// Committable offsets of the given partitions, whether or not already requested.
     pub fn committable_of(&self, partitions: &[(String, i32)]) -> Vec<(String, i32, i64)> {
-        let map = self.lock();
-        partitions
+        self.handles_of(partitions)
             .iter()
-            .filter_map(|(t, p)| {
-                let state = map.get(&(Arc::from(t.as_str()), *p))?;
-                Some((t.clone(), *p, state.offsets.committable()?))
+            .filter_map(|h| {
+                let offset = h.lock().offsets.committable()?;
+                Some((h.topic.to_string(), h.partition, offset))
             })
             .collect()
     }
 
     /// The broker confirmed a commit of `offset`.
     pub fn commit_confirmed(&self, topic: &str, partition: i32, offset: i64) {
-        let mut map = self.lock();
-        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
+        if let Some(handle) = self.get(topic, partition) {
+            let mut state = handle.lock();
             state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
         }
     }
@@ -217,42 +247,44 @@ impl Tracker {
     /// A commit for the partition failed (whatever offset it carried): the next commit asks
     /// again for everything past the last confirmed offset.
     pub fn commit_failed(&self, topic: &str, partition: i32) {
-        let mut map = self.lock();
-        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
+        if let Some(handle) = self.get(topic, partition) {
+            let mut state = handle.lock();
             state.requested = state.committed;
         }
     }
 
     /// The partition's end as the consumer last saw it (for lag).
     pub fn set_high_watermark(&self, topic: &str, partition: i32, high: i64) {
-        let mut map = self.lock();
-        if let Some(state) = map.get_mut(&(Arc::from(topic), partition)) {
-            state.high_watermark = Some(high);
+        if let Some(handle) = self.get(topic, partition) {
+            handle.lock().high_watermark = Some(high);
         }
     }
 
     /// Assigned partitions with their confirmed committed offset, for status reports.
     pub fn partitions(&self) -> Vec<PartitionStatus> {
-        let map = self.lock();
-        let mut out: Vec<PartitionStatus> = map
+        let handles: Vec<Arc<PartitionHandle>> = self.lock().values().cloned().collect();
+        let mut out: Vec<PartitionStatus> = handles
             .iter()
-            .map(|((topic, partition), s)| PartitionStatus {
-                topic: topic.to_string(),
-                partition: *partition,
-                in_flight: s.offsets.in_flight(),
-                committed: s.committed,
-                position: s.last_taken.map(|o| o + 1),
-                high_watermark: s.high_watermark,
-                lag: s.high_watermark.map(|high| {
-                    // Records not yet finished: from the first unfinished one (or the next
-                    // to read) to the end of the partition.
-                    let done = s
-                        .offsets
-                        .committable()
-                        .or(s.committed)
-                        .or(s.last_taken.map(|o| o + 1));
-                    done.map_or(0, |d| (high - d).max(0))
-                }),
+            .map(|h| {
+                let s = h.lock();
+                PartitionStatus {
+                    topic: h.topic.to_string(),
+                    partition: h.partition,
+                    in_flight: s.offsets.in_flight(),
+                    committed: s.committed,
+                    position: s.last_taken.map(|o| o + 1),
+                    high_watermark: s.high_watermark,
+                    lag: s.high_watermark.map(|high| {
+                        // Records not yet finished: from the first unfinished one (or the
+                        // next to read) to the end of the partition.
+                        let done = s
+                            .offsets
+                            .committable()
+                            .or(s.committed)
+                            .or(s.last_taken.map(|o| o + 1));
+                        done.map_or(0, |d| (high - d).max(0))
+                    }),
+                }
             })
             .collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -322,6 +354,24 @@ mod tests {
         t.commit_confirmed("a", 1, 6);
         assert!(t.to_commit(false).is_empty());
         assert_eq!(t.partitions()[0].committed, Some(6));
+    }
+
+    #[test]
+    fn a_revoked_handle_takes_no_record_and_finishes_none() {
+        let t = Tracker::new();
+        let h = t.assign("a", 0);
+        assert!(t.track_on(&h, 0));
+        assert!(t.track_on(&h, 1));
+        t.revoke("a", 0);
+        assert!(h.is_revoked());
+        assert_eq!(t.in_flight(), 0, "revoking subtracts what was in flight");
+        assert!(!t.track_on(&h, 2), "a cached handle of a revoked partition");
+        t.finish_many(&h, [0, 1]);
+        assert_eq!(t.in_flight(), 0, "late finishes do not go below zero");
+        assert!(t.handle("a", 0).is_none());
+        let again = t.assign("a", 0);
+        assert!(!Arc::ptr_eq(&again, &h));
+        assert!(Arc::ptr_eq(&t.handle("a", 0).expect("assigned"), &again));
     }
 
     #[test]
