@@ -25,6 +25,11 @@ use switchyard_tests::e2e::{
 };
 use switchyard_tests::kafka::Broker;
 
+/// The passthrough runs in this executable: it gets the allocator the `switchyard` binary has
+/// (mimalloc, also as librdkafka's `malloc`), as in the throughput bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if run_as_passthrough() {
         return;

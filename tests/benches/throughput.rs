@@ -34,6 +34,12 @@ use switchyard_tests::e2e::{
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::switchyard_binary;
 
+/// The passthrough runs in this executable: it gets the allocator the `switchyard` binary
+/// has (mimalloc, also as the C `malloc` librdkafka uses; see host/src/main.rs), so the two
+/// are compared as routers, not as allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes `n` events to `topic` as fast as the broker takes them.
 fn preload(bootstrap: &str, topic: &str, n: u64) -> Duration {
     let started = Instant::now();
