@@ -29,8 +29,8 @@ use crate::plugin::{
 };
 use crate::ring::{Job, Lane, Next, Ring};
 use crate::router::{Router, Source};
-use crate::sink::{Pending, Sink, Ticket};
-use crate::source::tracker::{PartitionHandle, Tracker};
+use crate::sink::{Pending, Sink, SourceRecord, Ticket};
+use crate::source::tracker::{InFlight, PartitionHandle, Tracker};
 use crate::source::{SourceContext, commit_sync};
 use crate::tables::TableSet;
 use crate::versions::{StageHistory, VersionStore};
@@ -697,10 +697,11 @@ impl Worker {
             self.metrics.records_dropped.inc_by(dropped.len() as u64);
             self.status.tracker.finish_many(&handle, dropped);
         }
-        let pending: Vec<Option<Arc<Pending>>> = offsets
+        // A shared count only for records with several writes.
+        let shared: Vec<Option<Arc<Pending>>> = offsets
             .iter()
             .zip(&writes)
-            .map(|(offset, w)| (*w > 0).then(|| Pending::new(handle.clone(), *offset, *w)))
+            .map(|(offset, w)| (*w > 1).then(|| Pending::new(handle.clone(), *offset, *w)))
             .collect();
         let now = now_ms();
         let source = Source {
@@ -708,8 +709,14 @@ impl Worker {
             partition: handle.partition,
         };
         for delivery in deliveries {
-            let Some(Some(pending)) = pending.get(delivery.source) else {
-                continue;
+            let owner = match (shared.get(delivery.source), offsets.get(delivery.source)) {
+                (Some(Some(pending)), _) => SourceRecord::Shared(pending.clone()),
+                (Some(None), Some(&offset)) => SourceRecord::Only(InFlight {
+                    handle: handle.clone(),
+                    offset,
+                }),
+                // A delivery always names a record of its batch.
+                _ => continue,
             };
             let route = match &delivery.destination {
                 Destination::Route { route, .. } => Some(*route),
@@ -720,7 +727,7 @@ impl Worker {
                 }
             };
             let out = self.router.route(source, delivery.destination, now);
-            let ticket = Ticket::new(pending.clone(), route);
+            let ticket = Ticket::new(owner, route);
             self.sink.send(out, ticket);
         }
     }

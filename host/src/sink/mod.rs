@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A source record with writes outstanding.
+/// A source record with several writes outstanding.
 #[derive(Debug)]
 pub struct Pending {
     record: InFlight,
@@ -56,10 +56,39 @@ impl Pending {
     }
 }
 
+/// The source record a write belongs to.
+#[derive(Debug)]
+pub enum SourceRecord {
+    /// Its only write: the record is finished when this one is acknowledged (most records;
+    /// no shared count to allocate and update).
+    Only(InFlight),
+    /// One of several writes: finished when the last is acknowledged.
+    Shared(Arc<Pending>),
+}
+
+impl SourceRecord {
+    fn record(&self) -> &InFlight {
+        match self {
+            SourceRecord::Only(record) => record,
+            SourceRecord::Shared(pending) => &pending.record,
+        }
+    }
+
+    /// Counts one write acknowledged; the source record if that was its last.
+    fn acknowledge(&self) -> Option<&InFlight> {
+        match self {
+            SourceRecord::Only(record) => Some(record),
+            SourceRecord::Shared(pending) => {
+                (pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then_some(&pending.record)
+            }
+        }
+    }
+}
+
 /// One write, on its way to the broker.
 #[derive(Debug)]
 pub struct Ticket {
-    pending: Arc<Pending>,
+    source: SourceRecord,
     /// The route written to; `None` for a dead letter.
     route: Option<RouteId>,
     dead_letter: bool,
@@ -67,10 +96,10 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// A write for `pending`, to `route` or (`None`) to the dead-letter topic.
-    pub fn new(pending: Arc<Pending>, route: Option<RouteId>) -> Box<Self> {
+    /// A write for `source`, to `route` or (`None`) to the dead-letter topic.
+    pub fn new(source: SourceRecord, route: Option<RouteId>) -> Box<Self> {
         Box::new(Ticket {
-            pending,
+            source,
             route,
             dead_letter: route.is_none(),
             attempts: 0,
@@ -163,8 +192,8 @@ impl Shared {
                 counter.inc();
             }
         }
-        if ticket.pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.tracker.finish(&ticket.pending.record);
+        if let Some(record) = ticket.source.acknowledge() {
+            self.tracker.finish(record);
         }
     }
 
@@ -173,7 +202,7 @@ impl Shared {
         let code = error.rdkafka_error_code();
         let permanent = code.is_some_and(is_permanent);
         ticket.attempts += 1;
-        let source = &ticket.pending.record;
+        let source = ticket.source.record();
         if !ticket.dead_letter && permanent {
             PipelineCounters::add(&self.counters.undeliverable, 1);
             self.metrics.dead_lettered("", crate::router::UNDELIVERABLE);
