@@ -556,3 +556,40 @@ fn a_start_timestamp_after_every_record_starts_at_the_end() {
         "only the records written after the start, once each"
     );
 }
+
+#[test]
+fn a_record_with_several_outputs_is_committed_once_all_are_written() {
+    let s = setup("fan-out", &["events-standard", "events-dlq"]);
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[("misbehave", "misbehave", &[])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    // Ten records of three outputs each, and ten of one.
+    let records = (0..20).map(|i| {
+        let count = if i % 2 == 0 { 3 } else { 1 };
+        let value = format!(r#"{{"do":"emit","count":{count},"bytes":8}}"#);
+        TestRecord::new(&format!("k{i}"), value.as_bytes())
+    });
+    s.broker.produce("events", records).expect("produced");
+    let out = s
+        .broker
+        .consume_all(&["events-standard", "events-dlq"], 40, SETTLE, DEADLINE)
+        .expect("consumed");
+    running.stop().expect("clean stop");
+    assert_eq!(out.len(), 40, "every output written once");
+    assert!(out.iter().all(|c| c.topic == "events-standard"));
+    assert!(
+        out.iter()
+            .all(|c| c.value.as_deref() == Some(&b"xxxxxxxx"[..]))
+    );
+    // The stop commits: every record is finished, so the group is at the end of each
+    // partition.
+    let committed = s
+        .broker
+        .committed("switchyard-events", "events")
+        .expect("committed offsets");
+    assert_eq!(committed.values().sum::<i64>(), 20, "{committed:?}");
+}
