@@ -24,7 +24,7 @@ use switchyard::versions::VersionStore;
 /// included: librdkafka allocates each message and header on a worker thread and frees it on
 /// the delivery-report thread, the pattern glibc serves worst (a profile of a backlog drain had
 /// a fifth of the router's time in glibc's `_int_malloc`/`_int_free`; with the override, CPU
-/// per record fell about 10%; BENCHMARKS.md).
+/// per record fell about 10%: BENCHMARKS.md, "session 6 re-run").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -11,7 +11,7 @@
 
 use super::offsets::PartitionOffsets;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One assignment of one partition, and its in-flight records.
@@ -21,8 +21,6 @@ pub struct PartitionHandle {
     pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
-    /// Which assignment this is; unique within the process.
-    pub generation: u64,
     /// Set when the partition is revoked: its queued records are skipped, not processed.
     /// Written only under the `state` lock, so a track or finish that holds the lock and
     /// sees it clear is counted before the revocation subtracts what was in flight.
@@ -76,7 +74,6 @@ pub struct Tracker {
     /// reports; never per record.
     partitions: Mutex<HashMap<Key, Arc<PartitionHandle>>>,
     in_flight: AtomicUsize,
-    next_generation: AtomicU64,
 }
 
 impl Tracker {
@@ -92,17 +89,12 @@ impl Tracker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, topic: &str, partition: i32) -> Option<Arc<PartitionHandle>> {
-        self.lock().get(&(Arc::from(topic), partition)).cloned()
-    }
-
     /// A partition was assigned: start tracking it afresh.
     pub fn assign(&self, topic: &str, partition: i32) -> Arc<PartitionHandle> {
         let topic: Arc<str> = Arc::from(topic);
         let handle = Arc::new(PartitionHandle {
             topic: topic.clone(),
             partition,
-            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
             revoked: AtomicBool::new(false),
             state: Mutex::new(PartitionState::default()),
         });
@@ -139,14 +131,14 @@ impl Tracker {
 
     /// The current assignment of a partition, if it is assigned.
     pub fn handle(&self, topic: &str, partition: i32) -> Option<Arc<PartitionHandle>> {
-        self.get(topic, partition)
+        self.lock().get(&(Arc::from(topic), partition)).cloned()
     }
 
     /// A record was taken from Kafka. `None` when its partition is not assigned, or the
     /// offset is not above the last one taken (a record fetched again after a seek): such a
     /// record is not processed, and is not committed past.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> Option<Arc<PartitionHandle>> {
-        let handle = self.get(topic, partition)?;
+        let handle = self.handle(topic, partition)?;
         self.track_on(&handle, offset).then_some(handle)
     }
 
@@ -238,7 +230,7 @@ impl Tracker {
 
     /// The broker confirmed a commit of `offset`.
     pub fn commit_confirmed(&self, topic: &str, partition: i32, offset: i64) {
-        if let Some(handle) = self.get(topic, partition) {
+        if let Some(handle) = self.handle(topic, partition) {
             let mut state = handle.lock();
             state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
         }
@@ -247,7 +239,7 @@ impl Tracker {
     /// A commit for the partition failed (whatever offset it carried): the next commit asks
     /// again for everything past the last confirmed offset.
     pub fn commit_failed(&self, topic: &str, partition: i32) {
-        if let Some(handle) = self.get(topic, partition) {
+        if let Some(handle) = self.handle(topic, partition) {
             let mut state = handle.lock();
             state.requested = state.committed;
         }
@@ -255,7 +247,7 @@ impl Tracker {
 
     /// The partition's end as the consumer last saw it (for lag).
     pub fn set_high_watermark(&self, topic: &str, partition: i32, high: i64) {
-        if let Some(handle) = self.get(topic, partition) {
+        if let Some(handle) = self.handle(topic, partition) {
             handle.lock().high_watermark = Some(high);
         }
     }
