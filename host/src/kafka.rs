@@ -110,16 +110,12 @@ pub fn headers_from_kafka(headers: Option<&impl Headers>) -> Vec<Header> {
         .collect()
 }
 
-/// Plugin headers as Kafka headers.
-pub fn headers_to_kafka(headers: &[Header]) -> OwnedHeaders {
-    headers
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, h| {
-            acc.insert(KafkaHeader {
-                key: &h.key,
-                value: h.value.as_deref(),
-            })
-        })
+/// `headers` with a plugin header added at the end (for a fold over a record's headers).
+pub fn add_header(headers: OwnedHeaders, h: &Header) -> OwnedHeaders {
+    headers.insert(KafkaHeader {
+        key: &h.key,
+        value: h.value.as_deref(),
+    })
 }
 
 /// Milliseconds since the Unix epoch.

@@ -31,7 +31,7 @@ use crate::ring::{Job, Lane, Next, Ring};
 use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, SourceRecord, Ticket};
 use crate::source::tracker::{InFlight, PartitionHandle, Tracker};
-use crate::source::{SourceContext, commit_sync};
+use crate::source::{COMMIT_TIMEOUT, SourceContext, commit_sync};
 use crate::tables::TableSet;
 use crate::versions::{StageHistory, VersionStore};
 use anyhow::Context as _;
@@ -457,7 +457,12 @@ impl Pipeline {
                 .into_iter()
                 .map(|p| (p.topic, p.partition))
                 .collect();
-            let _ = commit_sync(&consumer, name, &tracker.committable_of(&all));
+            let _ = commit_sync(
+                &consumer,
+                name,
+                &tracker.committable_of(&all),
+                COMMIT_TIMEOUT,
+            );
         }
         // Nothing left to wait for when the group takes the partitions away on close.
         tracker.revoke_all();
@@ -726,9 +731,9 @@ impl Worker {
                     None
                 }
             };
-            let out = self.router.route(source, delivery.destination, now);
+            let (out, provenance) = self.router.route_apart(source, delivery.destination, now);
             let ticket = Ticket::new(owner, route);
-            self.sink.send(out, ticket);
+            self.sink.send(out, provenance, ticket);
         }
     }
 }

@@ -12,6 +12,10 @@
 //! Paths:
 //! - **passthrough**: a plain Rust consume -> produce loop (Switchyard's client settings, no
 //!   WebAssembly, no commit tracking), the floor for any router;
+//! - **passthrough + headers** (`pth`): the same, adding Switchyard-sized provenance headers;
+//! - **passthrough + route plugin** (`ptw`): the same loop, with every record run through the
+//!   `route` plugin in batches of up to 256 as Switchyard's workers do, all outputs to one
+//!   topic: the ceiling for any router that makes one WebAssembly call per record;
 //! - **switchyard**: the release binary with the `route` plugin, three route topics and a
 //!   dead-letter topic, as in `e2e_latency`.
 //!
@@ -28,7 +32,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use std::time::{Duration, Instant};
 use switchyard_tests::e2e::{
-    PARTITIONS, env_u64, peak_rss_mib, producer, run_as_passthrough, send, stamped,
+    PARTITIONS, Passthrough, env_u64, peak_rss_mib, producer, run_as_passthrough, send, stamped,
     start_passthrough_with, start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
@@ -220,8 +224,13 @@ fn main() {
                 n as f64 / took.as_secs_f64()
             );
             let drain = match path.as_str() {
-                "pt" | "pth" => {
-                    let mut pt = start_passthrough_with(&b, &input, &outputs[0], path == "pth");
+                "pt" | "pth" | "ptw" => {
+                    let kind = match path.as_str() {
+                        "pth" => Passthrough::Headers,
+                        "ptw" => Passthrough::Wasm,
+                        _ => Passthrough::Plain,
+                    };
+                    let mut pt = start_passthrough_with(&b, &input, &outputs[0], kind);
                     let drain = follow(&watcher, &outputs, n, pt.id(), broker_pid, timeout);
                     let _ = pt.kill();
                     let _ = pt.wait();
@@ -259,7 +268,7 @@ fn main() {
                     drain
                 }
                 other => panic!(
-                    "unknown path {other:?}: PATHS takes pt, pth, sy, syn, sy1, sy1n \
+                    "unknown path {other:?}: PATHS takes pt, pth, ptw, sy, syn, sy1, sy1n \
                      (a router path with -b runs the build at BASELINE_BIN)"
                 ),
             };
@@ -273,6 +282,7 @@ fn main() {
     let names = |p: &str| match p.trim_end_matches("-b") {
         "pt" => "passthrough (no WASM)",
         "pth" => "passthrough + 2 provenance headers",
+        "ptw" => "passthrough + route plugin (WASM), 1 output topic",
         "sy" => "switchyard + route, 3 route topics",
         "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
         "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",

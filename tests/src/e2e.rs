@@ -240,7 +240,35 @@ const PASSTHROUGH_ENV: &str = "E2E_PASSTHROUGH";
 /// The passthrough: a plain consume -> produce loop with Switchyard's client settings and no
 /// WebAssembly, the floor for any router. With `headers`, every output also carries two
 /// headers the size of Switchyard's provenance headers. Runs forever.
-fn passthrough(bootstrap: &str, input: &str, output: &str, headers: bool) {
+/// What the passthrough does besides consuming and producing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Nothing: the floor for any router.
+    Plain,
+    /// Adds Switchyard-sized provenance headers to every output.
+    Headers,
+    /// Runs every record through the `route` plugin (WebAssembly, batches of up to
+    /// [`PASSTHROUGH_BATCH`] records, as Switchyard's workers do) and writes whatever comes out
+    /// to the one output topic: the bare loop's Kafka work plus exactly one plugin call per
+    /// record, on one thread, with no hand-off, tracking or headers.
+    Wasm,
+}
+
+impl Passthrough {
+    fn as_str(self) -> &'static str {
+        match self {
+            Passthrough::Plain => "plain",
+            Passthrough::Headers => "headers",
+            Passthrough::Wasm => "wasm",
+        }
+    }
+}
+
+/// Most records the WASM passthrough gives the plugin at once (Switchyard's default
+/// `batch_size`).
+pub const PASSTHROUGH_BATCH: usize = 256;
+
+fn passthrough(bootstrap: &str, input: &str, output: &str, kind: Passthrough) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("passthrough-{input}"))
@@ -253,13 +281,16 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, headers: bool) {
         .expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
     let p = producer(bootstrap);
+    if kind == Passthrough::Wasm {
+        return wasm_passthrough(&consumer, &p, output);
+    }
     let versions = format!("route={}", "0".repeat(64));
     loop {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
             let mut record = BaseRecord::<[u8], [u8]>::to(output)
                 .key(m.key().unwrap_or_default())
                 .payload(m.payload().unwrap_or_default());
-            if headers {
+            if kind == Passthrough::Headers {
                 record = record.headers(
                     rdkafka::message::OwnedHeaders::new_with_capacity(2)
                         .insert(rdkafka::message::Header {
@@ -277,6 +308,66 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, headers: bool) {
     }
 }
 
+/// [`Passthrough::Wasm`]: takes what the consumer has ready (up to [`PASSTHROUGH_BATCH`]),
+/// runs it through the `route` plugin, writes every output to `output`.
+fn wasm_passthrough(
+    consumer: &BaseConsumer,
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    output: &str,
+) {
+    use switchyard::plugin::{ChainRunner, ChainSpec, Destination, HostServices, InputRecord};
+    let spec = ChainSpec::new(
+        "passthrough",
+        vec!["standard".into(), "urgent".into(), "errors".into()],
+        "standard",
+        vec![crate::stage("route", "route", &[])],
+    )
+    .expect("valid chain");
+    let mut runner = ChainRunner::new(crate::engine(), Arc::new(spec), HostServices::default())
+        .expect("the route plugin instantiates");
+    let mut batch: Vec<InputRecord> = Vec::with_capacity(PASSTHROUGH_BATCH);
+    let mut partition = 0;
+    loop {
+        let mut wait = Duration::from_millis(20);
+        while batch.len() < PASSTHROUGH_BATCH {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    partition = m.partition();
+                    batch.push(InputRecord {
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: Vec::new(),
+                    });
+                    wait = Duration::ZERO;
+                }
+                _ => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let deliveries = runner
+            .process("passthrough", partition, std::mem::take(&mut batch))
+            .expect("the route plugin runs");
+        for delivery in deliveries {
+            let record = match delivery.destination {
+                Destination::Route { record, .. } => record,
+                Destination::DeadLetter(dead) => dead.record,
+            };
+            let mut out = BaseRecord::<[u8], [u8]>::to(output);
+            if let Some(key) = &record.key {
+                out = out.key(key.as_slice());
+            }
+            if let Some(value) = &record.value {
+                out = out.payload(value.as_slice());
+            }
+            send_record(p, out);
+        }
+    }
+}
+
 /// Call first in a bench's `main`: true if this process was started by [`start_passthrough`]
 /// (it then ran the passthrough, and the bench must return).
 pub fn run_as_passthrough() -> bool {
@@ -284,22 +375,27 @@ pub fn run_as_passthrough() -> bool {
         return false;
     };
     let parts: Vec<&str> = spec.split(',').collect();
-    passthrough(
-        parts[0],
-        parts[1],
-        parts[2],
-        parts.get(3) == Some(&"headers"),
-    );
+    let kind = match parts.get(3).copied() {
+        Some("headers") => Passthrough::Headers,
+        Some("wasm") => Passthrough::Wasm,
+        _ => Passthrough::Plain,
+    };
+    passthrough(parts[0], parts[1], parts[2], kind);
     true
 }
 
 /// The passthrough in its own process (this executable again), killed with its parent.
 pub fn start_passthrough(bootstrap: &str, input: &str, output: &str) -> Child {
-    start_passthrough_with(bootstrap, input, output, false)
+    start_passthrough_with(bootstrap, input, output, Passthrough::Plain)
 }
 
-/// [`start_passthrough`], with or without Switchyard-sized provenance headers on every output.
-pub fn start_passthrough_with(bootstrap: &str, input: &str, output: &str, headers: bool) -> Child {
+/// [`start_passthrough`], of the given kind.
+pub fn start_passthrough_with(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    kind: Passthrough,
+) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("own path"));
     // SAFETY: prctl in the forked child before exec only sets a flag of that child: the
     // passthrough dies with the bench.
@@ -313,10 +409,7 @@ pub fn start_passthrough_with(bootstrap: &str, input: &str, output: &str, header
     command
         .env(
             PASSTHROUGH_ENV,
-            format!(
-                "{bootstrap},{input},{output},{}",
-                if headers { "headers" } else { "plain" }
-            ),
+            format!("{bootstrap},{input},{output},{}", kind.as_str()),
         )
         .stdin(Stdio::null())
         .spawn()

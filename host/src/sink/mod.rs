@@ -20,7 +20,7 @@
 //! producer (a full queue empties only when that thread serves acknowledgements), so every
 //! write again goes through the retry thread.
 
-use crate::kafka::{self, headers_from_kafka, headers_to_kafka, now_ms};
+use crate::kafka::{self, add_header, headers_from_kafka, now_ms};
 use crate::metrics::{Health, PipelineCounters, PipelineMetrics};
 use crate::pipeline::PipelineStatus;
 use crate::plugin::{Header, RouteId};
@@ -373,11 +373,16 @@ impl Sink {
 
     /// Writes one record. Blocks while librdkafka's queue is full (backpressure); a record
     /// refused before it is even queued takes the same path as one the broker refused.
-    pub fn send(&self, out: Outgoing, ticket: Box<Ticket>) {
+    pub fn send(&self, out: Outgoing, extra: &[Header], ticket: Box<Ticket>) {
         let mut record = BaseRecord::<[u8], [u8], Box<Ticket>>::with_opaque_to(&out.topic, ticket);
-        if !out.headers.is_empty() {
+        let headers = out.headers.len() + extra.len();
+        if headers > 0 {
             // librdkafka allocates a header list even for no headers: skip it then.
-            let headers: OwnedHeaders = headers_to_kafka(&out.headers);
+            let headers = out
+                .headers
+                .iter()
+                .chain(extra)
+                .fold(OwnedHeaders::new_with_capacity(headers), add_header);
             record = record.headers(headers);
         }
         if let Some(key) = &out.key {
@@ -398,6 +403,8 @@ impl Sink {
                 }
                 Err((error, back)) => {
                     let ticket = back.delivery_opaque;
+                    let mut out = out;
+                    out.headers.extend_from_slice(extra);
                     self.shared.refused(out, ticket, &error);
                     return;
                 }
@@ -431,7 +438,7 @@ impl Sink {
                 .is_some_and(|Reverse(d)| d.at <= Instant::now())
             {
                 if let Some(Reverse(due)) = queue.pop() {
-                    self.send(due.retry.out, due.retry.ticket);
+                    self.send(due.retry.out, &[], due.retry.ticket);
                 }
             }
             if stop.load(Ordering::Acquire) && queue.is_empty() {

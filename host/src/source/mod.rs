@@ -104,6 +104,7 @@ impl SourceContext {
             consumer,
             &self.pipeline,
             &self.tracker.committable_of(partitions),
+            COMMIT_TIMEOUT,
         );
         tracing::info!(
             pipeline = %self.pipeline, partitions = partitions.len(),
@@ -112,13 +113,20 @@ impl SourceContext {
     }
 }
 
-/// Commits offsets and waits for the broker's answer, trying again (up to 5 times, 3 s in
-/// all) when the commit fails: this is the last commit before the partitions go to another
-/// reader, and each failed one means records delivered again. Returns whether it succeeded.
+/// How long the last commit before partitions change hands, or before the process stops, may
+/// take, every attempt included: an unreachable group coordinator must not hold up a
+/// rebalance or a shutdown (librdkafka's own synchronous commit waits without a limit).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commits offsets and waits for the broker's answer, trying again (after 100 ms, then twice
+/// as long each time) when the commit fails, for at most `timeout` in all: this is the last
+/// commit before the partitions go to another reader, and each failed one means records
+/// delivered again. Returns whether it succeeded.
 pub fn commit_sync<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     pipeline: &str,
     offsets: &[(String, i32, i64)],
+    timeout: Duration,
 ) -> bool {
     if offsets.is_empty() {
         return true;
@@ -129,21 +137,74 @@ pub fn commit_sync<C: ConsumerContext>(
             tracing::warn!(pipeline, error = %e, "Cannot list an offset to commit.");
         }
     }
+    let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(100);
-    for attempt in 1..=5 {
-        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+    for attempt in 1.. {
+        let error = match commit_within(
+            consumer,
+            &tpl,
+            deadline.saturating_duration_since(Instant::now()),
+        ) {
             Ok(()) => return true,
-            Err(e) if attempt < 5 => {
-                tracing::warn!(pipeline, error = %e, attempt, "Offset commit failed; trying again.");
-                std::thread::sleep(backoff);
-                backoff *= 2;
-            }
-            Err(e) => {
-                tracing::warn!(pipeline, error = %e, "Offset commit failed; the records after the last commit will be delivered again.");
-            }
+            Err(e) => e,
+        };
+        if Instant::now() + backoff >= deadline {
+            tracing::warn!(
+                pipeline, error = %error, attempts = attempt, timeout_ms = timeout.as_millis() as u64,
+                "Offset commit failed; the records after the last commit will be delivered again."
+            );
+            break;
         }
+        tracing::warn!(pipeline, error = %error, attempt, "Offset commit failed; trying again.");
+        std::thread::sleep(backoff);
+        backoff *= 2;
     }
     false
+}
+
+/// One commit of `tpl`, waiting at most `wait` for the broker's answer.
+fn commit_within<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+    wait: Duration,
+) -> Result<(), String> {
+    use rdkafka::bindings as rd;
+    use rdkafka::error::RDKafkaErrorCode;
+    let no_error = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let rk = consumer.client().native_ptr();
+    let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `rk` and `tpl` are valid for the whole call (borrowed from live values). The
+    // queue is created and destroyed here; librdkafka copies `tpl` and holds its own
+    // reference to the queue while the commit is outstanding, so destroying ours after a
+    // timeout is safe: a late answer is discarded with the queue. With no callback the
+    // answer arrives as an OFFSET_COMMIT event, which is destroyed after reading its error.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        if queue.is_null() {
+            return Err("librdkafka could not create a queue".into());
+        }
+        let err = rd::rd_kafka_commit_queue(rk, tpl.ptr(), queue, None, std::ptr::null_mut());
+        let result = if err != no_error {
+            Err(RDKafkaErrorCode::from(err).to_string())
+        } else {
+            let event = rd::rd_kafka_queue_poll(queue, wait_ms);
+            if event.is_null() {
+                Err(format!(
+                    "no answer from the group coordinator within {wait_ms} ms"
+                ))
+            } else {
+                let err = rd::rd_kafka_event_error(event);
+                rd::rd_kafka_event_destroy(event);
+                if err == no_error {
+                    Ok(())
+                } else {
+                    Err(RDKafkaErrorCode::from(err).to_string())
+                }
+            }
+        };
+        rd::rd_kafka_queue_destroy(queue);
+        result
+    }
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
