@@ -250,3 +250,62 @@ fn a_failing_dead_letter_topic_stops_commits_until_it_recovers() {
         .expect("dead letters read");
     assert_eq!(dlq.len() as u64, N / 20);
 }
+
+/// The commit made before partitions change hands or the process stops has a deadline:
+/// with the group coordinator answering it commits, and when the coordinator stops answering
+/// it gives up after its timeout instead of waiting as librdkafka's synchronous commit does
+/// (there a request times out only after 60 s, and every retry waits as long again).
+#[test]
+fn the_final_commit_gives_up_when_the_group_coordinator_does_not_answer() {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::mocking::MockCoordinator;
+    use switchyard::source::commit_sync;
+    const GROUP: &str = "silent-coordinator";
+    let broker = Broker::mock(3).expect("mock cluster");
+    broker.create_topics(&[("events", 1)]).expect("topic");
+    let cluster = broker.mock_cluster().expect("mock");
+    // Broker 3 coordinates the group and leads nothing.
+    cluster
+        .partition_leader("events", 0, Some(1))
+        .expect("leader set");
+    cluster
+        .coordinator(MockCoordinator::Group(GROUP.into()), 3)
+        .expect("coordinator set");
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let offsets = |o: i64| vec![("events".to_owned(), 0, o)];
+    assert!(commit_sync(
+        &consumer,
+        "t",
+        &offsets(5),
+        Duration::from_secs(10)
+    ));
+    assert_eq!(
+        broker.committed(GROUP, "events").expect("committed"),
+        [(0, 5)].into_iter().collect(),
+        "committed while the coordinator answers"
+    );
+
+    cluster
+        .broker_round_trip_time(3, Duration::from_secs(600))
+        .expect("coordinator slowed down");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Not joined: dropping a group consumer waits on the coordinator too, and the test
+    // process ends regardless.
+    std::thread::spawn(move || {
+        let _ = tx.send(commit_sync(
+            &consumer,
+            "t",
+            &offsets(7),
+            Duration::from_secs(2),
+        ));
+    });
+    let committed = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the commit gave up within its deadline, not librdkafka's");
+    assert!(!committed, "a commit nobody answered is reported as failed");
+}

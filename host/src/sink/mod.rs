@@ -373,7 +373,7 @@ impl Sink {
 
     /// Writes one record. Blocks while librdkafka's queue is full (backpressure); a record
     /// refused before it is even queued takes the same path as one the broker refused.
-    pub fn send(&self, out: Outgoing, extra: &[Header], ticket: Box<Ticket>) {
+    pub fn send(&self, mut out: Outgoing, extra: &[Header], ticket: Box<Ticket>) {
         let mut record = BaseRecord::<[u8], [u8], Box<Ticket>>::with_opaque_to(&out.topic, ticket);
         let headers = out.headers.len() + extra.len();
         if headers > 0 {
@@ -403,7 +403,6 @@ impl Sink {
                 }
                 Err((error, back)) => {
                     let ticket = back.delivery_opaque;
-                    let mut out = out;
                     out.headers.extend_from_slice(extra);
                     self.shared.refused(out, ticket, &error);
                     return;
