@@ -244,14 +244,19 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
     let (broker, config) = setup_on(Broker::mock(1).expect("mock cluster"), "two");
     let mut a = router(&config);
     let mut b = router(&config);
+    // Both must own partitions before the kill, or the test proves nothing about a takeover
+    // (one run on a loaded machine killed `a` before the group had given it any).
+    wait_for_partitions(&[&a, &b]);
     // Produce in chunks while both run; kill one halfway.
     let chunk = N / 10;
+    let mut assignments_before_kill = 0;
     for k in 0..10 {
         broker
             .produce("events", records(k * chunk..(k + 1) * chunk))
             .expect("produced");
         if k == 4 {
             wait_for_outputs(&broker, (3 * chunk) as usize, &[&a, &b]);
+            assignments_before_kill = assignments(&b);
             a.sigkill().expect("killed");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -284,7 +289,33 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
     let duplicates = counts.values().filter(|c| **c > 1).count();
     eprintln!("two routers, one killed: {duplicates} of {N} events written twice");
     assert!(
-        a.log().contains("Partitions assigned") && b.log().contains("Partitions assigned"),
-        "both routers took part"
+        assignments(&b) > assignments_before_kill,
+        "the survivor took partitions over after the kill:\n{}",
+        b.log()
     );
+}
+
+/// How many times the router's log reports being given partitions.
+fn assignments(router: &RouterProcess) -> usize {
+    router.log().lines().filter(|l| owns_partitions(l)).count()
+}
+
+/// Whether a log line reports a non-empty assignment.
+fn owns_partitions(line: &str) -> bool {
+    line.contains("Partitions assigned") && !line.contains("partitions=[]")
+}
+
+/// Waits until every router's log reports that it owns partitions; on failure shows the logs.
+fn wait_for_partitions(routers: &[&RouterProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !routers.iter().all(|r| r.log().lines().any(owns_partitions)) {
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
+            panic!(
+                "not every router was given partitions; logs:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
