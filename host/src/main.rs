@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use switchyard::admin;
 use switchyard::client::{self, Client};
 use switchyard::config::Config;
@@ -40,7 +40,8 @@ struct Cli {
 enum Command {
     /// Run the pipelines of a config file until SIGTERM or SIGINT, then drain in-flight
     /// records, commit, and exit 0. A second signal exits at once (in-flight records are
-    /// then delivered again after a restart).
+    /// then delivered again after a restart), and so does a stop still unfinished after
+    /// 2 × drain_timeout_ms + 35 s (exit 1).
     Run {
         /// The config file (TOML).
         #[arg(long, short)]
@@ -369,11 +370,14 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             .name("pipelines".into())
             .spawn(move || pipeline::run_all(pipelines, stop))?
     };
+    let stop_limit = stop_deadline(&config);
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut signalled = false;
+        // When the stop began: on a signal, or when a failing pipeline stopped the others.
+        let mut stopping_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = term.recv() => {}
@@ -381,6 +385,16 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if runner.is_finished() {
                         break;
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        let since = *stopping_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > stop_limit {
+                            tracing::error!(
+                                limit_s = stop_limit.as_secs(),
+                                "The stop did not finish in time; exiting now. Records after the last commit will be delivered again."
+                            );
+                            std::process::exit(1);
+                        }
                     }
                     continue;
                 }
@@ -392,6 +406,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 std::process::exit(130);
             }
             signalled = true;
+            stopping_since.get_or_insert_with(Instant::now);
             tracing::info!("Signal received: draining and committing.");
             stop.store(true, Ordering::Release);
         }
@@ -406,4 +421,22 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// How long a stop may take before the process exits regardless: every phase has a deadline
+/// of its own (the drain, the final commit, leaving the group, the producer's flush), and this
+/// one, their sum plus slack, catches whatever does not keep to them.
+fn stop_deadline(config: &Config) -> Duration {
+    let drain = config
+        .pipelines
+        .iter()
+        .map(|p| Duration::from_millis(p.drain_timeout_ms))
+        .max()
+        .unwrap_or_default();
+    // The drain, then the producer's flush (each up to the drain timeout), the commit and the
+    // close.
+    2 * drain
+        + switchyard::source::COMMIT_TIMEOUT
+        + switchyard::source::CLOSE_TIMEOUT
+        + Duration::from_secs(10)
 }

@@ -13,7 +13,9 @@
 //!   `commit_interval_ms` it commits each partition's highest contiguous finished offset.
 //! - **draining**: no new record is taken (one already fetched is left for the next reader);
 //!   the consumer keeps polling so the group and commit callbacks are served, until every
-//!   in-flight record is finished or `drain_timeout_ms` passes; then a final synchronous commit.
+//!   in-flight record is finished or `drain_timeout_ms` passes; then a final commit (at most
+//!   [`COMMIT_TIMEOUT`]) and the consumer leaves the group (at most [`CLOSE_TIMEOUT`]; a silent
+//!   group coordinator cannot hold the process).
 //!
 //! A fatal error (a stage that cannot be instantiated, librdkafka's fatal producer error)
 //! leaves the affected records unfinished, so they are never committed past, and ends `run`
@@ -31,7 +33,7 @@ use crate::ring::{Job, Lane, Next, Ring};
 use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, SourceRecord, Ticket};
 use crate::source::tracker::{InFlight, PartitionHandle, Tracker};
-use crate::source::{COMMIT_TIMEOUT, SourceContext, commit_sync};
+use crate::source::{CLOSE_TIMEOUT, COMMIT_TIMEOUT, SourceContext, close_within, commit_sync};
 use crate::tables::TableSet;
 use crate::versions::{StageHistory, VersionStore};
 use anyhow::Context as _;
@@ -466,8 +468,7 @@ impl Pipeline {
         }
         // Nothing left to wait for when the group takes the partitions away on close.
         tracker.revoke_all();
-        consumer.unsubscribe();
-        drop(consumer);
+        close_within(consumer, CLOSE_TIMEOUT);
         drop(ring);
         match fatal {
             Some(why) => Err(anyhow::anyhow!("pipeline {name} stopped: {why}")),

@@ -17,11 +17,22 @@ const OUTPUTS: [&str; 4] = [
     "events-dlq",
 ];
 
-fn setup(name: &str, brokers: i32) -> (Broker, Running) {
-    let broker = Broker::mock(brokers).expect("mock cluster");
+/// The input topic (4 partitions) and the outputs (2 each).
+fn topics() -> Vec<(&'static str, i32)> {
     let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
     topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
-    broker.create_topics(&topics).expect("topics created");
+    topics
+}
+
+fn setup(name: &str, brokers: i32) -> (Broker, Running) {
+    let broker = Broker::mock(brokers).expect("mock cluster");
+    broker.create_topics(&topics()).expect("topics created");
+    let running = start_on(&broker, name);
+    (broker, running)
+}
+
+/// Runs the routing pipeline (consumer group `switchyard-events`) on `broker`.
+fn start_on(broker: &Broker, name: &str) -> Running {
     let dir = scratch_dir(name);
     let text = format!(
         "{}\n{}",
@@ -39,8 +50,7 @@ fn setup(name: &str, brokers: i32) -> (Broker, Running) {
             "commit_interval_ms = 100",
         )
     );
-    let running = start(&write_file(&dir, "switchyard.toml", &text)).expect("pipeline starts");
-    (broker, running)
+    start(&write_file(&dir, "switchyard.toml", &text)).expect("pipeline starts")
 }
 
 fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
@@ -308,4 +318,50 @@ fn the_final_commit_gives_up_when_the_group_coordinator_does_not_answer() {
         .recv_timeout(Duration::from_secs(60))
         .expect("the commit gave up within its deadline, not librdkafka's");
     assert!(!committed, "a commit nobody answered is reported as failed");
+}
+
+/// A stop finishes, within its commit and close deadlines, when the group coordinator stops
+/// answering after the records were written: librdkafka's consumer close waits for the
+/// coordinator without a limit (a stop took over 150 s before the close had a deadline).
+#[test]
+fn a_stop_finishes_when_the_group_coordinator_does_not_answer() {
+    use rdkafka::mocking::MockCoordinator;
+    const N: u64 = 500;
+    let broker = Broker::mock(3).expect("mock cluster");
+    broker.create_topics(&topics()).expect("topics created");
+    let cluster = broker.mock_cluster().expect("mock");
+    // Broker 3 coordinates the group and leads no partition: slowing it down stalls only the
+    // group (commits, heartbeats, leaving), never a fetch or a produce.
+    for (topic, partitions) in topics() {
+        for p in 0..partitions {
+            cluster
+                .partition_leader(topic, p, Some(1 + p % 2))
+                .expect("leader set");
+        }
+    }
+    cluster
+        .coordinator(MockCoordinator::Group("switchyard-events".into()), 3)
+        .expect("coordinator set");
+    let running = start_on(&broker, "silent-coordinator-stop");
+    broker.produce("events", records(0..N)).expect("produced");
+    let out = read_outputs(&broker, N);
+    assert_all_delivered(&out, N);
+
+    cluster
+        .broker_round_trip_time(3, Duration::from_secs(600))
+        .expect("coordinator slowed down");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.stop());
+    });
+    // Commit (10 s) + close (15 s) + the producer's flush, with room for a loaded machine.
+    let stopped = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the stop finished within its deadlines");
+    eprintln!(
+        "stopped in {:?} with a silent coordinator",
+        started.elapsed()
+    );
+    stopped.expect("a stop with nothing in flight is clean");
 }

@@ -118,6 +118,44 @@ impl SourceContext {
 /// rebalance or a shutdown (librdkafka's own synchronous commit waits without a limit).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long leaving the group and closing the consumer may take at shutdown, the commit of the
+/// revocation callback it runs included. librdkafka's close waits for the group coordinator's
+/// answers without a limit of its own.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Leaves the group and closes the consumer on a thread of its own, waiting at most `timeout`
+/// for it; returns whether it finished. After the final commit there is nothing left to lose,
+/// so a coordinator that does not answer must not keep the process from exiting: past the
+/// deadline the close is abandoned (its thread ends with the process) and the group notices
+/// the member gone after its session timeout, as after a crash.
+pub fn close_within(consumer: BaseConsumer<SourceContext>, timeout: Duration) -> bool {
+    let pipeline = consumer.context().pipeline.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name(format!("{pipeline}-close"))
+        .spawn(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = done.send(());
+        });
+    if let Err(e) = closing {
+        // The consumer was closed on this thread when the closure was dropped.
+        tracing::warn!(pipeline, error = %e, "Cannot start a thread to close the consumer.");
+        return true;
+    }
+    match finished.recv_timeout(timeout) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                pipeline,
+                timeout_ms = timeout.as_millis() as u64,
+                "The consumer did not leave the group in time (the group coordinator does not answer); going on without it. The group reassigns its partitions after the session timeout."
+            );
+            false
+        }
+    }
+}
+
 /// Commits offsets and waits for the broker's answer, trying again (after 100 ms, then twice
 /// as long each time) when the commit fails, for at most `timeout` in all: this is the last
 /// commit before the partitions go to another reader, and each failed one means records
