@@ -167,12 +167,25 @@ impl VersionStore {
     }
 }
 
+/// Writes `dir/name` through a temporary file renamed into place. The temporary name is unique
+/// to this process and call: several routers started with one config share the state
+/// directory, and with a shared temporary name one start renamed the other's file away
+/// (`cannot rename ... into place: No such file or directory`).
 fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(name))
-        .with_context(|| format!("cannot rename {} into place", tmp.display()))
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, dir.join(name))
+                .with_context(|| format!("cannot rename {} into place", tmp.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// A stage's config map as the chain wants it (sorted pairs).
@@ -387,5 +400,41 @@ impl StageHistory {
             .map(|r| r.version.as_str())
             .collect();
         self.modules.retain(|v, _| keep.contains(v.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_atomically;
+
+    /// Writers of one file at once (routers sharing a state directory) all succeed, the file
+    /// holds one whole version, and no temporary file is left.
+    #[test]
+    fn concurrent_writes_of_one_file_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("switchyard-versions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|_| write_atomically(&dir, "state.json", &[w; 4096]))
+                        .collect::<Result<Vec<()>, _>>()
+                })
+            })
+            .collect();
+        for writer in writers {
+            let result = writer.join().expect("writer thread");
+            assert!(result.is_ok(), "{result:?}");
+        }
+        let bytes = std::fs::read(dir.join("state.json")).expect("file written");
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]), "one whole version");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
