@@ -86,10 +86,9 @@ fn wait_for_outputs(broker: &Broker, n: usize, routers: &[&RouterProcess]) {
             return;
         }
         if Instant::now() >= deadline {
-            let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
             panic!(
                 "only {got} of {n} outputs arrived; router logs:\n{}",
-                logs.join("\n-----\n")
+                logs(routers)
             );
         }
     }
@@ -305,15 +304,20 @@ fn owns_partitions(line: &str) -> bool {
     line.contains("Partitions assigned") && !line.contains("partitions=[]")
 }
 
+/// Every router's log, one after the other.
+fn logs(routers: &[&RouterProcess]) -> String {
+    let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
+    logs.join("\n-----\n")
+}
+
 /// Waits until every router's log reports that it owns partitions; on failure shows the logs.
 fn wait_for_partitions(routers: &[&RouterProcess]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !routers.iter().all(|r| r.log().lines().any(owns_partitions)) {
         if Instant::now() >= deadline {
-            let logs: Vec<String> = routers.iter().map(|r| r.log()).collect();
             panic!(
                 "not every router was given partitions; logs:\n{}",
-                logs.join("\n-----\n")
+                logs(routers)
             );
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -124,11 +124,12 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Leaves the group and closes the consumer on a thread of its own, waiting at most `timeout`
-/// for it; returns whether it finished. After the final commit there is nothing left to lose,
-/// so a coordinator that does not answer must not keep the process from exiting: past the
-/// deadline the close is abandoned (its thread ends with the process) and the group notices
-/// the member gone after its session timeout, as after a crash.
-pub fn close_within(consumer: BaseConsumer<SourceContext>, timeout: Duration) -> bool {
+/// for it. After the final commit there is nothing left to lose, so a coordinator that does
+/// not answer must not keep the process from exiting: past the deadline the close is
+/// abandoned (its thread ends with the process) and the group notices the member gone after
+/// its session timeout, as after a crash.
+pub fn close_within(consumer: BaseConsumer<SourceContext>, timeout: Duration) {
+    use std::sync::mpsc::RecvTimeoutError;
     let pipeline = consumer.context().pipeline.clone();
     let (done, finished) = std::sync::mpsc::channel();
     let closing = std::thread::Builder::new()
@@ -141,17 +142,17 @@ pub fn close_within(consumer: BaseConsumer<SourceContext>, timeout: Duration) ->
     if let Err(e) = closing {
         // The consumer was closed on this thread when the closure was dropped.
         tracing::warn!(pipeline, error = %e, "Cannot start a thread to close the consumer.");
-        return true;
+        return;
     }
     match finished.recv_timeout(timeout) {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!(
-                pipeline,
-                timeout_ms = timeout.as_millis() as u64,
-                "The consumer did not leave the group in time (the group coordinator does not answer); going on without it. The group reassigns its partitions after the session timeout."
-            );
-            false
+        Ok(()) => {}
+        Err(RecvTimeoutError::Timeout) => tracing::warn!(
+            pipeline,
+            timeout_ms = timeout.as_millis() as u64,
+            "The consumer did not leave the group in time (the group coordinator does not answer); going on without it. The group reassigns its partitions after the session timeout."
+        ),
+        Err(RecvTimeoutError::Disconnected) => {
+            tracing::error!(pipeline, "Closing the consumer panicked.");
         }
     }
 }
