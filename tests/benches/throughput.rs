@@ -32,8 +32,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use std::time::{Duration, Instant};
 use switchyard_tests::e2e::{
-    PARTITIONS, Passthrough, env_u64, peak_rss_mib, producer, run_as_passthrough, send, stamped,
-    start_passthrough_with, start_switchyard_binary,
+    PARTITIONS, Passthrough, cpu_seconds, env_u64, peak_rss_mib, producer, run_as_passthrough,
+    send, stamped, start_passthrough_with, start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::switchyard_binary;
@@ -67,23 +67,6 @@ fn written(consumer: &BaseConsumer, topics: &[String]) -> i64 {
         }
     }
     total
-}
-
-/// User + system CPU time of a process so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which is in parentheses and may hold spaces).
-            let rest = &s[s.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(f64::NAN)
 }
 
 struct Drain {
@@ -224,10 +207,11 @@ fn main() {
                 n as f64 / took.as_secs_f64()
             );
             let drain = match path.as_str() {
-                "pt" | "pth" | "ptw" => {
+                "pt" | "pth" | "ptw" | "ptb" => {
                     let kind = match path.as_str() {
                         "pth" => Passthrough::Headers,
                         "ptw" => Passthrough::Wasm,
+                        "ptb" => Passthrough::Batch,
                         _ => Passthrough::Plain,
                     };
                     let mut pt = start_passthrough_with(&b, &input, &outputs[0], kind);
@@ -268,7 +252,7 @@ fn main() {
                     drain
                 }
                 other => panic!(
-                    "unknown path {other:?}: PATHS takes pt, pth, ptw, sy, syn, sy1, sy1n \
+                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, sy, syn, sy1, sy1n \
                      (a router path with -b runs the build at BASELINE_BIN)"
                 ),
             };
@@ -283,6 +267,7 @@ fn main() {
         "pt" => "passthrough (no WASM)",
         "pth" => "passthrough + 2 provenance headers",
         "ptw" => "passthrough + route plugin (WASM), 1 output topic",
+        "ptb" => "passthrough on librdkafka's batch consume and topic handles",
         "sy" => "switchyard + route, 3 route topics",
         "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
         "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",

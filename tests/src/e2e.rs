@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +37,20 @@ pub fn now_us() -> i64 {
 
 /// `event(i)` with its creation time.
 pub fn stamped(i: u64) -> String {
+    stamped_at(i, now_us())
+}
+
+/// `event(i)` created at `sent_us` (µs since the epoch).
+pub fn stamped_at(i: u64, sent_us: i64) -> String {
     let e = event(i);
-    format!("{},\"sent_us\":{}}}", &e[..e.len() - 1], now_us())
+    format!("{},\"sent_us\":{sent_us}}}", &e[..e.len() - 1])
+}
+
+/// The `i` of an `event(i)` (its `event_id`).
+pub fn event_number(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let at = text.find("\"event_id\":\"evt-")? + "\"event_id\":\"evt-".len();
+    text.get(at..at + 12)?.parse().ok()
 }
 
 /// The creation stamp of a `stamped` event.
@@ -202,6 +215,143 @@ pub fn latency_run(
     }
 }
 
+/// What a side-by-side run measured.
+pub struct SideBySide {
+    /// Per path (in the order given), each measured event's latency in µs by its number;
+    /// the first arrival counts if an event arrives twice.
+    pub latencies: Vec<HashMap<u64, i64>>,
+    /// Events the generator created in the measured window.
+    pub created: u64,
+    /// CPU seconds each of the `pids` given used while the window's events were created.
+    pub cpu_seconds: Vec<f64>,
+    /// How long that was, in seconds.
+    pub window_s: f64,
+}
+
+/// Every path at once: the generator writes `input` at `rate`/s for `warmup + secs` seconds,
+/// and one checker reads every path's topics (new topics, read from the beginning). A path is a name and the topics
+/// its outputs land in (a topic in no path is not read). Events created in the first `warmup`
+/// seconds are not measured. The CPU time of `pids` is taken over the measured window.
+pub fn side_by_side_run(
+    bootstrap: &str,
+    input: &str,
+    paths: &[(&str, Vec<&str>)],
+    pids: &[u32],
+    rate: u64,
+    warmup: u64,
+    secs: u64,
+) -> SideBySide {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let from = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let path_of: HashMap<String, usize> = paths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, topics))| topics.iter().map(move |t| (t.to_string(), i)))
+        .collect();
+    let checker = {
+        let (b, stop, ready, from) = (
+            bootstrap.to_owned(),
+            stop.clone(),
+            ready.clone(),
+            from.clone(),
+        );
+        let n = paths.len();
+        std::thread::spawn(move || check_paths(&b, &path_of, n, &stop, &ready, &from))
+    };
+    while !ready.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let generator = {
+        let (b, input, from) = (bootstrap.to_owned(), input.to_owned(), from.clone());
+        std::thread::spawn(move || {
+            let p = producer(&b);
+            let start = Instant::now();
+            let end = Duration::from_secs(warmup + secs);
+            let (mut sent, mut created) = (0u64, 0u64);
+            while start.elapsed() < end {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due && start.elapsed() < end {
+                    let at = now_us();
+                    if at >= from.load(Ordering::Acquire) {
+                        created += 1;
+                    }
+                    let key = format!("user-{:05}", sent % 10_000);
+                    send(&p, &input, key.as_bytes(), stamped_at(sent, at).as_bytes());
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let _ = p.flush(Duration::from_secs(30));
+            created
+        })
+    };
+    std::thread::sleep(Duration::from_secs(warmup));
+    let cpu_at = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
+    let window_start = (Instant::now(), cpu_at(pids));
+    from.store(now_us(), Ordering::Release);
+    let created = generator.join().expect("generator");
+    let window_s = window_start.0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_at(pids)
+        .iter()
+        .zip(&window_start.1)
+        .map(|(end, start)| end - start)
+        .collect();
+    // The slowest path's tail (p999 on tansu reaches a few hundred ms) still arrives.
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Release);
+    SideBySide {
+        latencies: checker.join().expect("checker"),
+        created,
+        cpu_seconds,
+        window_s,
+    }
+}
+
+/// The checker of [`side_by_side_run`]: one consumer on every path's topics.
+fn check_paths(
+    bootstrap: &str,
+    path_of: &HashMap<String, usize>,
+    paths: usize,
+    stop: &AtomicBool,
+    ready: &AtomicBool,
+    from: &std::sync::atomic::AtomicI64,
+) -> Vec<HashMap<u64, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-checker")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("log_level", "3")
+        .create()
+        .expect("checker");
+    // The topics are new: from the beginning, nothing written after the start is missed.
+    let mut tpl = TopicPartitionList::new();
+    for topic in path_of.keys() {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    ready.store(true, Ordering::Release);
+    let mut latencies: Vec<HashMap<u64, i64>> = vec![HashMap::new(); paths];
+    while !stop.load(Ordering::Acquire) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            let now = now_us();
+            let (Some(&path), Some(value)) = (path_of.get(m.topic()), m.payload()) else {
+                continue;
+            };
+            if let (Some(sent), Some(id)) = (sent_us(value), event_number(value))
+                && sent >= from.load(Ordering::Acquire)
+            {
+                latencies[path].entry(id).or_insert(now - sent);
+            }
+        }
+    }
+    latencies
+}
+
 /// The `p` quantile of sorted µs values, in ms.
 pub fn percentile(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -219,6 +369,23 @@ pub fn percentiles(mut v: Vec<i64>) -> (f64, f64, f64) {
         percentile(&v, 0.99),
         percentile(&v, 0.999),
     )
+}
+
+/// User + system CPU time of a process so far, in seconds (NaN if it cannot be read).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// A process's peak resident memory (VmHWM), in MiB.
@@ -252,6 +419,13 @@ pub enum Passthrough {
     /// to the one output topic: the bare loop's Kafka work plus exactly one plugin call per
     /// record, on one thread, with no hand-off, tracking or headers.
     Wasm,
+    /// The plain loop on librdkafka's batch and handle APIs, without rdkafka's per-message
+    /// wrappers: partitions assigned (no group) and forwarded to a queue of their own, up to
+    /// [`PASSTHROUGH_BATCH`] records per `rd_kafka_consume_batch_queue`, each written with `rd_kafka_producev` to a topic
+    /// handle made once (rdkafka's `send` makes a C string of the topic name and librdkafka
+    /// looks the topic up, for every record). What Kafka I/O alone can cost through
+    /// librdkafka on this machine.
+    Batch,
 }
 
 impl Passthrough {
@@ -260,6 +434,7 @@ impl Passthrough {
             Passthrough::Plain => "plain",
             Passthrough::Headers => "headers",
             Passthrough::Wasm => "wasm",
+            Passthrough::Batch => "batch",
         }
     }
 }
@@ -279,8 +454,11 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, kind: Passthrough) {
         .set("log_level", "3")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[input]).expect("subscribe");
     let p = producer(bootstrap);
+    if kind == Passthrough::Batch {
+        return batch_passthrough(&consumer, &p, input, output);
+    }
+    consumer.subscribe(&[input]).expect("subscribe");
     if kind == Passthrough::Wasm {
         return wasm_passthrough(&consumer, &p, output);
     }
@@ -368,6 +546,80 @@ fn wasm_passthrough(
     }
 }
 
+/// [`Passthrough::Batch`].
+fn batch_passthrough(
+    consumer: &BaseConsumer,
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    input: &str,
+    output: &str,
+) {
+    use rdkafka::bindings as rd;
+    use rdkafka::types::RDKafkaRespErr;
+    let topic = std::ffi::CString::new(output).expect("topic name");
+    let name = std::ffi::CString::new(input).expect("topic name");
+    // SAFETY: both clients outlive the loop (it never returns); the queue and the topic handle
+    // are never destroyed (the process is killed); each message is destroyed once, after its
+    // key and payload were copied by librdkafka (RD_KAFKA_MSG_F_COPY).
+    unsafe {
+        // Each partition's fetched records go to a queue of their own (rdkafka's own event
+        // set-up puts other operations on the consumer queue, which the batch consume
+        // cannot take).
+        let crk = consumer.client().native_ptr();
+        let queue = rd::rd_kafka_queue_new(crk);
+        for partition in 0..PARTITIONS {
+            let partition_queue = rd::rd_kafka_queue_get_partition(crk, name.as_ptr(), partition);
+            rd::rd_kafka_queue_forward(partition_queue, queue);
+            rd::rd_kafka_queue_destroy(partition_queue);
+        }
+        // No subscription, a fixed assignment: no rebalance event ever reaches the batch
+        // consume. Assigned after the forwarding, so every fetched record takes it.
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            tpl.add_partition_offset(input, partition, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let rk = p.client().native_ptr();
+        let rkt = rd::rd_kafka_topic_new(rk, topic.as_ptr(), std::ptr::null_mut());
+        let mut messages = vec![std::ptr::null_mut::<rd::rd_kafka_message_t>(); PASSTHROUGH_BATCH];
+        loop {
+            let n = rd::rd_kafka_consume_batch_queue(
+                queue,
+                20,
+                messages.as_mut_ptr(),
+                PASSTHROUGH_BATCH,
+            );
+            for &m in messages.iter().take(n.max(0) as usize) {
+                if (*m).err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    loop {
+                        let err = rd::rd_kafka_producev(
+                            rk,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
+                            rkt,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                            -1i32,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                            rd::RD_KAFKA_MSG_F_COPY,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                            (*m).payload,
+                            (*m).len,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                            (*m).key,
+                            (*m).key_len,
+                            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+                        );
+                        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+                rd::rd_kafka_message_destroy(m);
+            }
+        }
+    }
+}
+
 /// Call first in a bench's `main`: true if this process was started by [`start_passthrough`]
 /// (it then ran the passthrough, and the bench must return).
 pub fn run_as_passthrough() -> bool {
@@ -378,6 +630,7 @@ pub fn run_as_passthrough() -> bool {
     let kind = match parts.get(3).copied() {
         Some("headers") => Passthrough::Headers,
         Some("wasm") => Passthrough::Wasm,
+        Some("batch") => Passthrough::Batch,
         _ => Passthrough::Plain,
     };
     passthrough(parts[0], parts[1], parts[2], kind);
