@@ -15,14 +15,23 @@
 //! Every router added is load on the same broker and the same two cores: with all three the
 //! broker carries four times the input rate in writes.
 //!
-//! For each path: p50 / p99 / p999 over the events created in the window and the router's
-//! CPU over it; for each Switchyard path, the same quantiles of its per-event difference to
-//! the passthrough (the same event, created at the same instant, read by the same checker).
+//! Per run (a fresh broker each): p50 / p99 / p999 of each path over the events created in the
+//! window and the router's CPU over it; for each Switchyard path, its p99 minus the
+//! passthrough's and the quantiles of its per-event difference to the passthrough (the same
+//! event, created at the same instant, read by the same checker).
+//!
+//! With `RUNS` > 1, the runs' events are also pooled (histograms of 0.1 ms bins): the pooled
+//! p99 of each path, the pooled p99 difference to the passthrough, and a 95% interval for that
+//! difference from resampling whole runs (a broker stall is one run's, so runs, not events,
+//! are the independent samples).
 //!
 //! ```sh
 //! cargo bench -p switchyard-tests --bench latency_side_by_side
+//! RUNS=20 cargo bench -p switchyard-tests --bench latency_side_by_side
 //! RATE=10000 SECS=30 WARMUP_S=5 PATHS=pt,sy1,sy BROKER=mock cargo bench -p switchyard-tests --bench latency_side_by_side
 //! # BROKER: tansu (default) or mock (librdkafka's mock cluster, in this process)
+//! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
+//! SY_EXTRA='workers = 1' cargo bench -p switchyard-tests --bench latency_side_by_side
 //! ```
 
 use std::collections::HashMap;
@@ -39,6 +48,12 @@ use switchyard_tests::router_process::RouterProcess;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Width of a pooled histogram's bin, µs.
+const BIN_US: i64 = 100;
+/// Bins of a pooled histogram: up to 2 s (later arrivals count in the last bin, which moves
+/// no quantile below them).
+const BINS: usize = 20_000;
+
 /// Quantiles (p50, p99, p999) in ms of `path` minus `base`, over the events both delivered.
 fn paired(path: &HashMap<u64, i64>, base: &HashMap<u64, i64>) -> (f64, f64, f64, usize) {
     let diffs: Vec<i64> = path
@@ -48,6 +63,44 @@ fn paired(path: &HashMap<u64, i64>, base: &HashMap<u64, i64>) -> (f64, f64, f64,
     let n = diffs.len();
     let (p50, p99, p999) = percentiles(diffs);
     (p50, p99, p999, n)
+}
+
+/// A histogram of latencies, for pooling runs.
+#[derive(Clone)]
+struct Histogram(Vec<u32>);
+
+impl Histogram {
+    fn of(latencies: &HashMap<u64, i64>) -> Histogram {
+        let mut bins = vec![0u32; BINS];
+        for &us in latencies.values() {
+            let bin = usize::try_from(us.max(0) / BIN_US).unwrap_or(BINS - 1);
+            bins[bin.min(BINS - 1)] += 1;
+        }
+        Histogram(bins)
+    }
+
+    fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a += b;
+        }
+    }
+
+    /// The `q` quantile in ms (the middle of its bin).
+    fn quantile(&self, q: f64) -> f64 {
+        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((total as f64 - 1.0) * q).round() as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.0.iter().enumerate() {
+            seen += u64::from(c);
+            if seen > rank {
+                return (i as f64 + 0.5) * BIN_US as f64 / 1000.0;
+            }
+        }
+        f64::NAN
+    }
 }
 
 /// A running path.
@@ -78,20 +131,45 @@ impl Running {
     }
 }
 
-fn main() {
-    if run_as_passthrough() {
-        return;
+/// The bench's settings.
+struct Settings {
+    rate: u64,
+    secs: u64,
+    warmup: u64,
+    broker: String,
+    chosen: Vec<String>,
+    sy_extra: String,
+}
+
+/// The name and the output topics of a path.
+fn path_of(path: &str) -> (&'static str, Vec<&'static str>) {
+    match path {
+        "pt" => ("passthrough (two hops, no WASM)", vec!["pt-out"]),
+        "sy1" => (
+            "switchyard + route plugin (two hops, 1 output topic)",
+            vec!["sy1-standard", "sy1-dlq"],
+        ),
+        "sy" => (
+            "switchyard + route plugin (two hops, 3 route topics)",
+            vec!["sy-standard", "sy-urgent", "sy-errors", "sy-dlq"],
+        ),
+        other => panic!("PATHS takes pt, sy1, sy; not {other:?}"),
     }
-    let rate = env_u64("RATE", 10_000);
-    let secs = env_u64("SECS", 30);
-    let warmup = env_u64("WARMUP_S", 5);
-    let broker_kind = std::env::var("BROKER").unwrap_or_else(|_| "tansu".into());
-    let chosen: Vec<String> = std::env::var("PATHS")
-        .unwrap_or_else(|_| "pt,sy1".into())
-        .split(',')
-        .map(|p| p.trim().to_owned())
-        .collect();
-    let broker = match broker_kind.as_str() {
+}
+
+/// What one run measured, per path (index 0 is the one hop).
+struct RunResult {
+    rows: Vec<String>,
+    pairs: Vec<String>,
+    histograms: Vec<Histogram>,
+    /// Per path: its p99 minus the passthrough's, ms (None for the one hop and the
+    /// passthrough).
+    p99_minus_pt: Vec<Option<f64>>,
+    header: String,
+}
+
+fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
+    let broker = match s.broker.as_str() {
         "tansu" => Broker::tansu().expect("tansu starts"),
         "mock" => Broker::mock(1).expect("the mock cluster starts"),
         other => panic!("BROKER takes tansu or mock, not {other:?}"),
@@ -105,52 +183,30 @@ fn main() {
     }
     let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
     broker.create_topics(&specs).expect("topics");
-
-    let mut paths: Vec<(&str, Vec<&str>)> = vec![("one hop (producer -> consumer)", vec!["in"])];
-    let mut running = Vec::new();
-    for path in &chosen {
-        match path.as_str() {
-            "pt" => {
-                paths.push(("passthrough (two hops, no WASM)", vec!["pt-out"]));
-                running.push(Running::Passthrough(start_passthrough(&b, "in", "pt-out")));
-            }
-            "sy1" => {
-                paths.push((
-                    "switchyard + route plugin (two hops, 1 output topic)",
-                    vec!["sy1-standard", "sy1-dlq"],
-                ));
-                running.push(Running::Switchyard(start_switchyard(
-                    &b, "in", "sy1", true, "",
-                )));
-            }
-            "sy" => {
-                paths.push((
-                    "switchyard + route plugin (two hops, 3 route topics)",
-                    vec!["sy-standard", "sy-urgent", "sy-errors", "sy-dlq"],
-                ));
-                running.push(Running::Switchyard(start_switchyard(
-                    &b, "in", "sy", false, "",
-                )));
-            }
-            other => panic!("PATHS takes pt, sy1, sy; not {other:?}"),
-        }
-    }
+    let running: Vec<Running> = s
+        .chosen
+        .iter()
+        .map(|path| match path.as_str() {
+            "pt" => Running::Passthrough(start_passthrough(&b, "in", "pt-out")),
+            "sy1" => Running::Switchyard(start_switchyard(&b, "in", "sy1", true, &s.sy_extra)),
+            _ => Running::Switchyard(start_switchyard(&b, "in", "sy", false, &s.sy_extra)),
+        })
+        .collect();
     // Group joins and producer start-up before anything is written; the warm-up then covers
     // the first records' one-time costs.
     std::thread::sleep(Duration::from_secs(3));
 
     let mut pids: Vec<u32> = running.iter().map(Running::pid).collect();
     pids.extend(broker.pid());
-    eprintln!("{broker_kind}: {chosen:?} at once, {rate}/s, {warmup} s warm-up + {secs} s ...");
-    let run = side_by_side_run(&b, "in", &paths, &pids, rate, warmup, secs);
+    let run = side_by_side_run(&b, "in", paths, &pids, s.rate, s.warmup, s.secs);
     let rss: Vec<f64> = running.iter().map(|r| peak_rss_mib(r.pid())).collect();
     for r in running {
         r.stop();
     }
 
     let cpu = |i: usize| {
-        run.cpu_seconds.get(i).map_or("-".to_string(), |s| {
-            format!("{:.0}%", 100.0 * s / run.window_s)
+        run.cpu_seconds.get(i).map_or("-".to_string(), |c| {
+            format!("{:.0}%", 100.0 * c / run.window_s)
         })
     };
     let mut rows = Vec::new();
@@ -169,18 +225,20 @@ fn main() {
             "| {name} | {p50:.1} | {p99:.1} | {p999:.1} | {measured} | {cpu} | {rss} |"
         ));
     }
-    let base = chosen.iter().position(|p| p == "pt").map(|i| i + 1);
+    let base = s.chosen.iter().position(|p| p == "pt").map(|i| i + 1);
     let mut pairs = Vec::new();
+    let mut p99_minus_pt = vec![None; paths.len()];
     if let Some(base) = base {
         for (i, (name, _)) in paths.iter().enumerate().skip(1) {
             if i == base {
                 continue;
             }
             let (d50, d99, d999, n) = paired(&run.latencies[i], &run.latencies[base]);
+            let d = quantiles[i].1 - quantiles[base].1;
+            p99_minus_pt[i] = Some(d);
             pairs.push(format!(
-                "| {name} | {:+.1} | {:+.1} | {d50:+.1} | {d99:+.1} | {d999:+.1} | {n} |",
+                "| {name} | {:+.1} | {d:+.1} | {d50:+.1} | {d99:+.1} | {d999:+.1} | {n} |",
                 quantiles[i].0 - quantiles[base].0,
-                quantiles[i].1 - quantiles[base].1,
             ));
         }
     }
@@ -189,21 +247,147 @@ fn main() {
     } else {
         String::new()
     };
-    let report = format!(
-        "{broker_kind}: {} at once on the same input, {rate}/s, {secs} s measured after \
-         {warmup} s, {PARTITIONS} partitions; {} events created in the window{broker_cpu}\n\n\
-         | path | p50 ms | p99 ms | p999 ms | events measured | router CPU (of one core) | peak RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
-         against the passthrough (target: p99 at most +2 ms), ms:\n\n\
-         | path | p50 - passthrough p50 | p99 - passthrough p99 | per-event difference p50 | p99 | p999 | events in both |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n{}\n",
-        chosen.join(", "),
-        run.created,
-        rows.join("\n"),
-        pairs.join("\n"),
-    );
+    RunResult {
+        rows,
+        pairs,
+        histograms: run.latencies.iter().map(Histogram::of).collect(),
+        p99_minus_pt,
+        header: format!("{} events created in the window{broker_cpu}", run.created),
+    }
+}
+
+/// xorshift64*: a seeded generator for the resampling (no dependency for one loop).
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// The pooled p99 difference `path` - `base` over `runs` (indices into `results`), ms.
+fn pooled_p99_difference(results: &[RunResult], runs: &[usize], path: usize, base: usize) -> f64 {
+    let mut a = Histogram(vec![0; BINS]);
+    let mut b = Histogram(vec![0; BINS]);
+    for &r in runs {
+        a.add(&results[r].histograms[path]);
+        b.add(&results[r].histograms[base]);
+    }
+    a.quantile(0.99) - b.quantile(0.99)
+}
+
+fn main() {
+    if run_as_passthrough() {
+        return;
+    }
+    let s = Settings {
+        rate: env_u64("RATE", 10_000),
+        secs: env_u64("SECS", 30),
+        warmup: env_u64("WARMUP_S", 5),
+        broker: std::env::var("BROKER").unwrap_or_else(|_| "tansu".into()),
+        chosen: std::env::var("PATHS")
+            .unwrap_or_else(|_| "pt,sy1".into())
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect(),
+        // Extra lines for the routers' pipeline table, for experiments.
+        sy_extra: std::env::var("SY_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n"),
+    };
+    let runs = env_u64("RUNS", 1).max(1) as usize;
+    let mut paths: Vec<(&str, Vec<&str>)> = vec![("one hop (producer -> consumer)", vec!["in"])];
+    paths.extend(s.chosen.iter().map(|p| path_of(p)));
+
+    let mut results = Vec::with_capacity(runs);
+    let mut report = String::new();
+    for r in 1..=runs {
+        eprintln!(
+            "run {r} of {runs}, {}: {:?} at once, {}/s, {} s warm-up + {} s ...",
+            s.broker, s.chosen, s.rate, s.warmup, s.secs
+        );
+        let result = one_run(&s, &paths);
+        let text = format!(
+            "run {r}: {}: {} at once on the same input, {}/s, {} s measured after {} s, \
+             {PARTITIONS} partitions; {}\n\n\
+             | path | p50 ms | p99 ms | p999 ms | events measured | router CPU (of one core) | peak RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
+             against the passthrough (target: p99 at most +2 ms), ms:\n\n\
+             | path | p50 - passthrough p50 | p99 - passthrough p99 | per-event difference p50 | p99 | p999 | events in both |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n{}\n\n",
+            s.broker,
+            s.chosen.join(", "),
+            s.rate,
+            s.secs,
+            s.warmup,
+            result.header,
+            result.rows.join("\n"),
+            result.pairs.join("\n"),
+        );
+        eprint!("{text}");
+        report.push_str(&text);
+        results.push(result);
+    }
+
+    if runs > 1 {
+        let all: Vec<usize> = (0..runs).collect();
+        let mut rows = Vec::new();
+        for (i, (name, _)) in paths.iter().enumerate() {
+            let mut pooled = Histogram(vec![0; BINS]);
+            for r in &results {
+                pooled.add(&r.histograms[i]);
+            }
+            rows.push(format!(
+                "| {name} | {:.1} | {:.1} | {:.1} |",
+                pooled.quantile(0.5),
+                pooled.quantile(0.99),
+                pooled.quantile(0.999)
+            ));
+        }
+        let base = s.chosen.iter().position(|p| p == "pt").map(|i| i + 1);
+        let mut pairs = Vec::new();
+        if let Some(base) = base {
+            for (i, (name, _)) in paths.iter().enumerate().skip(1) {
+                if i == base {
+                    continue;
+                }
+                let per_run: Vec<f64> = results.iter().filter_map(|r| r.p99_minus_pt[i]).collect();
+                let pooled = pooled_p99_difference(&results, &all, i, base);
+                // Resample whole runs with replacement.
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                let mut resampled: Vec<f64> = (0..1000)
+                    .map(|_| {
+                        let pick: Vec<usize> = (0..runs)
+                            .map(|_| (next(&mut seed) % runs as u64) as usize)
+                            .collect();
+                        pooled_p99_difference(&results, &pick, i, base)
+                    })
+                    .collect();
+                resampled.sort_by(f64::total_cmp);
+                let at = |q: f64| resampled[((resampled.len() - 1) as f64 * q).round() as usize];
+                let within = per_run.iter().filter(|&&d| d <= 2.0).count();
+                pairs.push(format!(
+                    "| {name} | {pooled:+.1} | {:+.1} .. {:+.1} | {} | {within} of {} |",
+                    at(0.025),
+                    at(0.975),
+                    per_run
+                        .iter()
+                        .map(|d| format!("{d:+.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    per_run.len(),
+                ));
+            }
+        }
+        report.push_str(&format!(
+            "pooled over {runs} runs:\n\n\
+             | path | p50 ms | p99 ms | p999 ms |\n|---|---:|---:|---:|\n{}\n\n\
+             | path | pooled p99 - passthrough p99, ms | 95% interval (runs resampled) | per run | runs within +2 ms |\n\
+             |---|---:|---:|---|---:|\n{}\n",
+            rows.join("\n"),
+            pairs.join("\n"),
+        ));
+    }
     println!("{report}");
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let _ = std::fs::write(format!("{target}/latency_side_by_side.md"), &report);
-    drop(broker);
 }
