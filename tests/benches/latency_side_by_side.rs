@@ -10,7 +10,10 @@
 //!   for any router), writing one topic;
 //! - `sy1` **switchyard, 1 output topic**: the `route` plugin, every route to one topic (the
 //!   like-for-like comparison);
-//! - `sy` **switchyard, 3 route topics**: the same plugin writing standard / urgent / errors.
+//! - `sy` **switchyard, 3 route topics**: the same plugin writing standard / urgent / errors;
+//! - `pt3` **passthrough, routed natively**: the `route` plugin's code compiled for the host
+//!   (no WebAssembly) choosing among the same three topics, one record at a time: the floor
+//!   for `sy` (compared with it when both run).
 //!
 //! Every router added is load on the same broker and the same two cores: with all three the
 //! broker carries four times the input rate in writes.
@@ -37,8 +40,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 use switchyard_tests::e2e::{
-    PARTITIONS, env_u64, peak_rss_mib, percentiles, run_as_passthrough, side_by_side_run,
-    start_passthrough, start_switchyard,
+    PARTITIONS, Passthrough, env_u64, peak_rss_mib, percentiles, run_as_passthrough,
+    side_by_side_run, start_passthrough, start_passthrough_with, start_switchyard,
 };
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::RouterProcess;
@@ -153,7 +156,22 @@ fn path_of(path: &str) -> (&'static str, Vec<&'static str>) {
             "switchyard + route plugin (two hops, 3 route topics)",
             vec!["sy-standard", "sy-urgent", "sy-errors", "sy-dlq"],
         ),
-        other => panic!("PATHS takes pt, sy1, sy; not {other:?}"),
+        "pt3" => (
+            "passthrough, routed natively to 3 topics (two hops, no WASM)",
+            vec!["pt3-standard", "pt3-urgent", "pt3-errors", "pt3-dlq"],
+        ),
+        other => panic!("PATHS takes pt, pt3, sy1, sy; not {other:?}"),
+    }
+}
+
+/// The floor each path is compared with: the routed passthrough for `sy` when it runs, else
+/// the plain one; `None` for the floors themselves (and without a floor).
+fn base_of(chosen: &[String], path: &str) -> Option<usize> {
+    let index = |name: &str| chosen.iter().position(|p| p == name).map(|i| i + 1);
+    match path {
+        "pt" | "pt3" => None,
+        "sy" => index("pt3").or_else(|| index("pt")),
+        _ => index("pt"),
     }
 }
 
@@ -176,7 +194,7 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
     };
     let b = broker.bootstrap().to_owned();
     let mut topics: Vec<String> = vec!["in".into(), "pt-out".into()];
-    for prefix in ["sy", "sy1"] {
+    for prefix in ["sy", "sy1", "pt3"] {
         for suffix in ["standard", "urgent", "errors", "dlq"] {
             topics.push(format!("{prefix}-{suffix}"));
         }
@@ -188,6 +206,9 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
         .iter()
         .map(|path| match path.as_str() {
             "pt" => Running::Passthrough(start_passthrough(&b, "in", "pt-out")),
+            "pt3" => {
+                Running::Passthrough(start_passthrough_with(&b, "in", "pt3", Passthrough::Routed))
+            }
             "sy1" => Running::Switchyard(start_switchyard(&b, "in", "sy1", true, &s.sy_extra)),
             _ => Running::Switchyard(start_switchyard(&b, "in", "sy", false, &s.sy_extra)),
         })
@@ -225,22 +246,21 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
             "| {name} | {p50:.1} | {p99:.1} | {p999:.1} | {measured} | {cpu} | {rss} |"
         ));
     }
-    let base = s.chosen.iter().position(|p| p == "pt").map(|i| i + 1);
     let mut pairs = Vec::new();
     let mut p99_minus_pt = vec![None; paths.len()];
-    if let Some(base) = base {
-        for (i, (name, _)) in paths.iter().enumerate().skip(1) {
-            if i == base {
-                continue;
-            }
-            let (d50, d99, d999, n) = paired(&run.latencies[i], &run.latencies[base]);
-            let d = quantiles[i].1 - quantiles[base].1;
-            p99_minus_pt[i] = Some(d);
-            pairs.push(format!(
-                "| {name} | {:+.1} | {d:+.1} | {d50:+.1} | {d99:+.1} | {d999:+.1} | {n} |",
-                quantiles[i].0 - quantiles[base].0,
-            ));
-        }
+    for (i, path) in s.chosen.iter().enumerate().map(|(i, p)| (i + 1, p)) {
+        let Some(base) = base_of(&s.chosen, path) else {
+            continue;
+        };
+        let (d50, d99, d999, n) = paired(&run.latencies[i], &run.latencies[base]);
+        let d = quantiles[i].1 - quantiles[base].1;
+        p99_minus_pt[i] = Some(d);
+        pairs.push(format!(
+            "| {} | {} | {:+.1} | {d:+.1} | {d50:+.1} | {d99:+.1} | {d999:+.1} | {n} |",
+            paths[i].0,
+            paths[base].0,
+            quantiles[i].0 - quantiles[base].0,
+        ));
     }
     let broker_cpu = if broker.pid().is_some() {
         format!("; broker CPU {}", cpu(pids.len() - 1))
@@ -312,8 +332,8 @@ fn main() {
              | path | p50 ms | p99 ms | p999 ms | events measured | router CPU (of one core) | peak RSS MiB |\n\
              |---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
              against the passthrough (target: p99 at most +2 ms), ms:\n\n\
-             | path | p50 - passthrough p50 | p99 - passthrough p99 | per-event difference p50 | p99 | p999 | events in both |\n\
-             |---|---:|---:|---:|---:|---:|---:|\n{}\n\n",
+             | path | against | p50 - its p50 | p99 - its p99 | per-event difference p50 | p99 | p999 | events in both |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n{}\n\n",
             s.broker,
             s.chosen.join(", "),
             s.rate,
@@ -343,13 +363,10 @@ fn main() {
                 pooled.quantile(0.999)
             ));
         }
-        let base = s.chosen.iter().position(|p| p == "pt").map(|i| i + 1);
         let mut pairs = Vec::new();
-        if let Some(base) = base {
-            for (i, (name, _)) in paths.iter().enumerate().skip(1) {
-                if i == base {
-                    continue;
-                }
+        for (i, path) in s.chosen.iter().enumerate().map(|(i, p)| (i + 1, p)) {
+            if let Some(base) = base_of(&s.chosen, path) {
+                let name = paths[i].0;
                 let per_run: Vec<f64> = results.iter().filter_map(|r| r.p99_minus_pt[i]).collect();
                 let pooled = pooled_p99_difference(&results, &all, i, base);
                 // Resample whole runs with replacement.
@@ -366,7 +383,8 @@ fn main() {
                 let at = |q: f64| resampled[((resampled.len() - 1) as f64 * q).round() as usize];
                 let within = per_run.iter().filter(|&&d| d <= 2.0).count();
                 pairs.push(format!(
-                    "| {name} | {pooled:+.1} | {:+.1} .. {:+.1} | {} | {within} of {} |",
+                    "| {name} | {} | {pooled:+.1} | {:+.1} .. {:+.1} | {} | {within} of {} |",
+                    paths[base].0,
                     at(0.025),
                     at(0.975),
                     per_run
@@ -381,8 +399,8 @@ fn main() {
         report.push_str(&format!(
             "pooled over {runs} runs:\n\n\
              | path | p50 ms | p99 ms | p999 ms |\n|---|---:|---:|---:|\n{}\n\n\
-             | path | pooled p99 - passthrough p99, ms | 95% interval (runs resampled) | per run | runs within +2 ms |\n\
-             |---|---:|---:|---|---:|\n{}\n",
+             | path | against | pooled p99 - its p99, ms | 95% interval (runs resampled) | per run | runs within +2 ms |\n\
+             |---|---|---:|---:|---|---:|\n{}\n",
             rows.join("\n"),
             pairs.join("\n"),
         ));

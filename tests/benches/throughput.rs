@@ -16,8 +16,13 @@
 //! - **passthrough + route plugin** (`ptw`): the same loop, with every record run through the
 //!   `route` plugin in batches of up to 256 as Switchyard's workers do, all outputs to one
 //!   topic: the ceiling for any router that makes one WebAssembly call per record;
-//! - **switchyard**: the release binary with the `route` plugin, three route topics and a
-//!   dead-letter topic, as in `e2e_latency`.
+//! - **passthrough on librdkafka's batch APIs** (`ptb`): the plain loop's work with the
+//!   cheapest record APIs librdkafka has (batch consume, a topic handle made once);
+//! - **passthrough routed natively** (`pt3`): the `route` plugin's code compiled for the host
+//!   choosing among the three route topics, one record at a time: the floor for `sy`;
+//! - **switchyard** (`sy`): the release binary with the `route` plugin, three route topics
+//!   and a dead-letter topic, as in `e2e_latency`; `sy1` with every route to one topic; `syn`
+//!   and `sy1n` the same with `provenance_headers = false`.
 //!
 //! ```sh
 //! cargo bench -p switchyard-tests --bench throughput
@@ -180,7 +185,7 @@ fn main() {
         for (path, drains) in results.iter_mut() {
             let prefix = format!("{path}r{round}");
             let input = format!("{prefix}-in");
-            let outputs: Vec<String> = if path.starts_with("pt") {
+            let outputs: Vec<String> = if path.starts_with("pt") && path != "pt3" {
                 vec![format!("{prefix}-standard")]
             } else {
                 ["standard", "urgent", "errors", "dlq"]
@@ -207,14 +212,16 @@ fn main() {
                 n as f64 / took.as_secs_f64()
             );
             let drain = match path.as_str() {
-                "pt" | "pth" | "ptw" | "ptb" => {
-                    let kind = match path.as_str() {
-                        "pth" => Passthrough::Headers,
-                        "ptw" => Passthrough::Wasm,
-                        "ptb" => Passthrough::Batch,
-                        _ => Passthrough::Plain,
+                "pt" | "pth" | "ptw" | "ptb" | "pt3" => {
+                    let (kind, output) = match path.as_str() {
+                        "pth" => (Passthrough::Headers, &outputs[0]),
+                        "ptw" => (Passthrough::Wasm, &outputs[0]),
+                        "ptb" => (Passthrough::Batch, &outputs[0]),
+                        // Writes `{prefix}-standard`, `-urgent`, `-errors`, `-dlq`.
+                        "pt3" => (Passthrough::Routed, &prefix),
+                        _ => (Passthrough::Plain, &outputs[0]),
                     };
-                    let mut pt = start_passthrough_with(&b, &input, &outputs[0], kind);
+                    let mut pt = start_passthrough_with(&b, &input, output, kind);
                     let drain = follow(&watcher, &outputs, n, pt.id(), broker_pid, timeout);
                     let _ = pt.kill();
                     let _ = pt.wait();
@@ -252,7 +259,7 @@ fn main() {
                     drain
                 }
                 other => panic!(
-                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, sy, syn, sy1, sy1n \
+                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, pt3, sy, syn, sy1, sy1n \
                      (a router path with -b runs the build at BASELINE_BIN)"
                 ),
             };
@@ -268,6 +275,7 @@ fn main() {
         "pth" => "passthrough + 2 provenance headers",
         "ptw" => "passthrough + route plugin (WASM), 1 output topic",
         "ptb" => "passthrough on librdkafka's batch consume and topic handles",
+        "pt3" => "passthrough routed natively (no WASM) to 3 route topics",
         "sy" => "switchyard + route, 3 route topics",
         "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
         "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",

@@ -404,9 +404,6 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
 /// The environment variable that makes a bench executable run the passthrough instead.
 const PASSTHROUGH_ENV: &str = "E2E_PASSTHROUGH";
 
-/// The passthrough: a plain consume -> produce loop with Switchyard's client settings and no
-/// WebAssembly, the floor for any router. With `headers`, every output also carries two
-/// headers the size of Switchyard's provenance headers. Runs forever.
 /// What the passthrough does besides consuming and producing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passthrough {
@@ -426,6 +423,11 @@ pub enum Passthrough {
     /// looks the topic up, for every record). What Kafka I/O alone can cost through
     /// librdkafka on this machine.
     Batch,
+    /// Routes every record with the `route` plugin's own code compiled for the host (no
+    /// WebAssembly) to `<output>-standard`, `-urgent` or `-errors` (`-dlq` for what it
+    /// dead-letters), one record at a time: the floor for a router that writes Switchyard's
+    /// three route topics.
+    Routed,
 }
 
 impl Passthrough {
@@ -435,6 +437,7 @@ impl Passthrough {
             Passthrough::Headers => "headers",
             Passthrough::Wasm => "wasm",
             Passthrough::Batch => "batch",
+            Passthrough::Routed => "routed",
         }
     }
 }
@@ -443,10 +446,13 @@ impl Passthrough {
 /// `batch_size`).
 pub const PASSTHROUGH_BATCH: usize = 256;
 
+/// The passthrough: a plain consume -> produce loop with Switchyard's client settings and no
+/// WebAssembly, the floor for any router, doing what `kind` adds. Runs forever.
 fn passthrough(bootstrap: &str, input: &str, output: &str, kind: Passthrough) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("passthrough-{input}"))
+        // A group of its own per output: several passthroughs may read one input.
+        .set("group.id", format!("passthrough-{input}-{output}"))
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .set("fetch.queue.backoff.ms", "10")
@@ -461,6 +467,9 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, kind: Passthrough) {
     consumer.subscribe(&[input]).expect("subscribe");
     if kind == Passthrough::Wasm {
         return wasm_passthrough(&consumer, &p, output);
+    }
+    if kind == Passthrough::Routed {
+        return routed_passthrough(&consumer, &p, output);
     }
     let versions = format!("route={}", "0".repeat(64));
     loop {
@@ -542,6 +551,38 @@ fn wasm_passthrough(
                 out = out.payload(value.as_slice());
             }
             send_record(p, out);
+        }
+    }
+}
+
+/// [`Passthrough::Routed`]: the `route` plugin's decision, natively, per record.
+fn routed_passthrough(
+    consumer: &BaseConsumer,
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    prefix: &str,
+) {
+    use switchyard_plugin_sdk::{Config, Plugin, Record, Verdict};
+    let mut route =
+        route::Route::init(&Config::from_pairs(std::iter::empty::<(&str, &str)>())).expect("init");
+    let topics = ["standard", "urgent", "errors", "dlq"].map(|t| format!("{prefix}-{t}"));
+    loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            let mut record = Record::new();
+            if let Some(value) = m.payload() {
+                record = record.with_value(value.to_vec());
+            }
+            let topic = match route.process(&record) {
+                Verdict::Route(r) if r == "urgent" => &topics[1],
+                Verdict::Route(r) if r == "errors" => &topics[2],
+                Verdict::DeadLetter(_) => &topics[3],
+                _ => &topics[0],
+            };
+            send_record(
+                p,
+                BaseRecord::to(topic)
+                    .key(m.key().unwrap_or_default())
+                    .payload(m.payload().unwrap_or_default()),
+            );
         }
     }
 }
@@ -631,6 +672,7 @@ pub fn run_as_passthrough() -> bool {
         Some("headers") => Passthrough::Headers,
         Some("wasm") => Passthrough::Wasm,
         Some("batch") => Passthrough::Batch,
+        Some("routed") => Passthrough::Routed,
         _ => Passthrough::Plain,
     };
     passthrough(parts[0], parts[1], parts[2], kind);
