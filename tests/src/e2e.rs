@@ -101,33 +101,43 @@ pub fn send_record(
 
 /// Produces stamped events at `rate`/s for `secs` seconds.
 pub fn generate(bootstrap: &str, topic: &str, rate: u64, secs: u64) -> u64 {
+    generate_counting(bootstrap, topic, rate, secs, None).0
+}
+
+/// [`generate`], also counting the events created at or after `from` (µs since the epoch):
+/// (sent, of which created from then on).
+fn generate_counting(
+    bootstrap: &str,
+    topic: &str,
+    rate: u64,
+    secs: u64,
+    from: Option<&std::sync::atomic::AtomicI64>,
+) -> (u64, u64) {
     let p = producer(bootstrap);
     let start = Instant::now();
-    let mut sent = 0u64;
+    let (mut sent, mut created) = (0u64, 0u64);
     let end = Duration::from_secs(secs);
     while start.elapsed() < end {
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         // Behind schedule (the broker cannot take the rate): send what is due, but stop on time.
         while sent < due && start.elapsed() < end {
+            let at = now_us();
+            if from.is_some_and(|f| at >= f.load(Ordering::Acquire)) {
+                created += 1;
+            }
             let key = format!("user-{:05}", sent % 10_000);
-            send(&p, topic, key.as_bytes(), stamped(sent).as_bytes());
+            send(&p, topic, key.as_bytes(), stamped_at(sent, at).as_bytes());
             sent += 1;
         }
         std::thread::sleep(Duration::from_micros(500));
     }
     let _ = p.flush(Duration::from_secs(30));
-    sent
+    (sent, created)
 }
 
-/// Reads `topics` from their end (records written from now on) until `stop`; returns the
-/// latency (µs) of each record created after `measure_from_us`, and the time of each arrival.
-pub fn check(
-    bootstrap: &str,
-    topics: &[&str],
-    stop: Arc<AtomicBool>,
-    ready: Arc<AtomicBool>,
-    measure_from_us: Arc<std::sync::atomic::AtomicI64>,
-) -> (Vec<i64>, Vec<Instant>) {
+/// The checker's consumer: every partition of `topics` from the beginning (the bench's topics
+/// are new, so nothing written after the start is missed).
+fn checker_on<'a>(bootstrap: &str, topics: impl IntoIterator<Item = &'a str>) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-checker")
@@ -144,6 +154,19 @@ pub fn check(
         }
     }
     consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// Reads `topics` from their end (records written from now on) until `stop`; returns the
+/// latency (µs) of each record created after `measure_from_us`, and the time of each arrival.
+pub fn check(
+    bootstrap: &str,
+    topics: &[&str],
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    measure_from_us: Arc<std::sync::atomic::AtomicI64>,
+) -> (Vec<i64>, Vec<Instant>) {
+    let consumer = checker_on(bootstrap, topics.iter().copied());
     ready.store(true, Ordering::Release);
     let mut latencies = Vec::new();
     let mut arrivals = Vec::new();
@@ -265,25 +288,7 @@ pub fn side_by_side_run(
     let generator = {
         let (b, input, from) = (bootstrap.to_owned(), input.to_owned(), from.clone());
         std::thread::spawn(move || {
-            let p = producer(&b);
-            let start = Instant::now();
-            let end = Duration::from_secs(warmup + secs);
-            let (mut sent, mut created) = (0u64, 0u64);
-            while start.elapsed() < end {
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-                while sent < due && start.elapsed() < end {
-                    let at = now_us();
-                    if at >= from.load(Ordering::Acquire) {
-                        created += 1;
-                    }
-                    let key = format!("user-{:05}", sent % 10_000);
-                    send(&p, &input, key.as_bytes(), stamped_at(sent, at).as_bytes());
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            let _ = p.flush(Duration::from_secs(30));
-            created
+            generate_counting(&b, &input, rate, warmup + secs, Some(&from)).1
         })
     };
     std::thread::sleep(Duration::from_secs(warmup));
@@ -317,23 +322,7 @@ fn check_paths(
     ready: &AtomicBool,
     from: &std::sync::atomic::AtomicI64,
 ) -> Vec<HashMap<u64, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-checker")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set("log_level", "3")
-        .create()
-        .expect("checker");
-    // The topics are new: from the beginning, nothing written after the start is missed.
-    let mut tpl = TopicPartitionList::new();
-    for topic in path_of.keys() {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = checker_on(bootstrap, path_of.keys().map(String::as_str));
     ready.store(true, Ordering::Release);
     let mut latencies: Vec<HashMap<u64, i64>> = vec![HashMap::new(); paths];
     while !stop.load(Ordering::Acquire) {
