@@ -20,6 +20,7 @@
 //!   cheapest record APIs librdkafka has (batch consume, a topic handle made once);
 //! - **passthrough routed natively** (`pt3`): the `route` plugin's code compiled for the host
 //!   choosing among the three route topics, one record at a time: the floor for `sy`;
+//!   `pt3h` the same adding Switchyard-sized provenance headers (as `pth` does);
 //! - **switchyard** (`sy`): the release binary with the `route` plugin, three route topics
 //!   and a dead-letter topic, as in `e2e_latency`; `sy1` with every route to one topic; `syn`
 //!   and `sy1n` the same with `provenance_headers = false`.
@@ -185,7 +186,7 @@ fn main() {
         for (path, drains) in results.iter_mut() {
             let prefix = format!("{path}r{round}");
             let input = format!("{prefix}-in");
-            let outputs: Vec<String> = if path.starts_with("pt") && path != "pt3" {
+            let outputs: Vec<String> = if path.starts_with("pt") && !path.starts_with("pt3") {
                 vec![format!("{prefix}-standard")]
             } else {
                 ["standard", "urgent", "errors", "dlq"]
@@ -212,13 +213,14 @@ fn main() {
                 n as f64 / took.as_secs_f64()
             );
             let drain = match path.as_str() {
-                "pt" | "pth" | "ptw" | "ptb" | "pt3" => {
+                "pt" | "pth" | "ptw" | "ptb" | "pt3" | "pt3h" => {
                     let (kind, output) = match path.as_str() {
                         "pth" => (Passthrough::Headers, &outputs[0]),
                         "ptw" => (Passthrough::Wasm, &outputs[0]),
                         "ptb" => (Passthrough::Batch, &outputs[0]),
                         // Writes `{prefix}-standard`, `-urgent`, `-errors`, `-dlq`.
                         "pt3" => (Passthrough::Routed, &prefix),
+                        "pt3h" => (Passthrough::RoutedHeaders, &prefix),
                         _ => (Passthrough::Plain, &outputs[0]),
                     };
                     let mut pt = start_passthrough_with(&b, &input, output, kind);
@@ -259,7 +261,7 @@ fn main() {
                     drain
                 }
                 other => panic!(
-                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, pt3, sy, syn, sy1, sy1n \
+                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, pt3, pt3h, sy, syn, sy1, sy1n \
                      (a router path with -b runs the build at BASELINE_BIN)"
                 ),
             };
@@ -276,6 +278,7 @@ fn main() {
         "ptw" => "passthrough + route plugin (WASM), 1 output topic",
         "ptb" => "passthrough on librdkafka's batch consume and topic handles",
         "pt3" => "passthrough routed natively (no WASM) to 3 route topics",
+        "pt3h" => "passthrough routed natively to 3 route topics + 2 provenance headers",
         "sy" => "switchyard + route, 3 route topics",
         "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
         "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",

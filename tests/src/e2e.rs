@@ -417,6 +417,8 @@ pub enum Passthrough {
     /// dead-letters), one record at a time: the floor for a router that writes Switchyard's
     /// three route topics.
     Routed,
+    /// [`Passthrough::Routed`] adding Switchyard-sized provenance headers to every output.
+    RoutedHeaders,
 }
 
 impl Passthrough {
@@ -427,6 +429,7 @@ impl Passthrough {
             Passthrough::Wasm => "wasm",
             Passthrough::Batch => "batch",
             Passthrough::Routed => "routed",
+            Passthrough::RoutedHeaders => "routed-headers",
         }
     }
 }
@@ -457,27 +460,17 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, kind: Passthrough) {
     if kind == Passthrough::Wasm {
         return wasm_passthrough(&consumer, &p, output);
     }
-    if kind == Passthrough::Routed {
-        return routed_passthrough(&consumer, &p, output);
+    if matches!(kind, Passthrough::Routed | Passthrough::RoutedHeaders) {
+        let headers = (kind == Passthrough::RoutedHeaders).then_some(input);
+        return routed_passthrough(&consumer, &p, output, headers);
     }
-    let versions = format!("route={}", "0".repeat(64));
     loop {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
             let mut record = BaseRecord::<[u8], [u8]>::to(output)
                 .key(m.key().unwrap_or_default())
                 .payload(m.payload().unwrap_or_default());
             if kind == Passthrough::Headers {
-                record = record.headers(
-                    rdkafka::message::OwnedHeaders::new_with_capacity(2)
-                        .insert(rdkafka::message::Header {
-                            key: "switchyard-pipeline",
-                            value: Some(input),
-                        })
-                        .insert(rdkafka::message::Header {
-                            key: "switchyard-versions",
-                            value: Some(&versions),
-                        }),
-                );
+                record = record.headers(provenance_like(input));
             }
             send_record(&p, record);
         }
@@ -544,11 +537,28 @@ fn wasm_passthrough(
     }
 }
 
-/// [`Passthrough::Routed`]: the `route` plugin's decision, natively, per record.
+/// Two headers the size of Switchyard's provenance headers for a pipeline named `pipeline`
+/// with one stage (`switchyard-pipeline`, and `switchyard-versions` with a sha256 in hex).
+fn provenance_like(pipeline: &str) -> rdkafka::message::OwnedHeaders {
+    let versions = format!("route={}", "0".repeat(64));
+    rdkafka::message::OwnedHeaders::new_with_capacity(2)
+        .insert(rdkafka::message::Header {
+            key: "switchyard-pipeline",
+            value: Some(pipeline),
+        })
+        .insert(rdkafka::message::Header {
+            key: "switchyard-versions",
+            value: Some(&versions),
+        })
+}
+
+/// [`Passthrough::Routed`]: the `route` plugin's decision, natively, per record; with
+/// `headers`, provenance-sized headers for that pipeline name on every output.
 fn routed_passthrough(
     consumer: &BaseConsumer,
     p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
     prefix: &str,
+    headers: Option<&str>,
 ) {
     use switchyard_plugin_sdk::{Config, Plugin, Record, Verdict};
     let mut route =
@@ -566,12 +576,13 @@ fn routed_passthrough(
                 Verdict::DeadLetter(_) => &topics[3],
                 _ => &topics[0],
             };
-            send_record(
-                p,
-                BaseRecord::to(topic)
-                    .key(m.key().unwrap_or_default())
-                    .payload(m.payload().unwrap_or_default()),
-            );
+            let mut out = BaseRecord::to(topic)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            if let Some(pipeline) = headers {
+                out = out.headers(provenance_like(pipeline));
+            }
+            send_record(p, out);
         }
     }
 }
@@ -662,6 +673,7 @@ pub fn run_as_passthrough() -> bool {
         Some("wasm") => Passthrough::Wasm,
         Some("batch") => Passthrough::Batch,
         Some("routed") => Passthrough::Routed,
+        Some("routed-headers") => Passthrough::RoutedHeaders,
         _ => Passthrough::Plain,
     };
     passthrough(parts[0], parts[1], parts[2], kind);
