@@ -180,9 +180,9 @@ struct RunResult {
     rows: Vec<String>,
     pairs: Vec<String>,
     histograms: Vec<Histogram>,
-    /// Per path: its p99 minus the passthrough's, ms (None for the one hop and the
-    /// passthrough).
-    p99_minus_pt: Vec<Option<f64>>,
+    /// Per path: its p99 minus its floor's ([`base_of`]), ms (None for the one hop and the
+    /// floors).
+    p99_minus_base: Vec<Option<f64>>,
     header: String,
 }
 
@@ -247,14 +247,14 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
         ));
     }
     let mut pairs = Vec::new();
-    let mut p99_minus_pt = vec![None; paths.len()];
+    let mut p99_minus_base = vec![None; paths.len()];
     for (i, path) in s.chosen.iter().enumerate().map(|(i, p)| (i + 1, p)) {
         let Some(base) = base_of(&s.chosen, path) else {
             continue;
         };
         let (d50, d99, d999, n) = paired(&run.latencies[i], &run.latencies[base]);
         let d = quantiles[i].1 - quantiles[base].1;
-        p99_minus_pt[i] = Some(d);
+        p99_minus_base[i] = Some(d);
         pairs.push(format!(
             "| {} | {} | {:+.1} | {d:+.1} | {d50:+.1} | {d99:+.1} | {d999:+.1} | {n} |",
             paths[i].0,
@@ -271,7 +271,7 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
         rows,
         pairs,
         histograms: run.latencies.iter().map(Histogram::of).collect(),
-        p99_minus_pt,
+        p99_minus_base,
         header: format!("{} events created in the window{broker_cpu}", run.created),
     }
 }
@@ -367,7 +367,8 @@ fn main() {
         for (i, path) in s.chosen.iter().enumerate().map(|(i, p)| (i + 1, p)) {
             if let Some(base) = base_of(&s.chosen, path) {
                 let name = paths[i].0;
-                let per_run: Vec<f64> = results.iter().filter_map(|r| r.p99_minus_pt[i]).collect();
+                let per_run: Vec<f64> =
+                    results.iter().filter_map(|r| r.p99_minus_base[i]).collect();
                 let pooled = pooled_p99_difference(&results, &all, i, base);
                 // Resample whole runs with replacement.
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64;

@@ -99,19 +99,14 @@ pub fn send_record(
     }
 }
 
-/// Produces stamped events at `rate`/s for `secs` seconds.
-pub fn generate(bootstrap: &str, topic: &str, rate: u64, secs: u64) -> u64 {
-    generate_counting(bootstrap, topic, rate, secs, None).0
-}
-
-/// [`generate`], also counting the events created at or after `from` (µs since the epoch):
-/// (sent, of which created from then on).
-fn generate_counting(
+/// Produces stamped events to `topic` at `rate`/s for `secs` seconds: (sent, of which created
+/// at or after `from`, µs since the epoch).
+fn generate(
     bootstrap: &str,
     topic: &str,
     rate: u64,
     secs: u64,
-    from: Option<&std::sync::atomic::AtomicI64>,
+    from: &std::sync::atomic::AtomicI64,
 ) -> (u64, u64) {
     let p = producer(bootstrap);
     let start = Instant::now();
@@ -122,7 +117,7 @@ fn generate_counting(
         // Behind schedule (the broker cannot take the rate): send what is due, but stop on time.
         while sent < due && start.elapsed() < end {
             let at = now_us();
-            if from.is_some_and(|f| at >= f.load(Ordering::Acquire)) {
+            if at >= from.load(Ordering::Acquire) {
                 created += 1;
             }
             let key = format!("user-{:05}", sent % 10_000);
@@ -193,6 +188,80 @@ pub struct Run {
     pub sent: u64,
 }
 
+/// The shared state of a checker thread: set `ready` once it reads; stop when `stop` is set;
+/// measure the records created at or after `from` (µs since the epoch).
+struct CheckerSignals {
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    from: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// What [`drive`] measured besides the checker's result.
+struct Driven<T> {
+    checked: T,
+    /// Records sent, and of those created in the measured window.
+    sent: u64,
+    created: u64,
+    /// CPU seconds of each pid over the window, and the window's length in seconds.
+    cpu_seconds: Vec<f64>,
+    window_s: f64,
+}
+
+/// One latency run: starts `checker` and waits until it reads, then the generator on `input`
+/// at `rate`/s for `warmup + secs` seconds; events created in the first `warmup` seconds are
+/// not measured. After the generator, `tail` for the last records to arrive, then the checker
+/// is stopped. The CPU time of `pids` is taken over the measured window.
+#[allow(clippy::too_many_arguments)]
+fn drive<T: Send + 'static>(
+    bootstrap: &str,
+    input: &str,
+    rate: u64,
+    warmup: u64,
+    secs: u64,
+    tail: Duration,
+    pids: &[u32],
+    checker: impl FnOnce(CheckerSignals) -> T + Send + 'static,
+) -> Driven<T> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let from = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let checker = {
+        let signals = CheckerSignals {
+            stop: stop.clone(),
+            ready: ready.clone(),
+            from: from.clone(),
+        };
+        std::thread::spawn(move || checker(signals))
+    };
+    while !ready.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let generator = {
+        let (b, input, from) = (bootstrap.to_owned(), input.to_owned(), from.clone());
+        std::thread::spawn(move || generate(&b, &input, rate, warmup + secs, &from))
+    };
+    std::thread::sleep(Duration::from_secs(warmup));
+    let cpu_at = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
+    let window_start = (Instant::now(), cpu_at(pids));
+    from.store(now_us(), Ordering::Release);
+    let (sent, created) = generator.join().expect("generator");
+    let window_s = window_start.0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_at(pids)
+        .iter()
+        .zip(&window_start.1)
+        .map(|(end, start)| end - start)
+        .collect();
+    std::thread::sleep(tail);
+    stop.store(true, Ordering::Release);
+    Driven {
+        checked: checker.join().expect("checker"),
+        sent,
+        created,
+        cpu_seconds,
+        window_s,
+    }
+}
+
 /// Checker on `outputs`, generator on `input`: one latency run.
 pub fn latency_run(
     bootstrap: &str,
@@ -202,39 +271,26 @@ pub fn latency_run(
     warmup: u64,
     secs: u64,
 ) -> Run {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicBool::new(false));
-    let from = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
-    let checker = {
-        let (b, stop, ready, from) = (
-            bootstrap.to_owned(),
-            stop.clone(),
-            ready.clone(),
-            from.clone(),
-        );
-        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-        std::thread::spawn(move || {
+    let b = bootstrap.to_owned();
+    let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    let run = drive(
+        bootstrap,
+        input,
+        rate,
+        warmup,
+        secs,
+        Duration::from_secs(3),
+        &[],
+        move |signals| {
             let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            check(&b, &refs, stop, ready, from)
-        })
-    };
-    while !ready.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let generator = {
-        let (b, input) = (bootstrap.to_owned(), input.to_owned());
-        std::thread::spawn(move || generate(&b, &input, rate, warmup + secs))
-    };
-    std::thread::sleep(Duration::from_secs(warmup));
-    from.store(now_us(), Ordering::Release);
-    let sent = generator.join().expect("generator");
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Release);
-    let (latencies, arrivals) = checker.join().expect("checker");
+            check(&b, &refs, signals.stop, signals.ready, signals.from)
+        },
+    );
+    let (latencies, arrivals) = run.checked;
     Run {
         latencies,
         arrivals,
-        sent,
+        sent: run.sent,
     }
 }
 
@@ -252,9 +308,10 @@ pub struct SideBySide {
 }
 
 /// Every path at once: the generator writes `input` at `rate`/s for `warmup + secs` seconds,
-/// and one checker reads every path's topics (new topics, read from the beginning). A path is a name and the topics
-/// its outputs land in (a topic in no path is not read). Events created in the first `warmup`
-/// seconds are not measured. The CPU time of `pids` is taken over the measured window.
+/// and one checker reads every path's topics (new topics, read from the beginning). A path is
+/// a name and the topics its outputs land in (a topic in no path is not read). Events created
+/// in the first `warmup` seconds are not measured. The CPU time of `pids` is taken over the
+/// measured window.
 pub fn side_by_side_run(
     bootstrap: &str,
     input: &str,
@@ -264,52 +321,28 @@ pub fn side_by_side_run(
     warmup: u64,
     secs: u64,
 ) -> SideBySide {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicBool::new(false));
-    let from = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
     let path_of: HashMap<String, usize> = paths
         .iter()
         .enumerate()
         .flat_map(|(i, (_, topics))| topics.iter().map(move |t| (t.to_string(), i)))
         .collect();
-    let checker = {
-        let (b, stop, ready, from) = (
-            bootstrap.to_owned(),
-            stop.clone(),
-            ready.clone(),
-            from.clone(),
-        );
-        let n = paths.len();
-        std::thread::spawn(move || check_paths(&b, &path_of, n, &stop, &ready, &from))
-    };
-    while !ready.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let generator = {
-        let (b, input, from) = (bootstrap.to_owned(), input.to_owned(), from.clone());
-        std::thread::spawn(move || {
-            generate_counting(&b, &input, rate, warmup + secs, Some(&from)).1
-        })
-    };
-    std::thread::sleep(Duration::from_secs(warmup));
-    let cpu_at = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
-    let window_start = (Instant::now(), cpu_at(pids));
-    from.store(now_us(), Ordering::Release);
-    let created = generator.join().expect("generator");
-    let window_s = window_start.0.elapsed().as_secs_f64();
-    let cpu_seconds = cpu_at(pids)
-        .iter()
-        .zip(&window_start.1)
-        .map(|(end, start)| end - start)
-        .collect();
+    let (b, n) = (bootstrap.to_owned(), paths.len());
     // The slowest path's tail (p999 on tansu reaches a few hundred ms) still arrives.
-    std::thread::sleep(Duration::from_secs(5));
-    stop.store(true, Ordering::Release);
+    let run = drive(
+        bootstrap,
+        input,
+        rate,
+        warmup,
+        secs,
+        Duration::from_secs(5),
+        pids,
+        move |signals| check_paths(&b, &path_of, n, &signals),
+    );
     SideBySide {
-        latencies: checker.join().expect("checker"),
-        created,
-        cpu_seconds,
-        window_s,
+        latencies: run.checked,
+        created: run.created,
+        cpu_seconds: run.cpu_seconds,
+        window_s: run.window_s,
     }
 }
 
@@ -318,10 +351,9 @@ fn check_paths(
     bootstrap: &str,
     path_of: &HashMap<String, usize>,
     paths: usize,
-    stop: &AtomicBool,
-    ready: &AtomicBool,
-    from: &std::sync::atomic::AtomicI64,
+    signals: &CheckerSignals,
 ) -> Vec<HashMap<u64, i64>> {
+    let CheckerSignals { stop, ready, from } = signals;
     let consumer = checker_on(bootstrap, path_of.keys().map(String::as_str));
     ready.store(true, Ordering::Release);
     let mut latencies: Vec<HashMap<u64, i64>> = vec![HashMap::new(); paths];
