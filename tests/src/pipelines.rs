@@ -5,14 +5,13 @@ use crate::engine;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use switchyard::admin::AdminState;
 use switchyard::config::Config;
-use switchyard::metrics::{CountersSnapshot, Metrics};
-use switchyard::pipeline::{self, PipelineHandle, PipelineStatus};
-use switchyard::versions::VersionStore;
+use switchyard::metrics::Metrics;
+use switchyard::pipeline::PipelineHandle;
+use switchyard::status::{CountersSnapshot, PipelineStatus};
+use switchyard::{AdminListen, StartOptions};
 
 /// A fresh, empty directory for one test's files.
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -35,11 +34,10 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Pipelines running on a background thread until stopped (or dropped).
+/// A router started in this process (through [`switchyard::start`], as `switchyard run`
+/// does), with its admin API on a free loopback port. Stops when dropped.
 pub struct Running {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-    statuses: Vec<(String, Arc<PipelineStatus>)>,
+    inner: switchyard::Running,
     /// Every pipeline, as the admin API sees it.
     pub handles: Vec<Arc<PipelineHandle>>,
     /// The metrics they record to.
@@ -48,22 +46,14 @@ pub struct Running {
     pub config: Config,
 }
 
-/// The admin API of a [`Running`], served on a free loopback port.
+/// The admin API of a [`Running`].
 pub struct AdminServer {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
-    }
-}
-
-/// Loads a config file and runs its pipelines in this process.
+/// Loads a config file and runs its pipelines in this process; uploaded versions are kept in
+/// memory only.
 pub fn start(config: &Path) -> anyhow::Result<Running> {
     start_with(config, false)
 }
@@ -79,72 +69,39 @@ pub fn start_with(config: &Path, persist: bool) -> anyhow::Result<Running> {
         )
         .try_init();
     let config = Config::load(config)?;
-    let metrics = Arc::new(Metrics::new());
-    let store = match (&config.admin.state_dir, persist) {
-        (Some(dir), true) => VersionStore::at(dir.clone())?,
-        _ => VersionStore::memory(),
-    };
-    let pipelines = pipeline::load(&config, engine(), &metrics, &store)?;
-    let statuses = pipelines
-        .iter()
-        .map(|p| (p.name().to_owned(), p.status()))
-        .collect();
-    let handles = pipelines.iter().map(pipeline::Pipeline::handle).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || pipeline::run_all(pipelines, stop))
-    };
+    let inner = switchyard::start(
+        config.clone(),
+        StartOptions {
+            engine: Some(engine()),
+            ephemeral_versions: !persist,
+            admin: AdminListen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        },
+    )?;
     Ok(Running {
-        stop,
-        thread: Some(thread),
-        statuses,
-        handles,
-        metrics,
+        handles: inner.pipelines().to_vec(),
+        metrics: inner.metrics().clone(),
         config,
+        inner,
     })
 }
 
 impl Running {
-    /// Serves the admin API for these pipelines on a free loopback port, with the config's
-    /// tokens and limits.
+    /// The admin API, served with the config's tokens and limits on a free loopback port.
     pub fn serve_admin(&self) -> AdminServer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap_or_else(|e| panic!("cannot bind: {e}"));
-        let url = format!(
-            "http://{}",
-            listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("no local address: {e}"))
-        );
-        let state = Arc::new(AdminState {
-            pipelines: self.handles.clone(),
-            metrics: self.metrics.clone(),
-            tokens: self.config.admin.tokens.clone(),
-            max_upload_bytes: self.config.admin.max_upload_bytes,
-            switch_timeout: Duration::from_millis(self.config.admin.switch_timeout_ms),
-        });
-        runtime.spawn(async move {
-            let _ = switchyard::admin::serve(listener, state, std::future::pending()).await;
-        });
+        let address = self
+            .inner
+            .admin_addr()
+            .unwrap_or_else(|| panic!("the admin API is not running"));
         AdminServer {
-            url,
-            runtime: Some(runtime),
+            url: format!("http://{address}"),
         }
     }
 
     /// The live status of a pipeline.
     pub fn status(&self, name: &str) -> &PipelineStatus {
-        self.statuses
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_ref())
+        self.inner
+            .pipeline(name)
+            .map(|p| p.status.as_ref())
             .unwrap_or_else(|| panic!("no pipeline {name}"))
     }
 
@@ -171,24 +128,10 @@ impl Running {
         }
     }
 
-    /// Asks the pipelines to drain and stop, and returns how `run` ended.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Release);
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("pipelines thread panicked"))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Asks the pipelines to drain and stop, and returns how they ended.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.inner.stop();
+        self.inner.wait()
     }
 }
 

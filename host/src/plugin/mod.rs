@@ -9,6 +9,8 @@
 //!   record by record so only the offending records are dead-lettered.
 //! - [`limits`]: per-stage limits and their defaults.
 //! - [`host_api`]: what the plugin imports (log, lookup, counters) and its empty WASI context.
+//! - [`schema`]: the built-in JSON Schema stage.
+//! - [`sample`]: sample records run through a chain and explained (dry run, `test-plugin`).
 //!
 //! It does not know about Kafka: records come in as [`InputRecord`]s and leave as
 //! [`Delivery`]s.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod host_api;
 mod instance;
 pub mod limits;
+pub mod sample;
 pub mod schema;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};

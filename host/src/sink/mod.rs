@@ -21,11 +21,11 @@
 //! write again goes through the retry thread.
 
 use crate::kafka::{self, add_header, headers_from_kafka, now_ms};
-use crate::metrics::{Health, PipelineCounters, PipelineMetrics};
-use crate::pipeline::PipelineStatus;
+use crate::metrics::PipelineMetrics;
 use crate::plugin::{Header, RouteId};
 use crate::router::{Outgoing, Router, SourceOffset};
 use crate::source::tracker::{InFlight, PartitionHandle, Tracker};
+use crate::status::{Health, PipelineCounters, PipelineStatus};
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -1,6 +1,7 @@
 //! Reading from Kafka: the consumer, its rebalance handling, and which offsets may be
 //! committed.
 //!
+//! - [`consumer`]: the consumer loop: poll, back-pressure, commit, drain.
 //! - [`offsets`]: one partition's in-flight records and its commit position.
 //! - [`tracker`]: every assigned partition's, shared with the workers and the producer.
 //! - [`SourceContext`]: the consumer's callbacks. On an assignment it starts tracking the
@@ -8,6 +9,7 @@
 //!   revocation it waits (bounded) for their in-flight records to finish, commits them, and
 //!   stops tracking them, so the next owner starts right after what this process finished.
 
+pub mod consumer;
 pub mod offsets;
 pub mod tracker;
 

@@ -21,15 +21,15 @@
 //! answer comes once every worker runs it. Uploads to one stage are serialized. Each change
 //! is logged as an audit line (target `switchyard::audit`).
 
+use crate::control::{StageHistory, config_pairs};
 use crate::metrics::{
     Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, ReloadLabels, StateLabels,
     VersionLabels,
 };
 use crate::pipeline::PipelineHandle;
+use crate::plugin::sample::{self, SampleRecord};
 use crate::plugin::{ChainRunner, ChainSpec, Destination, LoadError, PluginModule, StageSpec};
 use crate::router::Source;
-use crate::sample::{self, SampleRecord};
-use crate::versions::{StageHistory, config_pairs};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};

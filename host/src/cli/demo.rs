@@ -16,10 +16,6 @@
 
 use crate::config::Config;
 use crate::kafka::now_ms;
-use crate::metrics::Metrics;
-use crate::pipeline;
-use crate::plugin::{EngineConfig, PluginEngine};
-use crate::versions::VersionStore;
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,7 +93,7 @@ pub struct Summary {
 }
 
 /// One generated event: its bytes and the topic it must end up in.
-struct Generated {
+struct Event {
     key: String,
     value: Vec<u8>,
     expected_topic: &'static str,
@@ -105,7 +101,7 @@ struct Generated {
 
 /// A realistic event stream: page views, clicks, purchases, sign-ups from known and unknown
 /// users; about 1 in 12 high priority, 1 in 15 an error event, 1 in 40 invalid.
-fn generate_event(i: u64) -> Generated {
+fn generate_event(i: u64) -> Event {
     const TYPES: [&str; 4] = ["page_view", "click", "purchase", "signup"];
     // A cheap deterministic scramble so the patterns do not line up.
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
@@ -155,7 +151,7 @@ fn generate_event(i: u64) -> Generated {
             )
         }
     };
-    Generated {
+    Event {
         key: user,
         value,
         expected_topic,
@@ -368,6 +364,223 @@ fn percentile(sorted: &[i64], p: f64) -> f64 {
     }
 }
 
+/// The broker the demo runs on: the embedded mock cluster, or a real one.
+struct Broker {
+    /// Kept alive for the whole run; dropped last.
+    _mock:
+        Option<rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    bootstrap: String,
+}
+
+impl Broker {
+    /// Starts the embedded broker (or connects to `brokers`) and creates the demo's topics.
+    fn start(brokers: Option<&str>) -> anyhow::Result<Broker> {
+        let topics: Vec<&str> = std::iter::once(INPUT)
+            .chain(ROUTES.iter().map(|(_, t)| *t))
+            .chain([DEAD_LETTER])
+            .collect();
+        match brokers {
+            Some(bootstrap) => {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start a runtime for the topic set-up")?
+                    .block_on(create_topics(bootstrap, &topics))?;
+                Ok(Broker {
+                    _mock: None,
+                    bootstrap: bootstrap.to_owned(),
+                })
+            }
+            None => {
+                let mock = rdkafka::mocking::MockCluster::new(1)
+                    .context("cannot start the embedded broker (librdkafka's mock cluster)")?;
+                for t in &topics {
+                    mock.create_topic(t, PARTITIONS, 1)
+                        .with_context(|| format!("cannot create topic {t}"))?;
+                }
+                Ok(Broker {
+                    bootstrap: mock.bootstrap_servers(),
+                    _mock: Some(mock),
+                })
+            }
+        }
+    }
+}
+
+/// The router, configured as a user would: the config and users table written to `work`.
+fn start_router(
+    work: &Path,
+    brokers: &str,
+    plugins: &Path,
+    admin_listen: &str,
+) -> anyhow::Result<(crate::app::Running, PathBuf)> {
+    std::fs::write(work.join("users.jsonl"), users_table())?;
+    let config_path = work.join("switchyard.toml");
+    std::fs::write(&config_path, config_text(brokers, plugins, admin_listen))?;
+    let config = Config::load(&config_path)?;
+    let running = crate::app::start(config, crate::app::StartOptions::default())?;
+    Ok((running, config_path))
+}
+
+/// Waits until the router owns its partitions (at most 20 s), so that the first events do
+/// not wait for the group join (it would show as latency).
+fn wait_until_assigned(running: &crate::app::Running) {
+    let joined = Instant::now();
+    while running
+        .pipelines()
+        .first()
+        .is_some_and(|p| p.status.tracker.partitions().is_empty())
+        && joined.elapsed() < Duration::from_secs(20)
+        && !running.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The checker on its own thread, reading every output topic from its current end.
+struct Checker {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Checker {
+    /// Starts reading and returns once every output partition has a position.
+    fn start(client: &ClientConfig) -> anyhow::Result<Checker> {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (client, seen, ready, stop) =
+                (client.clone(), seen.clone(), ready.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("demo-checker".into())
+                .spawn(move || checker(client, seen, ready, stop))?
+        };
+        while !ready.load(Ordering::Acquire) && !thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Checker { seen, stop, thread })
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the checker panicked"))?
+    }
+}
+
+/// What the generator wrote: the topic each event must end up in, by event number.
+struct Generated {
+    expected: Vec<&'static str>,
+    seconds: f64,
+}
+
+/// Writes `rate` events per second for `duration`, showing progress; returns once the broker
+/// has acknowledged every one.
+fn generate(
+    client: &ClientConfig,
+    options: &DemoOptions,
+    checker: &Checker,
+    terminal: bool,
+) -> anyhow::Result<Generated> {
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create the demo's producer")?;
+    let mut expected = Vec::new();
+    let started = Instant::now();
+    checker.seen().measure_from_ms = now_ms() + WARM_UP.as_millis() as i64;
+    let mut last_progress = Instant::now();
+    let progress_every = Duration::from_millis(if terminal { 500 } else { 2000 });
+    while started.elapsed() < options.duration {
+        let due = ((started.elapsed().as_secs_f64() * options.rate as f64) as u64).max(1);
+        while (expected.len() as u64) < due && started.elapsed() < options.duration {
+            let i = expected.len() as u64;
+            let event = generate_event(i);
+            send(&producer, i, &event)?;
+            expected.push(event.expected_topic);
+        }
+        if last_progress.elapsed() >= progress_every {
+            progress(&checker.seen, started.elapsed(), terminal);
+            last_progress = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    producer
+        .flush(Duration::from_secs(30))
+        .context("the broker did not acknowledge every generated event")?;
+    Ok(Generated { expected, seconds })
+}
+
+/// Sends one event, waiting while the producer's queue is full.
+fn send(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    i: u64,
+    event: &Event,
+) -> anyhow::Result<()> {
+    let id = i.to_string();
+    let mut record = BaseRecord::<str, [u8]>::to(INPUT)
+        .key(event.key.as_str())
+        .payload(&event.value)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: ID_HEADER,
+            value: Some(id.as_str()),
+        }));
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => anyhow::bail!("cannot produce to {INPUT}: {e}"),
+        }
+    }
+}
+
+/// Waits until every generated event was read from some topic, or 30 s pass with nothing new.
+fn wait_for_outputs(checker: &Checker, total: u64, started: Instant, terminal: bool) {
+    let mut last_count = 0;
+    let mut last_change = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        let (accounted, records) = {
+            let s = checker.seen();
+            (s.events.len() as u64, s.records)
+        };
+        if accounted >= total || last_change.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if records != last_count {
+            last_count = records;
+            last_change = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_millis(500) {
+            progress(&checker.seen, started.elapsed(), terminal);
+            last_progress = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    progress(&checker.seen, started.elapsed(), terminal);
+    if terminal {
+        eprintln!();
+    }
+}
+
 /// Runs the demo; prints live progress to stderr and the summary to stdout.
 pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
     check_plugins(&options.plugins)?;
@@ -380,215 +593,43 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
     let plugins = std::fs::canonicalize(&options.plugins)
         .with_context(|| format!("cannot resolve {}", options.plugins.display()))?;
 
-    // The broker.
-    let mock = match &options.brokers {
-        Some(_) => None,
-        None => Some(
-            rdkafka::mocking::MockCluster::new(1)
-                .context("cannot start the embedded broker (librdkafka's mock cluster)")?,
-        ),
-    };
-    let brokers = match (&options.brokers, &mock) {
-        (Some(b), _) => b.clone(),
-        (None, Some(m)) => m.bootstrap_servers(),
-        (None, None) => anyhow::bail!("no broker"),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("demo-admin")
-        .enable_all()
-        .build()
-        .context("cannot start the admin runtime")?;
-    let topics: Vec<&str> = std::iter::once(INPUT)
-        .chain(ROUTES.iter().map(|(_, t)| *t))
-        .chain([DEAD_LETTER])
-        .collect();
-    match &mock {
-        Some(m) => {
-            for t in &topics {
-                m.create_topic(t, PARTITIONS, 1)
-                    .with_context(|| format!("cannot create topic {t}"))?;
-            }
-        }
-        None => runtime.block_on(create_topics(&brokers, &topics))?,
-    }
-
-    // The pipeline, as a user would configure it.
-    std::fs::write(work.join("users.jsonl"), users_table())?;
-    let config_path = work.join("switchyard.toml");
-    std::fs::write(
-        &config_path,
-        config_text(&brokers, &plugins, &options.admin_listen),
-    )?;
-    let config = Config::load(&config_path)?;
-    let engine =
-        PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?;
-    let metrics = Arc::new(Metrics::new());
-    let store = match &config.admin.state_dir {
-        Some(dir) => VersionStore::at(dir.clone())?,
-        None => VersionStore::memory(),
-    };
-    let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
-    let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
-    let status = handles.first().map(|h| h.status.clone());
-    let serving = crate::admin::start(&runtime, &config.admin, handles, metrics)?;
-    let stop_pipelines = Arc::new(AtomicBool::new(false));
-    let pipelines_thread = {
-        let stop = stop_pipelines.clone();
-        std::thread::Builder::new()
-            .name("pipelines".into())
-            .spawn(move || pipeline::run_all(pipelines, stop))?
-    };
-
+    let broker = Broker::start(options.brokers.as_deref())?;
+    let (running, config_path) =
+        start_router(&work, &broker.bootstrap, &plugins, &options.admin_listen)?;
     let mut client = ClientConfig::new();
     client
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", &broker.bootstrap)
         .set("log_level", "3");
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let checker_ready = Arc::new(AtomicBool::new(false));
-    let stop_checker = Arc::new(AtomicBool::new(false));
-    let checker_thread = {
-        let (client, seen, ready, stop) = (
-            client.clone(),
-            seen.clone(),
-            checker_ready.clone(),
-            stop_checker.clone(),
-        );
-        std::thread::Builder::new()
-            .name("demo-checker".into())
-            .spawn(move || checker(client, seen, ready, stop))?
-    };
-    while !checker_ready.load(Ordering::Acquire) && !checker_thread.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let checker = Checker::start(&client)?;
+    wait_until_assigned(&running);
+    let admin = running
+        .admin_addr()
+        .context("the demo needs the admin API")?;
+    print_intro(&broker.bootstrap, admin, &config_path, &plugins, options);
 
-    // Generate once the pipeline has joined its group and owns the partitions, so the
-    // first events do not wait for the join (it would show as latency).
-    let joined = Instant::now();
-    while status
-        .as_ref()
-        .is_some_and(|s| s.tracker.partitions().is_empty())
-        && joined.elapsed() < Duration::from_secs(20)
-        && !pipelines_thread.is_finished()
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    print_intro(&brokers, serving.address, &config_path, &plugins, options);
-
-    // Generate.
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = client
-        .clone()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .context("cannot create the demo's producer")?;
-    let expected: Arc<Mutex<Vec<&'static str>>> = Arc::new(Mutex::new(Vec::new()));
-    let generated = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    seen.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .measure_from_ms = now_ms() + WARM_UP.as_millis() as i64;
-    let mut last_progress = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    while started.elapsed() < options.duration {
-        let due = ((started.elapsed().as_secs_f64() * options.rate as f64) as u64).max(1);
-        while generated.load(Ordering::Relaxed) < due && started.elapsed() < options.duration {
-            let i = generated.load(Ordering::Relaxed);
-            let event = generate_event(i);
-            let id = i.to_string();
-            let mut record = BaseRecord::<str, [u8]>::to(INPUT)
-                .key(event.key.as_str())
-                .payload(&event.value)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: ID_HEADER,
-                    value: Some(id.as_str()),
-                }));
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, back)) => {
-                        if !matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ) {
-                            anyhow::bail!("cannot produce to {INPUT}: {e}");
-                        }
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
-            expected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(event.expected_topic);
-            generated.fetch_add(1, Ordering::Relaxed);
-        }
-        if last_progress.elapsed() >= Duration::from_millis(if terminal { 500 } else { 2000 }) {
-            progress(&seen, started.elapsed(), terminal);
-            last_progress = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    producer
-        .flush(Duration::from_secs(30))
-        .context("the broker did not acknowledge every generated event")?;
-    let total = generated.load(Ordering::Relaxed);
-
-    // Wait for everything to come out (or 30 s of nothing new).
-    let mut last_count = 0;
-    let mut last_change = Instant::now();
-    loop {
-        let (accounted, records) = {
-            let s = seen.lock().unwrap_or_else(|p| p.into_inner());
-            (s.events.len() as u64, s.records)
-        };
-        if accounted >= total || last_change.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        if records != last_count {
-            last_count = records;
-            last_change = Instant::now();
-        }
-        if last_progress.elapsed() >= Duration::from_millis(500) {
-            progress(&seen, started.elapsed(), terminal);
-            last_progress = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    progress(&seen, started.elapsed(), terminal);
-    if terminal {
-        eprintln!();
-    }
-    stop_checker.store(true, Ordering::Release);
-    stop_pipelines.store(true, Ordering::Release);
-    let checked = checker_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the checker panicked"))?;
-    let ran = pipelines_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipelines thread panicked"))?;
-    serving.stop();
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let generated = generate(&client, options, &checker, terminal)?;
+    wait_for_outputs(&checker, generated.expected.len() as u64, started, terminal);
+    running.stop();
+    let seen = checker.seen.clone();
+    let checked = checker.stop();
+    let ran = running.wait();
     checked?;
     ran?;
 
     let summary = summarize(
         &seen.lock().unwrap_or_else(|p| p.into_inner()),
-        &expected.lock().unwrap_or_else(|p| p.into_inner()),
-        seconds,
+        &generated.expected,
+        generated.seconds,
     );
     print_summary(&summary);
     if let Some(path) = &options.summary_json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    // Clients first, so none reports the broker going away.
-    drop(producer);
-    drop(mock);
+    // The broker last, so no client reports it going away.
+    drop(broker);
     Ok(summary)
 }
 

@@ -14,11 +14,11 @@
 //! another route is reported as a `bad-output` dead letter naming it.
 
 use crate::config::TableConfig;
+use crate::plugin::sample::{self, SampleRecord};
 use crate::plugin::{
     ChainRunner, ChainSpec, Destination, EngineConfig, HostServices, PluginCounters, PluginEngine,
     StageLimits, StageSpec,
 };
-use crate::sample::{self, SampleRecord};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

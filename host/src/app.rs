@@ -1,0 +1,219 @@
+//! Starting a router: the one start-up path of `switchyard run`, the demo and the tests.
+//!
+//! ```text
+//! Config -> plugin engine -> version store -> pipelines (plugins loaded, init run) -> admin API
+//!        -> pipelines consuming, each on its own thread            => Running { stop, wait }
+//! ```
+//!
+//! Everything that can fail on a bad config or plugin fails in [`start`], before a record is
+//! read: a plugin that does not load, a taken admin port, a table file that does not parse.
+
+use crate::admin::{self, Serving};
+use crate::config::Config;
+use crate::control::VersionStore;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, PipelineHandle};
+use crate::plugin::{EngineConfig, PluginEngine};
+use crate::status::Stop;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdminListen {
+    /// As the config says (`admin.enabled`, `admin.listen`).
+    #[default]
+    FromConfig,
+    /// On this address instead (port 0: a free port, see [`Running::admin_addr`]).
+    At(SocketAddr),
+    /// Not at all.
+    Off,
+}
+
+/// How to start, beyond what the config says.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// A plugin engine to share (several routers in one process share its compiled code);
+    /// `None`: a new engine with default settings.
+    pub engine: Option<Arc<PluginEngine>>,
+    /// Keep uploaded plugin versions in memory only, not in `admin.state_dir`.
+    pub ephemeral_versions: bool,
+    /// Where the admin API listens.
+    pub admin: AdminListen,
+}
+
+/// A started router: its pipelines consume on their own threads, its admin API serves on a
+/// small tokio runtime. [`Running::stop`] asks for a drain; [`Running::wait`] waits for it.
+/// Dropping it stops and waits too.
+pub struct Running {
+    config: Config,
+    pipelines: Vec<Arc<PipelineHandle>>,
+    metrics: Arc<Metrics>,
+    stop: Arc<Stop>,
+    /// Set to true once every pipeline thread has returned.
+    finished: tokio::sync::watch::Receiver<bool>,
+    /// The pipelines' runner; taken by [`Running::wait`].
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    admin: Option<Serving>,
+    /// Serves the admin API; shut down after the pipelines.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Loads `config` (plugins compiled, type-checked and their `init` run; tables loaded),
+/// binds the admin API, and starts consuming.
+pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
+    let engine = match options.engine {
+        Some(engine) => engine,
+        None => {
+            PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = match (&config.admin.state_dir, options.ephemeral_versions) {
+        (Some(dir), false) => VersionStore::at(dir.clone()).context("admin.state_dir")?,
+        _ => VersionStore::memory(),
+    };
+    let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
+    let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("admin")
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    let mut admin_config = config.admin.clone();
+    let serve = match options.admin {
+        AdminListen::FromConfig => config.admin.enabled,
+        AdminListen::At(address) => {
+            admin_config.listen = address.to_string();
+            true
+        }
+        AdminListen::Off => false,
+    };
+    // Bound before any record is read: a taken port fails the start, naming the key.
+    let admin = if serve {
+        let serving = admin::start(&runtime, &admin_config, handles.clone(), metrics.clone())?;
+        tracing::info!(address = %serving.address, state_dir = ?store.dir(), "Admin API listening.");
+        Some(serving)
+    } else {
+        None
+    };
+    let stop = Arc::new(Stop::default());
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("pipelines".into())
+            .spawn(move || {
+                let result = pipeline::run_all(pipelines, stop);
+                let _ = done.send(true);
+                result
+            })
+            .context("cannot start the pipelines thread")?
+    };
+    Ok(Running {
+        config,
+        pipelines: handles,
+        metrics,
+        stop,
+        finished,
+        thread: Some(thread),
+        admin,
+        runtime: Some(runtime),
+    })
+}
+
+impl Running {
+    /// The config it runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every pipeline, as the admin API sees it.
+    pub fn pipelines(&self) -> &[Arc<PipelineHandle>] {
+        &self.pipelines
+    }
+
+    /// One pipeline by name.
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
+        self.pipelines.iter().find(|p| p.name() == name)
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where the admin API listens, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.address)
+    }
+
+    /// Asks every pipeline to drain in-flight records, commit and stop. Returns at once.
+    pub fn stop(&self) {
+        self.stop.request();
+    }
+
+    /// Whether a stop was asked for (by [`Running::stop`], or by a pipeline that failed).
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_requested()
+    }
+
+    /// Whether every pipeline has returned.
+    pub fn is_finished(&self) -> bool {
+        *self.finished.borrow()
+    }
+
+    /// Completes once a stop is asked for.
+    pub async fn stopping(&self) {
+        self.stop.requested().await;
+    }
+
+    /// Completes once every pipeline has returned.
+    pub async fn finished(&self) {
+        let mut finished = self.finished.clone();
+        // An error means the sender is gone, which it only is once the thread ended.
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// Runs `future` to completion on the router's runtime (for signal handling).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            // The runtime is only taken by `wait` and `drop`, which consume `self`.
+            None => unreachable!("the runtime lives as long as Running"),
+        }
+    }
+
+    /// Waits until every pipeline has stopped (ask with [`Running::stop`]), then stops the
+    /// admin API. Returns the first pipeline error.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> anyhow::Result<()> {
+        let result = match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the pipelines thread panicked"))),
+            None => Ok(()),
+        };
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+        result
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.request();
+        let _ = self.join();
+    }
+}

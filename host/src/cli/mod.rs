@@ -1,0 +1,321 @@
+//! The command line: `switchyard run | check | inspect | test-plugin | demo | plugin | pipelines`.
+//!
+//! - [`run`]: `switchyard run`, a router until a signal.
+//! - [`test_plugin`]: a plugin over sample records, no Kafka.
+//! - [`demo`]: a live stream on an embedded broker.
+//! - [`client`]: the admin API's client (`plugin push|rollback|versions`, `pipelines`).
+
+pub mod client;
+pub mod demo;
+pub mod run;
+pub mod test_plugin;
+
+use crate::config::Config;
+use crate::control::VersionStore;
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::plugin::{EngineConfig, PluginEngine};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use client::Client;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Kafka-to-Kafka stream router that runs WebAssembly plugins on every record.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The log level when `RUST_LOG` is not set: the demo draws its own progress on the
+    /// terminal, so only warnings there.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Demo { .. } => "warn",
+            _ => "info",
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the pipelines of a config file until SIGTERM or SIGINT, then drain in-flight
+    /// records, commit, and exit 0. A second signal exits at once (in-flight records are
+    /// then delivered again after a restart), and so does a stop still unfinished after
+    /// 2 × drain_timeout_ms + 35 s (exit 1).
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: parse it, load and type-check every plugin and call its init.
+    /// Exits non-zero with the reason if anything is wrong. Does not connect to Kafka.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Compile and type-check a plugin component against the switchyard:plugin world, and
+    /// print its version (sha256). Exits non-zero with the reason if it cannot be used.
+    Inspect {
+        /// Path to the component (.wasm).
+        plugin: PathBuf,
+    },
+    /// Route a generated live stream through the example pipeline (validate -> enrich ->
+    /// transform -> route) on an embedded broker, show progress, and prove every event is
+    /// accounted for. The admin API stays up meanwhile, for hot reloads.
+    Demo {
+        /// Use this Kafka cluster (bootstrap servers) instead of the embedded broker.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// How long to generate, in seconds.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Directory holding the example plugins (validate.wasm, enrich.wasm, transform.wasm,
+        /// route.wasm).
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// Admin API address.
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN_LISTEN)]
+        admin_listen: String,
+        /// Keep the config, table and state here (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Run a plugin over sample records locally, with no Kafka, and print each record's
+    /// verdict and outputs (JSON lines; a table on a terminal).
+    TestPlugin {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Sample records, one JSON object per line: `{"key", "value", "headers"}` or a bare
+        /// event (used as the value).
+        #[arg(long, short)]
+        input: PathBuf,
+        /// A config entry for `init` (repeat for each key).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// A lookup table from a JSON Lines file, keyed by a top-level field (default `id`).
+        #[arg(long = "table", value_name = "NAME=FILE[:KEY_FIELD]")]
+        table: Vec<String>,
+        /// A route the plugin may name, besides `default` (repeat for each).
+        #[arg(long = "route", value_name = "NAME")]
+        route: Vec<String>,
+        /// JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage a running router's plugins through its admin API.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+    /// Show a running router's pipelines (state, stages and versions, counters, lag).
+    Pipelines {
+        /// One pipeline; all if omitted.
+        name: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Where a running router's admin API is.
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The admin API's address.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = client::DEFAULT_ADMIN_URL)]
+    admin: String,
+    /// Bearer token for changes.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Client {
+        Client::new(&self.admin, self.token.clone())
+    }
+}
+
+/// `switchyard plugin ...`.
+#[derive(Subcommand)]
+pub enum PluginAction {
+    /// Upload a new version of a stage's plugin; prints its version once every worker runs it.
+    Push {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Replace the stage's config map (repeat for each key); without it the config is kept.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Go back to the stage's previous version.
+    Rollback {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The stage's active version, rollback stack and history.
+    Versions {
+        /// The pipeline.
+        #[arg(long, short)]
+        pipeline: String,
+        /// The stage.
+        #[arg(long, short)]
+        stage: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Runs a subcommand.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Inspect { plugin } => {
+            let engine = PluginEngine::new(&EngineConfig::default())
+                .context("cannot start the plugin engine")?;
+            let module = engine.load_file(&plugin)?;
+            println!("{}: ok", plugin.display());
+            println!("version (sha256): {}", module.version);
+            println!("size: {} bytes", module.size);
+            Ok(())
+        }
+        Command::Check { config } => {
+            let parsed = Config::load(&config)?;
+            let engine = PluginEngine::new(&EngineConfig::default())
+                .context("cannot start the plugin engine")?;
+            let metrics = Metrics::new();
+            for p in pipeline::load(&parsed, engine, &metrics, &VersionStore::memory())? {
+                let stages: Vec<String> = p
+                    .spec()
+                    .stages()
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.module.version.short()))
+                    .collect();
+                println!("pipeline {}: ok: {}", p.name(), stages.join(" -> "));
+            }
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Run { config } => run::run(&config),
+        Command::Plugin { action } => plugin_command(action),
+        Command::TestPlugin {
+            plugin,
+            input,
+            config,
+            table,
+            route,
+            json,
+        } => {
+            use test_plugin::{TestPluginOptions, parse_table, run};
+            let options = TestPluginOptions {
+                plugin,
+                input,
+                config: client::parse_pairs(&config, "--config")?
+                    .into_iter()
+                    .collect(),
+                tables: table
+                    .iter()
+                    .map(|t| parse_table(t))
+                    .collect::<anyhow::Result<_>>()?,
+                routes: route,
+                json,
+            };
+            run(&options, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Demo {
+            brokers,
+            rate,
+            duration,
+            plugins,
+            admin_listen,
+            work_dir,
+            summary_json,
+        } => {
+            let summary = demo::run(&demo::DemoOptions {
+                brokers,
+                rate,
+                duration: Duration::from_secs(duration),
+                plugins: plugins.unwrap_or_else(demo::default_plugins_dir),
+                admin_listen,
+                work_dir,
+                summary_json,
+            })?;
+            anyhow::ensure!(
+                summary.all_accounted,
+                "not every generated event was accounted for"
+            );
+            Ok(())
+        }
+        Command::Pipelines { name, api } => {
+            let path = match name {
+                Some(name) => format!("/api/v1/pipelines/{name}"),
+                None => "/api/v1/pipelines".into(),
+            };
+            print_json(&api.client().get(&path)?)
+        }
+    }
+}
+
+fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
+    match action {
+        PluginAction::Push {
+            pipeline,
+            stage,
+            plugin,
+            config,
+            api,
+        } => {
+            let config = if config.is_empty() {
+                None
+            } else {
+                Some(client::parse_pairs(&config, "--config")?)
+            };
+            let answer = api
+                .client()
+                .push(&pipeline, &stage, &plugin, config.as_ref())?;
+            print_json(&answer)
+        }
+        PluginAction::Rollback {
+            pipeline,
+            stage,
+            api,
+        } => print_json(&api.client().post(&format!(
+            "/api/v1/pipelines/{pipeline}/stages/{stage}/rollback"
+        ))?),
+        PluginAction::Versions {
+            pipeline,
+            stage,
+            api,
+        } => print_json(&api.client().get(&format!(
+            "/api/v1/pipelines/{pipeline}/stages/{stage}/versions"
+        ))?),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

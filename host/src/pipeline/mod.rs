@@ -1,0 +1,411 @@
+//! One pipeline, wired: consumer -> ring -> workers (plugin chain, router) -> producer.
+//!
+//! - [`Pipeline::new`] loads and checks every stage (compiled, type-checked, `init` run) before
+//!   anything is read from Kafka; [`PipelineHandle`] is what outlives a run and what the admin
+//!   API works on.
+//! - [`Pipeline::run`] starts the producer ([`crate::sink`]) and the workers ([`worker`]),
+//!   then the calling thread becomes the consumer ([`crate::source::consumer`], where the
+//!   consuming and draining states are described) until a stop or a fatal error.
+//!
+//! A fatal error (a stage that cannot be instantiated, librdkafka's fatal producer error)
+//! leaves the affected records unfinished, so they are never committed past, and ends `run`
+//! with that error.
+
+mod worker;
+
+use crate::config::{Config, KafkaConfig, PipelineConfig, StageSource};
+use crate::control::{ChainControl, StageHistory, VersionStore};
+use crate::kafka;
+use crate::metrics::{Metrics, PipelineMetrics};
+use crate::plugin::{
+    ChainRunner, ChainSpec, HostServices, PluginCounters, PluginEngine, PluginModule, StageSpec,
+};
+use crate::ring::Ring;
+use crate::router::Router;
+use crate::sink::Sink;
+use crate::source::consumer::{Consumer, ConsumerSettings, Subscription};
+use crate::status::{PipelineStatus, Stop};
+use crate::tables::TableSet;
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use worker::Worker;
+
+/// Most records a worker's lane holds. The consumer pauses at `max_in_flight` unfinished
+/// records; when that is larger than a lane, a lane that fills makes the consumer wait.
+const LANE_CAPACITY: usize = 16_384;
+
+/// Everything about a pipeline that outlives a single run and that the admin API works on:
+/// its config, its live chain, its status and metrics, and each stage's version history.
+pub struct PipelineHandle {
+    /// Kafka client settings.
+    pub kafka: KafkaConfig,
+    /// Its config section.
+    pub config: PipelineConfig,
+    /// The plugin engine.
+    pub engine: Arc<PluginEngine>,
+    /// Tables and counters plugins reach through their imports.
+    pub services: HostServices,
+    /// Live status.
+    pub status: Arc<PipelineStatus>,
+    /// The live chain version.
+    pub control: Arc<ChainControl>,
+    /// Metric handles.
+    pub metrics: PipelineMetrics,
+    /// Paused by an operator (not by backpressure).
+    pub paused: AtomicBool,
+    /// The consumer is running (set by [`Pipeline::run`], cleared when it returns).
+    pub consuming: AtomicBool,
+    /// Each stage's versions, in stage order; the lock also serializes uploads to a stage.
+    pub stages: Vec<Arc<tokio::sync::Mutex<StageHistory>>>,
+    /// Where uploaded versions persist.
+    pub store: VersionStore,
+}
+
+impl PipelineHandle {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// `running`, `paused`, `degraded` (cannot make progress, or dead-letter writes fail), or
+    /// `stopped`.
+    pub fn state(&self) -> &'static str {
+        if !self.status.health.is_healthy() {
+            "degraded"
+        } else if !self.consuming.load(Ordering::Acquire) {
+            "stopped"
+        } else if self.paused.load(Ordering::Acquire) {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+
+    /// A router for `spec` with this pipeline's topics.
+    pub fn router_for(&self, spec: &ChainSpec) -> anyhow::Result<Router> {
+        router_for(&self.config, spec)
+    }
+}
+
+/// A pipeline ready to run: its plugins are loaded and their `init` succeeded.
+pub struct Pipeline {
+    shared: Arc<PipelineHandle>,
+}
+
+impl Pipeline {
+    /// Loads and type-checks every stage's plugin and runs its `init` once, so a bad plugin
+    /// or config fails here, before anything is read from Kafka.
+    ///
+    /// With a [`VersionStore`], a stage whose version was uploaded through the admin API
+    /// comes back with that version (and its config), unless the file the config names
+    /// has changed since.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        kafka: &KafkaConfig,
+        config: &PipelineConfig,
+        services: HostServices,
+        metrics: &Metrics,
+        store: VersionStore,
+    ) -> anyhow::Result<Pipeline> {
+        let mut histories = Vec::with_capacity(config.stages.len());
+        let stages = config
+            .stages
+            .iter()
+            .map(|stage| {
+                let at = || format!("pipeline {}, stage {}", config.name, stage.name);
+                let file = stage.file();
+                let bytes = std::fs::read(file)
+                    .with_context(|| format!("{}: cannot read {}", at(), file.display()))?;
+                let file_module = || -> anyhow::Result<Arc<PluginModule>> {
+                    match stage.source() {
+                        StageSource::Plugin(_) => engine
+                            .load(&bytes)
+                            .map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), file.display())),
+                        StageSource::JsonSchema(_) => PluginModule::json_schema_file(file)
+                            .map_err(|e| anyhow::anyhow!("{}: {e:#}", at())),
+                    }
+                };
+                let configured: Vec<(String, String)> = stage
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let (history, module, stage_config) = StageHistory::start(
+                    &store,
+                    &engine,
+                    &config.name,
+                    &stage.name,
+                    &bytes,
+                    configured,
+                    file_module,
+                )?;
+                histories.push(Arc::new(tokio::sync::Mutex::new(history)));
+                Ok(StageSpec {
+                    name: stage.name.clone(),
+                    module,
+                    config: stage_config,
+                    limits: stage.limits.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let routes: Vec<String> = config.routes.keys().cloned().collect();
+        let spec = Arc::new(
+            ChainSpec::new(&config.name, routes, &config.default_route, stages)
+                .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?,
+        );
+        let router = router_for(config, &spec)?;
+        // One throwaway chain: every stage's init runs now, with its real config.
+        ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
+        let routes = spec.routes().to_vec();
+        Ok(Pipeline {
+            shared: Arc::new(PipelineHandle {
+                kafka: kafka.clone(),
+                config: config.clone(),
+                engine,
+                services,
+                status: Arc::new(PipelineStatus::default()),
+                control: ChainControl::new(spec, router),
+                metrics: metrics.pipeline(&config.name, &routes),
+                paused: AtomicBool::new(false),
+                consuming: AtomicBool::new(false),
+                stages: histories,
+                store,
+            }),
+        })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// The chain it runs now.
+    pub fn spec(&self) -> Arc<ChainSpec> {
+        self.shared.control.current().spec.clone()
+    }
+
+    /// Its live status.
+    pub fn status(&self) -> Arc<PipelineStatus> {
+        self.shared.status.clone()
+    }
+
+    /// What the admin API holds on to.
+    pub fn handle(&self) -> Arc<PipelineHandle> {
+        self.shared.clone()
+    }
+
+    /// Runs until `stop` is set (then drains, commits and returns `Ok`) or a fatal error.
+    /// The calling thread becomes the consumer thread.
+    pub fn run(self, stop: &Stop) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        if !wait_for_tables(&shared, stop) {
+            return Ok(());
+        }
+        shared.consuming.store(true, Ordering::Release);
+        let result = self.run_inner(stop);
+        shared.consuming.store(false, Ordering::Release);
+        result
+    }
+
+    fn run_inner(self, stop: &Stop) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let name = config.name.clone();
+        let status = shared.status.clone();
+        let sink = Sink::start(
+            &kafka::producer_config(&shared.kafka, &name),
+            &name,
+            shared.control.current().router.clone(),
+            status.clone(),
+            shared.metrics.clone(),
+        )?;
+        let workers = config.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        // A lane's buffer is allocated up front; the pause at `max_in_flight` keeps the
+        // lanes from filling, so they need not be as large as that bound.
+        let (ring, lanes) = Ring::new(workers, config.max_in_flight.min(LANE_CAPACITY));
+        let mut threads = Vec::with_capacity(workers);
+        for (i, lane) in lanes.into_iter().enumerate() {
+            let (id, active) = shared.control.register_worker();
+            let mut runner = ChainRunner::new(
+                shared.engine.clone(),
+                active.spec.clone(),
+                shared.services.clone(),
+            )?;
+            let stage_names: Vec<String> = active
+                .spec
+                .stages()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
+            let histograms = shared.metrics.call_histograms(&stage_names);
+            runner.observe_calls(Box::new(move |stage, took| {
+                if let Some(h) = histograms.get(stage) {
+                    h.observe(took.as_secs_f64());
+                }
+            }));
+            let worker = Worker {
+                id,
+                generation: active.generation,
+                control: shared.control.clone(),
+                lane,
+                runner,
+                router: active.router.clone(),
+                sink: sink.sink.clone(),
+                status: status.clone(),
+                metrics: shared.metrics.clone(),
+                batch_size: config.batch_size,
+                batch_wait: Duration::from_millis(config.batch_wait_ms),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-worker-{i}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let subscription = match &config.topic_pattern {
+            Some(pattern) => Subscription::Pattern(pattern.clone()),
+            None => Subscription::Topics(config.topics.clone()),
+        };
+        let producer = sink.sink.clone();
+        let producer_fatal = move || producer.fatal_error();
+        let consumer = Consumer::open(
+            ConsumerSettings {
+                pipeline: &name,
+                client: kafka::consumer_config(&shared.kafka, config),
+                subscription: &subscription,
+                start: config.start,
+                drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+                commit_interval: Duration::from_millis(config.commit_interval_ms),
+                max_in_flight: config.max_in_flight,
+                operator_paused: &shared.paused,
+                status: &status,
+                records_in: shared.metrics.records_in.clone(),
+                producer_fatal: &producer_fatal,
+            },
+            ring,
+        );
+        let result = match consumer {
+            Ok(consumer) => {
+                tracing::info!(pipeline = %name, group = %config.group(), "Pipeline running.");
+                consumer.run(stop)
+            }
+            Err(e) => Err(e),
+        };
+        // The ring is closed (dropped by the consumer): workers finish their batch and exit.
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!(pipeline = %name, "A worker panicked.");
+            }
+        }
+        sink.close(Duration::from_millis(config.drain_timeout_ms));
+        tracing::info!(pipeline = %name, counters = ?status.counters.snapshot(), "Pipeline stopped.");
+        result
+    }
+}
+
+/// The route table of `config` for `spec`.
+fn router_for(config: &PipelineConfig, spec: &ChainSpec) -> anyhow::Result<Router> {
+    let router = Router::new(
+        spec,
+        &config.routes,
+        &config.dead_letter_topic,
+        config.dead_letter_format,
+    )
+    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
+    Ok(if config.provenance_headers {
+        router
+    } else {
+        router.without_provenance()
+    })
+}
+
+/// Waits until every table is loaded and caught up with its topic, so that no record is
+/// enriched from a table still filling. False if `stop` was set meanwhile.
+fn wait_for_tables(shared: &PipelineHandle, stop: &Stop) -> bool {
+    let started = Instant::now();
+    let mut logged = started;
+    loop {
+        let pending = shared.services.tables.pending();
+        if pending.is_empty() {
+            return true;
+        }
+        if stop.is_requested() {
+            return false;
+        }
+        if logged.elapsed() >= Duration::from_secs(5) || logged == started {
+            tracing::info!(
+                pipeline = %shared.config.name, tables = %pending.join(", "),
+                waited_s = started.elapsed().as_secs(),
+                "Waiting for tables to catch up with their topics before consuming."
+            );
+            logged = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
+/// Versions uploaded earlier come back from `store`.
+pub fn load(
+    config: &Config,
+    engine: Arc<PluginEngine>,
+    metrics: &Metrics,
+    store: &VersionStore,
+) -> anyhow::Result<Vec<Pipeline>> {
+    let services = HostServices {
+        tables: Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?),
+        counters: Arc::new(PluginCounters::default()),
+    };
+    config
+        .pipelines
+        .iter()
+        .map(|p| {
+            Pipeline::new(
+                engine.clone(),
+                &config.kafka,
+                p,
+                services.clone(),
+                metrics,
+                store.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Runs pipelines, each on its own consumer thread, until `stop` is requested or one fails;
+/// a failing one stops the others (so that a supervisor restarts the process). A pipeline
+/// whose thread panics counts as failed.
+pub fn run_all(pipelines: Vec<Pipeline>, stop: Arc<Stop>) -> anyhow::Result<()> {
+    let threads: Vec<(String, JoinHandle<anyhow::Result<()>>)> = pipelines
+        .into_iter()
+        .map(|p| {
+            let name = p.name().to_owned();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-consumer"))
+                .spawn(move || {
+                    let result = p.run(&stop);
+                    stop.request();
+                    result
+                })?;
+            Ok((name, thread))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut first_error = None;
+    for (name, thread) in threads {
+        let result = thread.join().unwrap_or_else(|_| {
+            stop.request();
+            Err(anyhow::anyhow!("pipeline {name}: consumer thread panicked"))
+        });
+        if let Err(e) = result {
+            tracing::error!(pipeline = %name, error = %e, "Pipeline failed.");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
