@@ -63,40 +63,76 @@ pub struct Router {
     provenance: Vec<Header>,
 }
 
+/// Why a route table cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The chain declares a route the pipeline gives no topic.
+    #[error("route `{route}` has no topic")]
+    NoTopic {
+        /// The route.
+        route: String,
+    },
+}
+
 impl Router {
-    /// Builds the table. Every route the chain declares must have a topic.
+    /// Builds the table from plain data: the topic of each route in [`RouteId`] order, and
+    /// `stage=version` for every stage of the chain (the provenance header).
     pub fn new(
+        pipeline: &str,
+        topics: &[&str],
+        versions: &[(&str, &str)],
+        dead_letter_topic: &str,
+        format: DeadLetterFormat,
+    ) -> Self {
+        let versions = versions
+            .iter()
+            .map(|(stage, version)| format!("{stage}={version}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Router {
+            pipeline: pipeline.to_owned(),
+            topics: topics.iter().map(|t| Arc::from(*t)).collect(),
+            dead_letter_topic: Arc::from(dead_letter_topic),
+            format,
+            provenance: vec![
+                header(PIPELINE_HEADER, pipeline.as_bytes()),
+                header(VERSIONS_HEADER, versions.as_bytes()),
+            ],
+        }
+    }
+
+    /// The table of a chain: every route the chain declares must have a topic in
+    /// `route_topics`.
+    pub fn for_chain(
         spec: &ChainSpec,
         route_topics: &BTreeMap<String, String>,
         dead_letter_topic: &str,
         format: DeadLetterFormat,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RouteError> {
         let topics = spec
             .routes()
             .iter()
             .map(|route| {
                 route_topics
                     .get(route)
-                    .map(|t| Arc::from(t.as_str()))
-                    .ok_or_else(|| format!("route `{route}` has no topic"))
+                    .map(String::as_str)
+                    .ok_or_else(|| RouteError::NoTopic {
+                        route: route.clone(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let versions = spec
+        let versions: Vec<(&str, &str)> = spec
             .stages()
             .iter()
-            .map(|s| format!("{}={}", s.name, s.module.version))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Router {
-            pipeline: spec.pipeline().to_owned(),
-            topics,
-            dead_letter_topic: Arc::from(dead_letter_topic),
+            .map(|s| (s.name.as_str(), s.module.version.0.as_str()))
+            .collect();
+        Ok(Router::new(
+            spec.pipeline(),
+            &topics,
+            &versions,
+            dead_letter_topic,
             format,
-            provenance: vec![
-                header(PIPELINE_HEADER, spec.pipeline().as_bytes()),
-                header(VERSIONS_HEADER, versions.as_bytes()),
-            ],
-        })
+        ))
     }
 
     /// The same table, writing routed records without the provenance headers (the pipeline's
@@ -342,7 +378,226 @@ fn embed(value: Option<&[u8]>) -> (serde_json::Value, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::{ErrorKind, RecordError};
     use proptest::prelude::*;
+
+    const VALIDATE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const ROUTE: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn router(format: DeadLetterFormat) -> Router {
+        Router::new(
+            "orders",
+            &["orders-standard", "orders-urgent"],
+            &[("validate", VALIDATE), ("route", ROUTE)],
+            "orders-dlq",
+            format,
+        )
+    }
+
+    fn original() -> InputRecord {
+        InputRecord {
+            offset: 77,
+            timestamp_ms: Some(1_700_000_000_123),
+            key: Some(b"user-1".to_vec()),
+            value: Some(br#"{"id":1}"#.to_vec()),
+            headers: vec![header("trace", b"t-1")],
+        }
+    }
+
+    fn routed(route: u16) -> Destination {
+        Destination::Route {
+            route: RouteId(route),
+            record: original(),
+        }
+    }
+
+    fn dead() -> Destination {
+        Destination::DeadLetter(DeadLetter {
+            stage: 0,
+            stage_name: "validate".into(),
+            version: crate::plugin::PluginVersion(VALIDATE.into()),
+            error: RecordError {
+                kind: ErrorKind::Rejected,
+                message: "missing field user_id".into(),
+            },
+            record: original(),
+        })
+    }
+
+    const SOURCE: Source<'static> = Source {
+        topic: "orders",
+        partition: 4,
+    };
+    const NOW: i64 = 1_700_000_999_000;
+
+    fn headers(out: &Outgoing) -> Vec<(&str, &str)> {
+        out.headers
+            .iter()
+            .map(|h| {
+                let value = h.value.as_deref().unwrap_or_default();
+                (
+                    h.key.as_str(),
+                    std::str::from_utf8(value).unwrap_or("<bytes>"),
+                )
+            })
+            .collect()
+    }
+
+    /// Every delivery, every format: where it goes and what headers it carries, in order.
+    #[test]
+    fn each_delivery_goes_to_its_topic_with_its_headers() {
+        let versions = format!("validate={VALIDATE},route={ROUTE}");
+        let dead_headers = [
+            ("trace", "t-1"),
+            ("switchyard-pipeline", "orders"),
+            ("switchyard-dlq-reason", "missing field user_id"),
+            ("switchyard-dlq-kind", "rejected"),
+            ("switchyard-dlq-stage", "validate"),
+            ("switchyard-dlq-plugin-version", VALIDATE),
+            ("switchyard-dlq-source-topic", "orders"),
+            ("switchyard-dlq-source-partition", "4"),
+            ("switchyard-dlq-source-offset", "77"),
+            ("switchyard-dlq-timestamp", "1700000999000"),
+        ];
+        let routed_headers = [
+            ("trace", "t-1"),
+            ("switchyard-pipeline", "orders"),
+            ("switchyard-versions", versions.as_str()),
+        ];
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(&str, Router, Destination, &str, bool, &[(&str, &str)])> = vec![
+            (
+                "route 0",
+                router(DeadLetterFormat::Headers),
+                routed(0),
+                "orders-standard",
+                false,
+                &routed_headers,
+            ),
+            (
+                "route 1",
+                router(DeadLetterFormat::Headers),
+                routed(1),
+                "orders-urgent",
+                false,
+                &routed_headers,
+            ),
+            (
+                "no provenance",
+                router(DeadLetterFormat::Headers).without_provenance(),
+                routed(1),
+                "orders-urgent",
+                false,
+                &[("trace", "t-1")],
+            ),
+            // A route id from another table is a host bug: dead-lettered rather than lost.
+            (
+                "unknown route id",
+                router(DeadLetterFormat::Headers),
+                routed(9),
+                "orders-dlq",
+                false,
+                &routed_headers,
+            ),
+            (
+                "dead letter, headers",
+                router(DeadLetterFormat::Headers),
+                dead(),
+                "orders-dlq",
+                true,
+                &dead_headers,
+            ),
+            // Without provenance a dead letter still says where it came from and why.
+            (
+                "dead letter, no provenance",
+                router(DeadLetterFormat::Headers).without_provenance(),
+                dead(),
+                "orders-dlq",
+                true,
+                &dead_headers,
+            ),
+            (
+                "dead letter, envelope",
+                router(DeadLetterFormat::JsonEnvelope),
+                dead(),
+                "orders-dlq",
+                true,
+                &[("trace", "t-1"), ("switchyard-pipeline", "orders")],
+            ),
+        ];
+        for (name, router, destination, topic, dead_letter, expected) in cases {
+            let out = router.route(SOURCE, destination, NOW);
+            assert_eq!(&*out.topic, topic, "{name}");
+            assert_eq!(out.dead_letter, dead_letter, "{name}");
+            assert_eq!(out.key.as_deref(), Some(&b"user-1"[..]), "{name}");
+            assert_eq!(out.timestamp_ms, Some(1_700_000_000_123), "{name}");
+            assert_eq!(headers(&out), expected, "{name}");
+            if router.format == DeadLetterFormat::Headers {
+                assert_eq!(out.value.as_deref(), Some(&br#"{"id":1}"#[..]), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn route_apart_leaves_the_provenance_beside_the_record() {
+        let router = router(DeadLetterFormat::Headers);
+        let (out, provenance) = router.route_apart(SOURCE, routed(0), NOW);
+        assert_eq!(headers(&out), [("trace", "t-1")]);
+        let keys: Vec<&str> = provenance.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(keys, [PIPELINE_HEADER, VERSIONS_HEADER]);
+        let (_, provenance) = router.route_apart(SOURCE, dead(), NOW);
+        assert!(
+            provenance.is_empty(),
+            "a dead letter carries its own headers"
+        );
+    }
+
+    #[test]
+    fn dead_letters_as_a_json_envelope() {
+        let out = router(DeadLetterFormat::JsonEnvelope).route(SOURCE, dead(), NOW);
+        let envelope: serde_json::Value =
+            serde_json::from_slice(out.value.as_deref().unwrap_or_default()).unwrap_or_default();
+        let expected = serde_json::json!({
+            "value": {"id": 1},
+            "value_encoding": "json",
+            "dlq_reason": "missing field user_id",
+            "dlq_kind": "rejected",
+            "dlq_stage": "validate",
+            "dlq_plugin_version": VALIDATE,
+            "dlq_source_topic": "orders",
+            "dlq_source_partition": 4,
+            "dlq_source_offset": 77,
+            "dlq_timestamp": NOW,
+        });
+        assert_eq!(envelope, expected);
+    }
+
+    #[test]
+    fn undeliverable_outputs_lose_their_provenance_and_name_no_stage() {
+        let router = router(DeadLetterFormat::Headers);
+        let out = router.route(SOURCE, routed(1), NOW);
+        let at = SourceOffset {
+            topic: "orders",
+            partition: 4,
+            offset: 77,
+        };
+        let dead = router.undeliverable(at, out, "message too large".into(), NOW);
+        assert_eq!(&*dead.topic, "orders-dlq");
+        assert!(dead.dead_letter);
+        assert_eq!(
+            headers(&dead),
+            [
+                ("trace", "t-1"),
+                ("switchyard-pipeline", "orders"),
+                ("switchyard-dlq-reason", "message too large"),
+                ("switchyard-dlq-kind", UNDELIVERABLE),
+                ("switchyard-dlq-source-topic", "orders"),
+                ("switchyard-dlq-source-partition", "4"),
+                ("switchyard-dlq-source-offset", "77"),
+                ("switchyard-dlq-timestamp", "1700000999000"),
+            ]
+        );
+    }
 
     #[test]
     fn embedding_picks_the_most_readable_encoding() {

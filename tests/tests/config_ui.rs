@@ -5,7 +5,7 @@
 //! `SWITCHYARD_BLESS=1 cargo test -p switchyard-tests --test config_ui` and review the diff.
 
 use std::path::{Path, PathBuf};
-use switchyard::config::{Config, DeadLetterFormat, StartPosition};
+use switchyard::config::{Config, DeadLetterFormat, StageCode, StartPosition, Subscription};
 
 fn ui_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ui")
@@ -72,6 +72,7 @@ fn the_good_config_loads_with_defaults_filled_in() {
     assert_eq!(config.kafka.producer["compression.type"], "lz4");
     let p = &config.pipelines[0];
     assert_eq!(p.group(), "switchyard-events");
+    assert_eq!(p.source, Subscription::Topics(vec!["events".into()]));
     assert_eq!(p.start, StartPosition::Timestamp(1_700_000_000_000));
     assert_eq!(p.dead_letter_format, DeadLetterFormat::Headers);
     assert_eq!((p.batch_size, p.batch_wait_ms), (256, 0));
@@ -80,7 +81,10 @@ fn the_good_config_loads_with_defaults_filled_in() {
     assert!(config.tables.is_empty());
     assert_eq!(p.routes["urgent"], "events-urgent");
     let stage = &p.stages[0];
-    assert_eq!(stage.plugin, Some(ui_dir().join("placeholder.plugin")));
+    assert_eq!(
+        stage.code,
+        StageCode::Plugin(ui_dir().join("placeholder.plugin"))
+    );
     assert_eq!(stage.config["urgent_route"], "urgent");
     assert_eq!(stage.limits.memory_mib, 32);
     assert_eq!(

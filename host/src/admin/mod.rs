@@ -211,14 +211,14 @@ impl AdminState {
     }
 
     /// The tables every pipeline shares.
-    fn tables(&self) -> Option<Arc<dyn crate::plugin::Tables>> {
-        self.pipelines.first().map(|p| p.services.tables.clone())
+    fn tables(&self) -> Option<Arc<crate::tables::TableSet>> {
+        self.pipelines.first().map(|p| p.tables.clone())
     }
 
     /// A stage that runs a plugin: built-in stages take no upload or rollback.
     fn plugin_stage(&self, pipeline: &str, stage: &str) -> ApiResult<(Arc<PipelineHandle>, usize)> {
         let (p, index) = self.stage(pipeline, stage)?;
-        if let Some(schema) = &p.config.stages[index].json_schema {
+        if let crate::config::StageCode::JsonSchema(schema) = &p.config.stages[index].code {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
@@ -478,8 +478,8 @@ async fn describe(p: &PipelineHandle) -> Value {
         "problem": p.status.health.fatal(),
         "dead_letter_failing": p.status.health.dead_letter_failing.load(Ordering::Acquire),
         "group": p.config.group(),
-        "topics": p.config.topics,
-        "topic_pattern": p.config.topic_pattern,
+        "topics": p.config.topics(),
+        "topic_pattern": p.config.topic_pattern(),
         "routes": p.config.routes,
         "default_route": p.config.default_route,
         "dead_letter_topic": p.config.dead_letter_topic,
@@ -829,7 +829,7 @@ fn run_dry(p: &PipelineHandle, request: DryRunRequest) -> ApiResult<Json<Value>>
         .records
         .first()
         .and_then(|r| r.topic.clone())
-        .or_else(|| p.config.topics.first().cloned())
+        .or_else(|| p.config.topics().first().cloned())
         .unwrap_or_else(|| "dry-run".into());
     let partition = request.records.first().map_or(0, |r| r.partition);
     let records = request

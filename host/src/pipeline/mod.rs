@@ -13,7 +13,7 @@
 
 mod worker;
 
-use crate::config::{Config, KafkaConfig, PipelineConfig, StageSource};
+use crate::config::{Config, KafkaConfig, PipelineConfig, StageCode};
 use crate::control::{ChainControl, StageHistory, VersionStore};
 use crate::kafka;
 use crate::metrics::{Metrics, PipelineMetrics};
@@ -23,7 +23,7 @@ use crate::plugin::{
 use crate::ring::Ring;
 use crate::router::Router;
 use crate::sink::Sink;
-use crate::source::consumer::{Consumer, ConsumerSettings, Subscription};
+use crate::source::consumer::{Consumer, ConsumerSettings};
 use crate::status::{PipelineStatus, Stop};
 use crate::tables::TableSet;
 use anyhow::Context as _;
@@ -48,6 +48,8 @@ pub struct PipelineHandle {
     pub engine: Arc<PluginEngine>,
     /// Tables and counters plugins reach through their imports.
     pub services: HostServices,
+    /// The enrichment tables (shared by every pipeline), for readiness and the admin API.
+    pub tables: Arc<TableSet>,
     /// Live status.
     pub status: Arc<PipelineStatus>,
     /// The live chain version.
@@ -107,6 +109,7 @@ impl Pipeline {
         kafka: &KafkaConfig,
         config: &PipelineConfig,
         services: HostServices,
+        tables: Arc<TableSet>,
         metrics: &Metrics,
         store: VersionStore,
     ) -> anyhow::Result<Pipeline> {
@@ -120,11 +123,11 @@ impl Pipeline {
                 let bytes = std::fs::read(file)
                     .with_context(|| format!("{}: cannot read {}", at(), file.display()))?;
                 let file_module = || -> anyhow::Result<Arc<PluginModule>> {
-                    match stage.source() {
-                        StageSource::Plugin(_) => engine
+                    match &stage.code {
+                        StageCode::Plugin(_) => engine
                             .load(&bytes)
                             .map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), file.display())),
-                        StageSource::JsonSchema(_) => PluginModule::json_schema_file(file)
+                        StageCode::JsonSchema(_) => PluginModule::json_schema_file(file)
                             .map_err(|e| anyhow::anyhow!("{}: {e:#}", at())),
                     }
                 };
@@ -166,6 +169,7 @@ impl Pipeline {
                 config: config.clone(),
                 engine,
                 services,
+                tables,
                 status: Arc::new(PipelineStatus::default()),
                 control: ChainControl::new(spec, router),
                 metrics: metrics.pipeline(&config.name, &routes),
@@ -267,17 +271,13 @@ impl Pipeline {
                     .spawn(move || worker.run())?,
             );
         }
-        let subscription = match &config.topic_pattern {
-            Some(pattern) => Subscription::Pattern(pattern.clone()),
-            None => Subscription::Topics(config.topics.clone()),
-        };
         let producer = sink.sink.clone();
         let producer_fatal = move || producer.fatal_error();
         let consumer = Consumer::open(
             ConsumerSettings {
                 pipeline: &name,
                 client: kafka::consumer_config(&shared.kafka, config),
-                subscription: &subscription,
+                subscription: &config.source,
                 start: config.start,
                 drain_timeout: Duration::from_millis(config.drain_timeout_ms),
                 commit_interval: Duration::from_millis(config.commit_interval_ms),
@@ -310,7 +310,7 @@ impl Pipeline {
 
 /// The route table of `config` for `spec`.
 fn router_for(config: &PipelineConfig, spec: &ChainSpec) -> anyhow::Result<Router> {
-    let router = Router::new(
+    let router = Router::for_chain(
         spec,
         &config.routes,
         &config.dead_letter_topic,
@@ -330,7 +330,7 @@ fn wait_for_tables(shared: &PipelineHandle, stop: &Stop) -> bool {
     let started = Instant::now();
     let mut logged = started;
     loop {
-        let pending = shared.services.tables.pending();
+        let pending = shared.tables.pending();
         if pending.is_empty() {
             return true;
         }
@@ -357,8 +357,9 @@ pub fn load(
     metrics: &Metrics,
     store: &VersionStore,
 ) -> anyhow::Result<Vec<Pipeline>> {
+    let tables = Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?);
     let services = HostServices {
-        tables: Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?),
+        tables: tables.clone(),
         counters: Arc::new(PluginCounters::default()),
     };
     config
@@ -370,6 +371,7 @@ pub fn load(
                 &config.kafka,
                 p,
                 services.clone(),
+                tables.clone(),
                 metrics,
                 store.clone(),
             )

@@ -21,21 +21,6 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 pub trait Tables: Send + Sync + 'static {
     /// The value stored under `key` in `table`, if any.
     fn lookup(&self, table: &str, key: &[u8]) -> Option<Vec<u8>>;
-
-    /// Every table's size, source, last update and last error (admin API).
-    fn describe(&self) -> Vec<serde_json::Value> {
-        Vec::new()
-    }
-
-    /// Reads a file table again; `None` when there is no such table.
-    fn reload(&self, _name: &str) -> Option<Result<serde_json::Value, String>> {
-        None
-    }
-
-    /// Tables not yet loaded or caught up with their topic.
-    fn pending(&self) -> Vec<String> {
-        Vec::new()
-    }
 }
 
 /// A fixed set of in-memory tables.

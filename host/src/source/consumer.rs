@@ -21,7 +21,7 @@
 
 use super::tracker::{PartitionHandle, Tracker};
 use super::{CLOSE_TIMEOUT, COMMIT_TIMEOUT, SourceContext, close_within, commit_sync};
-use crate::config::StartPosition;
+use crate::config::{StartPosition, Subscription};
 use crate::kafka;
 use crate::plugin::InputRecord;
 use crate::ring::{Job, Ring};
@@ -51,24 +51,13 @@ const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the consumer logs its progress (at debug level).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What the pipeline subscribes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subscription {
-    /// These topics.
-    Topics(Vec<String>),
-    /// Every topic whose name matches this regular expression (also topics created later).
-    Pattern(String),
-}
-
-impl Subscription {
-    /// The names librdkafka subscribes to: a pattern becomes a regex subscription (librdkafka
-    /// treats a name starting with `^` as one; an unanchored pattern matches anywhere).
-    fn names(&self) -> Vec<String> {
-        match self {
-            Subscription::Topics(topics) => topics.clone(),
-            Subscription::Pattern(p) if p.starts_with('^') => vec![p.clone()],
-            Subscription::Pattern(p) => vec![format!("^.*{p}")],
-        }
+/// The names librdkafka subscribes to: a pattern becomes a regex subscription (librdkafka
+/// treats a name starting with `^` as one; an unanchored pattern matches anywhere).
+fn subscription_names(subscription: &Subscription) -> Vec<String> {
+    match subscription {
+        Subscription::Topics(topics) => topics.clone(),
+        Subscription::Pattern(p) if p.starts_with('^') => vec![p.clone()],
+        Subscription::Pattern(p) => vec![format!("^.*{p}")],
     }
 }
 
@@ -129,7 +118,7 @@ impl<'a> Consumer<'a> {
             .client
             .create_with_context(context)
             .with_context(|| format!("pipeline {name}: cannot create the consumer"))?;
-        let names = settings.subscription.names();
+        let names = subscription_names(settings.subscription);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
@@ -435,11 +424,11 @@ fn commit_async(
 
 #[cfg(test)]
 mod tests {
-    use super::Subscription;
+    use super::{Subscription, subscription_names};
 
     #[test]
     fn a_pattern_becomes_an_anchored_regex_subscription() {
-        let names = |s: Subscription| s.names();
+        let names = |s: Subscription| subscription_names(&s);
         assert_eq!(
             names(Subscription::Pattern("^orders-.*".into())),
             ["^orders-.*"]

@@ -66,10 +66,7 @@ impl TableSet {
         let mut tables = BTreeMap::new();
         for config in configs {
             let table = Arc::new(Table::new(config.clone()));
-            let source = config
-                .source()
-                .map_err(|e| anyhow::anyhow!("table {}: {e}", config.name))?;
-            match source {
+            match &config.source {
                 TableSource::File { .. } => {
                     table
                         .reload_file()
@@ -105,23 +102,29 @@ impl Tables for TableSet {
     fn lookup(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
         self.tables.get(table)?.get(key)
     }
+}
 
-    fn describe(&self) -> Vec<Value> {
+/// What operators do with the tables (the admin API, readiness); plugins only look up.
+impl TableSet {
+    /// Every table's size, source, last update and last error.
+    pub fn describe(&self) -> Vec<Value> {
         self.tables.values().map(|t| t.describe()).collect()
     }
 
-    fn reload(&self, name: &str) -> Option<Result<Value, String>> {
+    /// Reads a file table again; `None` when there is no such table. On an error the old
+    /// rows stay.
+    pub fn reload(&self, name: &str) -> Option<Result<Value, String>> {
         let table = self.tables.get(name)?;
-        Some(match table.config.source() {
-            Ok(TableSource::File { .. }) => table.reload_file().map(|()| table.describe()),
-            Ok(TableSource::Topic { .. }) => Err(format!(
+        Some(match &table.config.source {
+            TableSource::File { .. } => table.reload_file().map(|()| table.describe()),
+            TableSource::Topic { .. } => Err(format!(
                 "table {name} follows a topic and is always up to date; only file tables reload"
             )),
-            Err(e) => Err(e),
         })
     }
 
-    fn pending(&self) -> Vec<String> {
+    /// The names of the tables not yet loaded or caught up with their topic.
+    pub fn pending(&self) -> Vec<String> {
         self.tables
             .values()
             .filter(|t| !t.ready.load(Ordering::Acquire))
@@ -207,43 +210,42 @@ impl Table {
             "last_update_ms": status.last_update_ms,
             "last_error": status.last_error,
         });
-        match self.config.source() {
-            Ok(TableSource::File {
+        match &self.config.source {
+            TableSource::File {
                 path,
                 format,
                 key_field,
-            }) => {
+            } => {
                 out["source"] = json!({
                     "file": path, "format": format.as_str(), "key_field": key_field,
                     "watch_interval_ms": self.config.watch_interval_ms,
                 });
                 out["loads"] = json!(status.loads);
             }
-            Ok(TableSource::Topic { topic }) => {
+            TableSource::Topic { topic } => {
                 out["source"] = json!({ "topic": topic });
                 out["records_applied"] = json!(status.applied);
                 out["tombstones"] = json!(status.deleted);
                 out["records_without_key"] = json!(status.keyless);
             }
-            Err(_) => {}
         }
         out
     }
 
     /// Reads the file again and swaps the rows in whole; on any error the old rows stay.
     fn reload_file(&self) -> Result<(), String> {
-        let Ok(TableSource::File {
+        let TableSource::File {
             path,
             format,
             key_field,
-        }) = self.config.source()
+        } = &self.config.source
         else {
             return Err("not a file table".into());
         };
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let signature = file_signature(path);
         let started = Instant::now();
-        match read_file(path, format, key_field) {
+        match read_file(path, *format, key_field) {
             Ok(rows) => {
                 let count = rows.len();
                 let old = std::mem::replace(
@@ -282,7 +284,7 @@ fn file_signature(path: &Path) -> Option<FileSignature> {
 
 /// Polls a file table's file; reads it again once a change has settled for one interval.
 fn spawn_watcher(table: Arc<Table>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let Ok(TableSource::File { path, .. }) = table.config.source() else {
+    let TableSource::File { path, .. } = &table.config.source else {
         return Ok(());
     };
     let path = path.to_path_buf();
