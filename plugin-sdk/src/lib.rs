@@ -154,8 +154,10 @@ macro_rules! export {
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
 pub mod __bindings {
+    // `wit/` is a byte-for-byte copy of the repository's `wit/` (the contract's one source),
+    // so the packaged crate carries it; `tests/tests/sdk_package.rs` fails when they differ.
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         default_bindings_module: "switchyard_plugin_sdk::__bindings",
