@@ -1,6 +1,7 @@
 //! The Switchyard plugin SDK: everything a plugin author writes against, and nothing else.
 //!
-//! A plugin is one type implementing [`Plugin`] plus one line, [`export!`]. The SDK owns the
+//! A plugin is one function `fn(&Record) -> Verdict`, or one type implementing [`Plugin`] when
+//! it reads config or keeps state, plus one line, [`export!`]. The SDK owns the
 //! boundary with the host (the generated component bindings, the single plugin instance, the
 //! conversion of batches and verdicts); it does not own what a plugin decides, and it never
 //! shows the raw bindings to an author.
@@ -19,7 +20,30 @@
 //! unit-tested natively with plain `cargo test`, and is built for the host with
 //! `cargo build --target wasm32-wasip2`.
 //!
-//! # Example
+//! # Examples
+//!
+//! A stateless plugin is one function:
+//!
+//! ```
+//! use switchyard_plugin_sdk::{Record, Verdict};
+//!
+//! /// Routes records whose `level` field is `"error"` to the `errors` route.
+//! pub fn errors(record: &Record) -> Verdict {
+//!     match record.field("level") {
+//!         Ok(Some(level)) if level.as_str().as_deref() == Some("error") => Verdict::route("errors"),
+//!         Ok(_) => Verdict::pass(),
+//!         Err(e) => Verdict::dead_letter(e.to_string()),
+//!     }
+//! }
+//!
+//! switchyard_plugin_sdk::export!(fn errors);
+//!
+//! let record = Record::new().with_value(r#"{"level":"error"}"#);
+//! assert_eq!(errors(&record), Verdict::route("errors"));
+//! ```
+//!
+//! The same plugin with its route name in the stage's config is a type implementing
+//! [`Plugin`]:
 //!
 //! ```
 //! use switchyard_plugin_sdk::{Config, Plugin, Record, Verdict};
@@ -69,6 +93,8 @@ pub use verdict::{Output, Verdict};
 
 /// A Switchyard plugin: one instance per plugin instance in the host, fed batches of records.
 ///
+/// A plugin without config or state needs no type: `export!(fn my_plugin)` (see [`export!`]).
+///
 /// The host makes an instance with [`Plugin::init`], then calls [`Plugin::process_batch`]
 /// once per batch. A batch holds records of one source partition in offset order.
 pub trait Plugin: Sized + 'static {
@@ -92,17 +118,77 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
-/// Exports a [`Plugin`] type as the component's `transform` interface.
+/// Exports the plugin as the component's `transform` interface.
 ///
-/// Write it once, at the top level of the plugin crate: `switchyard_plugin_sdk::export!(MyPlugin);`.
+/// Write it once, at the top level of the plugin crate, in one of two forms:
+///
+/// - `export!(fn my_plugin);`: a stateless plugin, one function
+///   `fn(&Record) -> Verdict` called once per record. `init` accepts any config and ignores
+///   it.
+/// - `export!(MyPlugin);`: a type implementing [`Plugin`], made by [`Plugin::init`] from the
+///   stage's config; for a plugin that reads config or keeps state between records.
 ///
 /// On wasm32 it keeps the one plugin instance in a static: `init` stores it, `process` uses
 /// it, and a `process` before a successful `init` dead-letters every record with
-/// `plugin not initialised`. Natively it only checks that the type implements [`Plugin`], so
-/// the crate builds and unit-tests with plain `cargo test`.
-#[cfg(target_arch = "wasm32")]
+/// `plugin not initialised`. Natively it only checks the function's signature or that the type
+/// implements [`Plugin`], so the crate builds and unit-tests with plain `cargo test`.
+///
+/// ```
+/// use switchyard_plugin_sdk::{Record, Verdict};
+///
+/// /// Drops records with a null value, passes the rest.
+/// pub fn drop_tombstones(record: &Record) -> Verdict {
+///     match record.value() {
+///         None => Verdict::drop(),
+///         Some(_) => Verdict::pass(),
+///     }
+/// }
+///
+/// switchyard_plugin_sdk::export!(fn drop_tombstones);
+///
+/// assert_eq!(drop_tombstones(&Record::new()), Verdict::drop());
+/// ```
 #[macro_export]
 macro_rules! export {
+    (fn $function:path) => {
+        $crate::__export_function!($function);
+    };
+    ($plugin:ty) => {
+        $crate::__export_plugin!($plugin);
+    };
+}
+
+/// [`export!`] of a function: a unit type whose [`Plugin::process`] calls it.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_function {
+    ($function:path) => {
+        const _: () = {
+            struct SwitchyardFunction;
+
+            impl $crate::Plugin for SwitchyardFunction {
+                fn init(
+                    _config: &$crate::Config,
+                ) -> ::core::result::Result<Self, ::std::string::String> {
+                    ::core::result::Result::Ok(SwitchyardFunction)
+                }
+
+                fn process(&mut self, record: &$crate::Record) -> $crate::Verdict {
+                    $function(record)
+                }
+            }
+
+            $crate::__export_plugin!(SwitchyardFunction);
+        };
+    };
+}
+
+/// [`export!`] of a [`Plugin`] type: the component's exports, backed by one instance.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
     ($plugin:ty) => {
         const _: () = {
             static INSTANCE: $crate::__glue::Slot<$plugin> = $crate::__glue::Slot::new();
@@ -126,17 +212,21 @@ macro_rules! export {
     };
 }
 
-/// Exports a [`Plugin`] type as the component's `transform` interface.
-///
-/// Write it once, at the top level of the plugin crate: `switchyard_plugin_sdk::export!(MyPlugin);`.
-///
-/// On wasm32 it keeps the one plugin instance in a static: `init` stores it, `process` uses
-/// it, and a `process` before a successful `init` dead-letters every record with
-/// `plugin not initialised`. Natively it only checks that the type implements [`Plugin`], so
-/// the crate builds and unit-tests with plain `cargo test`.
+/// [`export!`] of a function, natively: checks its signature.
 #[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
 #[macro_export]
-macro_rules! export {
+macro_rules! __export_function {
+    ($function:path) => {
+        const _: fn(&$crate::Record) -> $crate::Verdict = $function;
+    };
+}
+
+/// [`export!`] of a [`Plugin`] type, natively: checks that it implements [`Plugin`].
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
     ($plugin:ty) => {
         const _: () = {
             fn assert_plugin<P: $crate::Plugin>() {}
@@ -154,8 +244,10 @@ macro_rules! export {
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
 pub mod __bindings {
+    // `wit/` is a byte-for-byte copy of the repository's `wit/` (the contract's one source),
+    // so the packaged crate carries it; `tests/tests/sdk_package.rs` fails when they differ.
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         default_bindings_module: "switchyard_plugin_sdk::__bindings",

@@ -5,28 +5,17 @@
 //!
 //! # Config
 //!
-//! None. Any keys are accepted and ignored, so tests can give it any config.
+//! None. Any keys are accepted and ignored (the SDK's function form), so tests can give it any
+//! config.
 
-use switchyard_plugin_sdk::{Batch, Config, Plugin, Record, Verdict};
+use switchyard_plugin_sdk::{Record, Verdict};
 
 /// Passes every record.
-pub struct Noop;
-
-impl Plugin for Noop {
-    fn init(_config: &Config) -> Result<Self, String> {
-        Ok(Self)
-    }
-
-    fn process(&mut self, _record: &Record) -> Verdict {
-        Verdict::Pass
-    }
-
-    fn process_batch(&mut self, batch: &Batch) -> Vec<Verdict> {
-        vec![Verdict::Pass; batch.len()]
-    }
+pub fn noop(_record: &Record) -> Verdict {
+    Verdict::Pass
 }
 
-switchyard_plugin_sdk::export!(Noop);
+switchyard_plugin_sdk::export!(fn noop);
 
 #[cfg(test)]
 mod tests {
@@ -34,10 +23,7 @@ mod tests {
 
     #[test]
     fn passes_every_record() {
-        let mut noop = Noop::init(&Config::from_pairs([("anything", "goes")])).unwrap();
-        let batch = Batch::new("t", 0, vec![Record::new(), Record::new().with_value("x")]);
-        assert_eq!(noop.process_batch(&batch), [Verdict::Pass, Verdict::Pass]);
-        assert_eq!(noop.process(&Record::new()), Verdict::Pass);
-        assert!(noop.process_batch(&Batch::new("t", 0, vec![])).is_empty());
+        assert_eq!(noop(&Record::new()), Verdict::Pass);
+        assert_eq!(noop(&Record::new().with_value("x")), Verdict::Pass);
     }
 }
