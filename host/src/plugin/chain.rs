@@ -11,11 +11,12 @@
 //! outputs, dead letters, or a deliberate drop.
 
 use super::bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
-use super::engine::{PluginEngine, PluginModule, PluginVersion};
+use super::engine::PluginEngine;
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, Tags};
 use super::instance::{InstanceSetup, StageInstance};
 use super::limits::StageLimits;
+use super::module::{PluginModule, PluginVersion};
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -9,9 +9,9 @@
 use super::bindings::PluginPre;
 use super::error::LoadError;
 use super::host_api::HostState;
-use sha2::{Digest, Sha256};
+use super::module::PluginModule;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
@@ -155,12 +155,7 @@ impl PluginEngine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
-        Ok(Arc::new(PluginModule {
-            version: PluginVersion::of(bytes),
-            size: bytes.len(),
-            loaded_at: SystemTime::now(),
-            code: StageCode::Wasm(pre),
-        }))
+        Ok(PluginModule::wasm(bytes, pre))
     }
 
     /// Reads and loads a component file; the error names the file.
@@ -203,66 +198,6 @@ fn spawn_epoch_ticker(engine: Weak<PluginEngine>) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// A plugin version: the sha256 of the component's bytes, as lowercase hex.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PluginVersion(pub String);
-
-impl PluginVersion {
-    /// The version of these component bytes.
-    pub fn of(bytes: &[u8]) -> Self {
-        PluginVersion(hex::encode(Sha256::digest(bytes)))
-    }
-
-    /// The first 12 hex digits, for logs.
-    pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(12)]
-    }
-}
-
-impl std::fmt::Display for PluginVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A compiled, type-checked plugin, ready to instantiate. Shared by every worker.
-pub struct PluginModule {
-    /// sha256 of the component bytes.
-    pub version: PluginVersion,
-    /// Size of the component in bytes.
-    pub size: usize,
-    /// When it was compiled.
-    pub loaded_at: SystemTime,
-    pub(crate) code: StageCode,
-}
-
-/// What runs a stage: a WebAssembly component, or a built-in stage.
-pub(crate) enum StageCode {
-    /// A component, pre-instantiated.
-    Wasm(PluginPre<HostState>),
-    /// The built-in `json-schema` validator.
-    JsonSchema(Arc<super::schema::JsonSchemaStage>),
-}
-
-impl PluginModule {
-    /// The built-in stage kind this is (`json-schema`), or `None` for a plugin.
-    pub fn builtin(&self) -> Option<&'static str> {
-        match self.code {
-            StageCode::Wasm(_) => None,
-            StageCode::JsonSchema(_) => Some("json-schema"),
-        }
-    }
-}
-
-impl std::fmt::Debug for PluginModule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginModule")
-            .field("version", &self.version)
-            .field("size", &self.size)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Compiling a component (at start-up, on an upload) runs on rayon's global thread pool; on a
 /// small machine it competes with the workers for the CPU. This gives the pool's threads a
 /// lower priority (nice 10), so an upload slows itself down rather than the records flowing.
@@ -301,15 +236,5 @@ mod tests {
             Err(LoadError::CoreModule)
         ));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
-    }
-
-    #[test]
-    fn version_is_sha256_hex() {
-        let v = PluginVersion::of(b"");
-        assert_eq!(
-            v.0,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(v.short(), "e3b0c44298fc");
     }
 }

@@ -6,10 +6,11 @@
 //! fresh instance from the pre-instantiated module costs microseconds.
 
 use super::bindings::{Plugin, RecordBatch, Verdict};
-use super::engine::{EPOCH_TICK, PluginModule, StageCode};
+use super::engine::EPOCH_TICK;
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, HostState, Tags};
 use super::limits::{MemoryCapExceeded, StageLimits};
+use super::module::{PluginModule, StageCode};
 use super::schema::JsonSchemaStage;
 use std::sync::Arc;
 use std::time::Duration;

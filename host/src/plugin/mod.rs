@@ -5,6 +5,8 @@
 //!   interruption) and loading: bytes -> compiled, type-checked [`PluginModule`].
 //! - `instance`: one warm instance in its own store; calls with a time budget; classifies
 //!   failures.
+//! - [`module`]: what a stage runs once loaded ([`PluginModule`]): a component or the
+//!   built-in JSON Schema stage, with its version.
 //! - [`chain`]: a pipeline's stages run in order over a batch; failed calls are isolated
 //!   record by record so only the offending records are dead-lettered.
 //! - [`limits`]: per-stage limits and their defaults.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod host_api;
 mod instance;
 pub mod limits;
+pub mod module;
 pub mod sample;
 pub mod schema;
 
@@ -30,8 +33,9 @@ pub use chain::{
     CallObserver, ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId,
     StageLoadError, StageSpec, StageStats, StageTrace, TraceOutcome,
 };
-pub use engine::{EngineConfig, PluginEngine, PluginModule, PluginVersion};
+pub use engine::{EngineConfig, PluginEngine};
 pub use error::{ErrorKind, LoadError, RecordError};
 pub use host_api::{HostServices, MemoryTables, PluginCounters, Tables};
 pub use limits::StageLimits;
+pub use module::{PluginModule, PluginVersion};
 pub use schema::JsonSchemaStage;

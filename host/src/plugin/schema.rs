@@ -18,11 +18,7 @@
 //!   were.
 
 use super::bindings::{RecordBatch, Verdict};
-use super::engine::{PluginModule, PluginVersion};
 use std::fmt::Write as _;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
 
 /// Errors listed in a dead-letter reason; the rest are counted.
 pub const MAX_REPORTED: usize = 3;
@@ -128,22 +124,6 @@ fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}...", &text[..at]).into(),
         None => text.into(),
-    }
-}
-
-impl PluginModule {
-    /// A `json-schema` stage from a schema file; its version is the sha256 of the file.
-    pub fn json_schema_file(path: &Path) -> anyhow::Result<Arc<PluginModule>> {
-        let text = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read schema file {}: {e}", path.display()))?;
-        let stage = JsonSchemaStage::compile(&text)
-            .map_err(|e| anyhow::anyhow!("schema file {}: {e}", path.display()))?;
-        Ok(Arc::new(PluginModule {
-            version: PluginVersion::of(&text),
-            size: text.len(),
-            loaded_at: SystemTime::now(),
-            code: super::engine::StageCode::JsonSchema(Arc::new(stage)),
-        }))
     }
 }
 
