@@ -349,18 +349,25 @@ fn wait_for_tables(shared: &PipelineHandle, stop: &Stop) -> bool {
     }
 }
 
-/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
-/// Versions uploaded earlier come back from `store`.
+/// What every pipeline of a config shares: its tables (loaded; topic tables following their
+/// topics) and one set of plugin counters. The admin API reaches the tables through it too.
+pub fn host_services(config: &Config) -> anyhow::Result<HostServices> {
+    Ok(HostServices {
+        tables: Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?),
+        counters: Arc::new(PluginCounters::default()),
+    })
+}
+
+/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called), all
+/// sharing `services` (see [`host_services`]). Versions uploaded earlier come back from
+/// `store`.
 pub fn load(
     config: &Config,
     engine: Arc<PluginEngine>,
     metrics: &Metrics,
     store: &VersionStore,
+    services: &HostServices,
 ) -> anyhow::Result<Vec<Pipeline>> {
-    let services = HostServices {
-        tables: Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?),
-        counters: Arc::new(PluginCounters::default()),
-    };
     config
         .pipelines
         .iter()
