@@ -25,9 +25,9 @@
 //! [`crate::control::reload`]; here a request is checked (caller, path, size), handed over,
 //! and its answer or error shaped.
 //!
-//! - [`handlers`]: health, pipelines, plugin changes, tables.
-//! - [`dry_run`]: the dry run.
-//! - [`metrics`]: `/metrics`, with the gauges read from the pipelines on each scrape.
+//! - `handlers`: health, pipelines, plugin changes, tables.
+//! - `dry_run`: the dry run.
+//! - `metrics`: `/metrics`, with the gauges read from the pipelines on each scrape.
 //! - [`views`]: every answer as a type (the command line's client reads the same types).
 //! - [`error`]: the one error answer, and the status of each refused reload.
 
