@@ -76,7 +76,8 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
         (Some(dir), false) => VersionStore::at(dir.clone()).context("admin.state_dir")?,
         _ => VersionStore::memory(),
     };
-    let pipelines = pipeline::load(&config, engine, &metrics, &store)?;
+    let shared = pipeline::Shared::start(&config)?;
+    let pipelines = pipeline::load(&config, engine, &metrics, &store, &shared)?;
     let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,7 +96,13 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
     };
     // Bound before any record is read: a taken port fails the start, naming the key.
     let admin = if serve {
-        let serving = admin::start(&runtime, &admin_config, handles.clone(), metrics.clone())?;
+        let serving = admin::start(
+            &runtime,
+            &admin_config,
+            handles.clone(),
+            shared.tables.clone(),
+            metrics.clone(),
+        )?;
         tracing::info!(address = %serving.address, state_dir = ?store.dir(), "Admin API listening.");
         Some(serving)
     } else {

@@ -1,12 +1,14 @@
 //! The Prometheus metrics the admin API serves at `/metrics`, registered once per process.
 //!
-//! The hot path only touches pre-resolved handles (an atomic add, or a histogram bucket);
-//! gauges that describe state (lag, in-flight, versions) are filled in when scraped.
+//! The hot path only touches pre-resolved handles (an atomic add, or a histogram bucket).
+//! Gauges that describe state (lag, in-flight, versions, pipeline state, plugin counters) are
+//! not stored here: the admin API reads them from the pipelines on each scrape
+//! ([`crate::admin`]'s metrics collector) and passes them to [`Metrics::encode_with`]. The
+//! label sets of those gauges are defined here with the others.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -132,16 +134,6 @@ pub struct Metrics {
     pub produce_retries: Family<PipelineLabels, Counter>,
     /// Plugin uploads and rollbacks, by result.
     pub reloads: Family<ReloadLabels, Counter>,
-    /// Records between the first unfinished one and the end of the partition (scrape time).
-    pub consumer_lag: Family<PartitionLabels, Gauge>,
-    /// Records taken and not finished (scrape time).
-    pub in_flight: Family<PipelineLabels, Gauge>,
-    /// 1 for each stage's active plugin version (scrape time).
-    pub plugin_info: Family<VersionLabels, Gauge>,
-    /// 1 for the pipeline's state (scrape time).
-    pub pipeline_state: Family<StateLabels, Gauge>,
-    /// Running totals of plugins' `host::counter-add` (scrape time).
-    pub plugin_counters: Family<PluginCounterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -151,9 +143,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The prefix of every metric name.
+    pub const PREFIX: &'static str = "switchyard";
+
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("switchyard");
+        let mut registry = Registry::with_prefix(Self::PREFIX);
         let m = Metrics {
             records_in: Family::default(),
             records_out: Family::default(),
@@ -164,11 +159,6 @@ impl Metrics {
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
             produce_retries: Family::default(),
             reloads: Family::default(),
-            consumer_lag: Family::default(),
-            in_flight: Family::default(),
-            plugin_info: Family::default(),
-            pipeline_state: Family::default(),
-            plugin_counters: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -216,39 +206,23 @@ impl Metrics {
             "Plugin uploads and rollbacks, by result",
             m.reloads.clone(),
         );
-        registry.register(
-            "consumer_lag_records",
-            "Records between the first unfinished one and the end of the partition",
-            m.consumer_lag.clone(),
-        );
-        registry.register(
-            "in_flight_records",
-            "Records taken from Kafka and not yet finished",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "plugin_info",
-            "The active plugin version of each stage (value 1)",
-            m.plugin_info.clone(),
-        );
-        registry.register(
-            "pipeline_state",
-            "The pipeline's state (value 1)",
-            m.pipeline_state.clone(),
-        );
-        registry.register(
-            "plugin_counter",
-            "Running totals of the counters plugins keep with host::counter-add",
-            m.plugin_counters.clone(),
-        );
         Metrics { registry, ..m }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.encode_with(&Registry::default())
+    }
+
+    /// The OpenMetrics text exposition of every metric and of `scraped` (metrics produced
+    /// for this scrape only, such as a collector's), in one document.
+    pub fn encode_with(&self, scraped: &Registry) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, scraped))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 

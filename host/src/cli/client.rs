@@ -1,8 +1,11 @@
 //! The command line's client of the admin API: `switchyard plugin push|rollback|versions`
-//! and `switchyard pipelines`.
+//! and `switchyard pipelines`. Answers are read into the server's own answer types
+//! ([`crate::admin::views`]), so a change to one side that the other does not follow fails
+//! to compile or fails a test instead of printing something else.
 
+use crate::admin::views::{ErrorView, SwitchedView};
 use anyhow::Context as _;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -34,11 +37,11 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn finish(
+    fn finish<T: DeserializeOwned>(
         &self,
         what: &str,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<T> {
         let mut response = response
             .with_context(|| format!("{what}: cannot reach the admin API at {}", self.base))?;
         let status = response.status();
@@ -46,14 +49,10 @@ impl Client {
             .body_mut()
             .read_to_string()
             .with_context(|| format!("{what}: cannot read the answer"))?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(body);
+            return decode(&text).with_context(|| format!("{what}: unexpected answer"));
         }
-        let message = body
-            .get("error")
-            .and_then(Value::as_str)
-            .map_or_else(|| body.to_string(), str::to_owned);
+        let message = decode::<ErrorView>(&text).map_or(text, |e| e.error);
         anyhow::bail!("{what}: {} {message}", status.as_u16())
     }
 
@@ -64,14 +63,14 @@ impl Client {
         }
     }
 
-    /// `GET path`.
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// `GET path`, its answer read as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.auth(self.agent.get(&self.url(path))).call();
         self.finish(&format!("GET {path}"), response)
     }
 
-    /// `POST path` with no body.
-    pub fn post(&self, path: &str) -> anyhow::Result<Value> {
+    /// `POST path` with no body, its answer read as `T`.
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.auth(self.agent.post(&self.url(path))).send_empty();
         self.finish(&format!("POST {path}"), response)
     }
@@ -83,7 +82,7 @@ impl Client {
         stage: &str,
         plugin: &Path,
         config: Option<&BTreeMap<String, String>>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<SwitchedView> {
         let bytes =
             std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
         let path = format!("/api/v1/pipelines/{pipeline}/stages/{stage}/plugin");
@@ -96,6 +95,14 @@ impl Client {
         let response = request.send(&bytes[..]);
         self.finish(&format!("PUT {path}"), response)
     }
+}
+
+/// Reads an answer of the admin API as `T`.
+pub fn decode<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        let start: String = text.chars().take(200).collect();
+        anyhow::anyhow!("{e} in {start:?}")
+    })
 }
 
 /// Parses `key=value` pairs.

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod run;
 pub mod test_plugin;
 
+use crate::admin::views::{PipelineView, PipelinesView, SwitchedView, VersionsView};
 use crate::config::Config;
 use crate::control::VersionStore;
 use crate::metrics::Metrics;
@@ -206,7 +207,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             let engine = PluginEngine::new(&EngineConfig::default())
                 .context("cannot start the plugin engine")?;
             let metrics = Metrics::new();
-            for p in pipeline::load(&parsed, engine, &metrics, &VersionStore::memory())? {
+            let shared = pipeline::Shared::start(&parsed)?;
+            let store = VersionStore::memory();
+            for p in pipeline::load(&parsed, engine, &metrics, &store, &shared)? {
                 let stages: Vec<String> = p
                     .spec()
                     .stages()
@@ -269,13 +272,13 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Pipelines { name, api } => {
-            let path = match name {
-                Some(name) => format!("/api/v1/pipelines/{name}"),
-                None => "/api/v1/pipelines".into(),
-            };
-            print_json(&api.client().get(&path)?)
-        }
+        Command::Pipelines { name, api } => match name {
+            Some(name) => print_json(
+                &api.client()
+                    .get::<PipelineView>(&format!("/api/v1/pipelines/{name}"))?,
+            ),
+            None => print_json(&api.client().get::<PipelinesView>("/api/v1/pipelines")?),
+        },
     }
 }
 
@@ -302,20 +305,22 @@ fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
             pipeline,
             stage,
             api,
-        } => print_json(&api.client().post(&format!(
+        } => print_json(&api.client().post::<SwitchedView>(&format!(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/rollback"
         ))?),
         PluginAction::Versions {
             pipeline,
             stage,
             api,
-        } => print_json(&api.client().get(&format!(
+        } => print_json(&api.client().get::<VersionsView>(&format!(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/versions"
         ))?),
     }
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// Prints an answer as pretty JSON with sorted keys (as the API's JSON reads).
+fn print_json(answer: &impl serde::Serialize) -> anyhow::Result<()> {
+    let value = serde_json::to_value(answer)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
 }

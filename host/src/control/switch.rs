@@ -1,10 +1,10 @@
 //! The live version of a pipeline's chain, and switching every worker to a new one.
 //!
-//! The admin API publishes a new [`ActiveChain`] (a stage's plugin or config changed); each
-//! worker notices the new generation at its next batch boundary (an idle worker within
-//! [`IDLE_TICK`]), makes the new stage's instance, and acknowledges. The publisher waits
-//! until every live worker has acknowledged, so the answer to an upload means "every
-//! worker runs it". A batch is always run by exactly one version, start to finish.
+//! A reload ([`super::reload`]) publishes a new [`ActiveChain`] (a stage's plugin or config
+//! changed); each worker notices the new generation at its next batch boundary (an idle
+//! worker within [`IDLE_TICK`]), makes the new stage's instance, and acknowledges. The
+//! publisher waits until every live worker has acknowledged, so the answer to an upload means
+//! "every worker runs it". A batch is always run by exactly one version, start to finish.
 //!
 //! ```text
 //! publish(gen n) --> worker 0: batch boundary -> update runner -> ack(n, ok)

@@ -349,19 +349,39 @@ fn wait_for_tables(shared: &PipelineHandle, stop: &Stop) -> bool {
     }
 }
 
-/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called).
-/// Versions uploaded earlier come back from `store`.
+/// What every pipeline of a config shares: its tables (loaded; topic tables following their
+/// topics) and, through [`HostServices`], what plugins reach with their imports: those tables
+/// and one set of plugin counters. The admin API reaches the tables too.
+pub struct Shared {
+    /// The enrichment tables.
+    pub tables: Arc<TableSet>,
+    /// What plugins reach through their imports.
+    pub services: HostServices,
+}
+
+impl Shared {
+    /// Loads the config's tables (and starts following topic tables).
+    pub fn start(config: &Config) -> anyhow::Result<Shared> {
+        let tables = Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?);
+        Ok(Shared {
+            services: HostServices {
+                tables: tables.clone(),
+                counters: Arc::new(PluginCounters::default()),
+            },
+            tables,
+        })
+    }
+}
+
+/// Loads every pipeline of a config (plugins compiled and type-checked, `init` called), all
+/// sharing `shared`. Versions uploaded earlier come back from `store`.
 pub fn load(
     config: &Config,
     engine: Arc<PluginEngine>,
     metrics: &Metrics,
     store: &VersionStore,
+    shared: &Shared,
 ) -> anyhow::Result<Vec<Pipeline>> {
-    let tables = Arc::new(TableSet::start(Some(&config.kafka), &config.tables)?);
-    let services = HostServices {
-        tables: tables.clone(),
-        counters: Arc::new(PluginCounters::default()),
-    };
     config
         .pipelines
         .iter()
@@ -370,8 +390,8 @@ pub fn load(
                 engine.clone(),
                 &config.kafka,
                 p,
-                services.clone(),
-                tables.clone(),
+                shared.services.clone(),
+                shared.tables.clone(),
                 metrics,
                 store.clone(),
             )

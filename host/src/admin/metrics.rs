@@ -1,0 +1,179 @@
+//! `GET /metrics`: the process's metrics, and the gauges that describe the pipelines' state
+//! now (lag, in-flight records, active plugin versions, pipeline state, plugin counters).
+//!
+//! Those gauges are read from the pipelines on each scrape by a [`Collector`] and encoded
+//! straight into that scrape's answer: nothing is stored between scrapes, so concurrent
+//! scrapes cannot see each other's half-filled values, and a partition, version or state
+//! that is gone is gone from the next scrape. Counters and histograms the hot path updates
+//! live in [`Metrics`].
+
+use super::AdminState;
+use crate::metrics::{
+    Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, StateLabels, VersionLabels,
+};
+use crate::pipeline::PipelineHandle;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// The OpenMetrics text content type.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`.
+pub(super) async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], st.scrape()).into_response()
+}
+
+/// A registry holding only the scrape-time gauges of `pipelines`, under the process's prefix.
+pub(super) fn scrape_registry(pipelines: Vec<Arc<PipelineHandle>>) -> Registry {
+    let mut registry = Registry::with_prefix(Metrics::PREFIX);
+    registry.register_collector(Box::new(PipelineGauges { pipelines }));
+    registry
+}
+
+/// Reads the scrape-time gauges from the pipelines.
+struct PipelineGauges {
+    pipelines: Vec<Arc<PipelineHandle>>,
+}
+
+impl std::fmt::Debug for PipelineGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.pipelines.iter().map(|p| p.name()).collect();
+        f.debug_struct("PipelineGauges")
+            .field("pipelines", &names)
+            .finish()
+    }
+}
+
+/// One scrape's values, each series once.
+#[derive(Default)]
+struct Gauges {
+    consumer_lag: Vec<(PartitionLabels, i64)>,
+    in_flight: Vec<(PipelineLabels, i64)>,
+    plugin_info: Vec<(VersionLabels, i64)>,
+    pipeline_state: Vec<(StateLabels, i64)>,
+    plugin_counters: Vec<(PluginCounterLabels, i64)>,
+}
+
+impl Gauges {
+    fn read(pipelines: &[Arc<PipelineHandle>]) -> Self {
+        let mut g = Gauges::default();
+        let mut seen_counters: Vec<&Arc<crate::plugin::PluginCounters>> = Vec::new();
+        for p in pipelines {
+            let pipeline = p.name().to_owned();
+            // Pipelines usually share one set of plugin counters: report each set once.
+            if !seen_counters
+                .iter()
+                .any(|c| Arc::ptr_eq(c, &p.services.counters))
+            {
+                seen_counters.push(&p.services.counters);
+                for (key, total) in p.services.counters.snapshot() {
+                    let labels = PluginCounterLabels {
+                        pipeline: key.pipeline,
+                        stage: key.stage,
+                        name: key.name,
+                    };
+                    g.plugin_counters
+                        .push((labels, i64::try_from(total).unwrap_or(i64::MAX)));
+                }
+            }
+            let in_flight = i64::try_from(p.status.tracker.in_flight()).unwrap_or(i64::MAX);
+            g.in_flight.push((
+                PipelineLabels {
+                    pipeline: pipeline.clone(),
+                },
+                in_flight,
+            ));
+            for part in p.status.tracker.partitions() {
+                if let Some(lag) = part.lag {
+                    let labels = PartitionLabels {
+                        pipeline: pipeline.clone(),
+                        topic: part.topic,
+                        partition: part.partition.to_string(),
+                    };
+                    g.consumer_lag.push((labels, lag));
+                }
+            }
+            for stage in p.control.current().spec.stages() {
+                let labels = VersionLabels {
+                    pipeline: pipeline.clone(),
+                    stage: stage.name.clone(),
+                    version: stage.module.version.0.clone(),
+                };
+                g.plugin_info.push((labels, 1));
+            }
+            let state = StateLabels {
+                pipeline,
+                state: p.state().into(),
+            };
+            g.pipeline_state.push((state, 1));
+        }
+        g
+    }
+}
+
+impl Collector for PipelineGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = Gauges::read(&self.pipelines);
+        gauge_family(
+            &mut encoder,
+            "consumer_lag_records",
+            "Records between the first unfinished one and the end of the partition",
+            &g.consumer_lag,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "in_flight_records",
+            "Records taken from Kafka and not yet finished",
+            &g.in_flight,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "plugin_info",
+            "The active plugin version of each stage (value 1)",
+            &g.plugin_info,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "pipeline_state",
+            "The pipeline's state (value 1)",
+            &g.pipeline_state,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "plugin_counter",
+            "Running totals of the counters plugins keep with host::counter-add",
+            &g.plugin_counters,
+        )
+    }
+}
+
+/// Writes one gauge family; nothing at all when it has no series (as a registered family
+/// with no series is left out).
+fn gauge_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    series: &[(L, i64)],
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    // A registered metric's help ends with a full stop; the same here.
+    let help = format!("{help}.");
+    let mut family = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -1,0 +1,314 @@
+//! The admin API's answers, as types: the server serializes them and the command line's client
+//! ([`crate::cli::client`]) deserializes them, so the two cannot drift apart unnoticed.
+//!
+//! Field names and shapes are the API's contract: a field that is sometimes absent is
+//! skipped when serializing, never sent as `null`, unless the API sends `null` for it.
+//! Each table's description is owned by the tables ([`crate::plugin::Tables::describe`]) and
+//! passes through as JSON.
+
+use crate::control::versions::{HistoryEntry, VersionRecord};
+use crate::control::{StageHistory, Switched};
+use crate::pipeline::PipelineHandle;
+use crate::source::tracker::PartitionStatus;
+use crate::status::CountersSnapshot;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// `GET /api/v1/pipelines`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelinesView {
+    /// Every pipeline, in config order.
+    pub pipelines: Vec<PipelineView>,
+}
+
+/// `GET /api/v1/pipelines/{p}`: a pipeline's config, state, chain, counters and partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineView {
+    /// Pipeline name.
+    pub name: String,
+    /// `running`, `paused`, `degraded` or `stopped`.
+    pub state: String,
+    /// Why it cannot make progress, if it cannot.
+    pub problem: Option<String>,
+    /// Dead-letter writes fail.
+    pub dead_letter_failing: bool,
+    /// Consumer group.
+    pub group: String,
+    /// Source topics.
+    pub topics: Vec<String>,
+    /// Source topics as a pattern.
+    pub topic_pattern: Option<String>,
+    /// Route name -> topic.
+    pub routes: BTreeMap<String, String>,
+    /// Route of records no stage routed.
+    pub default_route: String,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Generation of the live chain (increases with every change).
+    pub chain_generation: u64,
+    /// Workers running.
+    pub workers: usize,
+    /// The chain, in order.
+    pub stages: Vec<StageView>,
+    /// Record counters.
+    pub counters: CountersView,
+    /// Records taken and not finished.
+    pub in_flight: usize,
+    /// Assigned partitions.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// One stage of a live chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageView {
+    /// Stage name.
+    pub name: String,
+    /// sha256 of the component (or of the schema file).
+    pub version: String,
+    /// Component size.
+    pub size_bytes: usize,
+    /// The kind of a built-in stage (`json-schema`); absent for plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// The active version's record; absent while a change to the stage is in progress.
+    #[serde(flatten)]
+    pub active: Option<StageActiveView>,
+    /// Present (true) while a change to the stage is in progress.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub change_in_progress: bool,
+}
+
+/// How a stage's active version came to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageActiveView {
+    /// When it became active (ms since the Unix epoch).
+    pub loaded_at_ms: i64,
+    /// Who made it active.
+    pub loaded_by: String,
+    /// `config`, `upload`, `rollback` or `restart`.
+    pub origin: String,
+    /// Its config map.
+    pub config: BTreeMap<String, String>,
+    /// The version a rollback returns to.
+    pub rollback_to: Option<String>,
+}
+
+/// A pipeline's record counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    /// Records taken from Kafka.
+    pub consumed: u64,
+    /// Records the chain dropped.
+    pub dropped: u64,
+    /// Outputs acknowledged on route topics.
+    pub routed: u64,
+    /// Dead-letter records acknowledged.
+    pub dead_lettered: u64,
+    /// Outputs refused by the broker and dead-lettered.
+    pub undeliverable: u64,
+    /// Produce attempts retried.
+    pub produce_retries: u64,
+}
+
+/// One assigned partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records in flight.
+    pub in_flight: usize,
+    /// Last offset the broker confirmed committed.
+    pub committed: Option<i64>,
+    /// The next offset to read.
+    pub position: Option<i64>,
+    /// The partition's end as last seen.
+    pub high_watermark: Option<i64>,
+    /// Records between the first unfinished one and the end of the partition.
+    pub lag: Option<i64>,
+}
+
+/// The answer to an upload or a rollback: every worker runs `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchedView {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// The version now running.
+    pub version: String,
+    /// The version it replaced.
+    pub previous: String,
+    /// Workers running it.
+    pub workers: usize,
+    /// How long the change took.
+    pub switched_in_ms: u64,
+}
+
+/// `GET .../stages/{s}/versions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionsView {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// The version running.
+    pub active: VersionRecord,
+    /// Versions a rollback returns to, the most recent last.
+    pub rollback_stack: Vec<VersionRecord>,
+    /// Every change, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The answer to pause and resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStateView {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Its state now.
+    pub state: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyView {
+    /// Every table is loaded, every pipeline consumes, dead-letter writes work.
+    pub ready: bool,
+    /// What is not ready; absent when ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// `GET /api/v1/tables`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TablesView {
+    /// Each table's rows, bytes, source, last update, last error and readiness.
+    pub tables: Vec<serde_json::Value>,
+}
+
+/// Every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorView {
+    /// What went wrong, in a sentence.
+    pub error: String,
+}
+
+impl PipelineView {
+    /// The pipeline as it is now. A stage whose version lock is held (a change in progress)
+    /// is shown without its version record rather than waited for.
+    pub fn of(p: &PipelineHandle) -> Self {
+        let active = p.control.current();
+        let stages = active
+            .spec
+            .stages()
+            .iter()
+            .zip(&p.stages)
+            .map(|(stage, history)| {
+                let active = history.try_lock().ok().map(|h| StageActiveView::of(&h));
+                StageView {
+                    name: stage.name.clone(),
+                    version: stage.module.version.0.clone(),
+                    size_bytes: stage.module.size,
+                    builtin: stage.module.builtin().map(str::to_owned),
+                    change_in_progress: active.is_none(),
+                    active,
+                }
+            })
+            .collect();
+        PipelineView {
+            name: p.name().to_owned(),
+            state: p.state().to_owned(),
+            problem: p.status.health.fatal(),
+            dead_letter_failing: p.status.health.dead_letter_failing.load(Ordering::Acquire),
+            group: p.config.group(),
+            topics: p.config.topics().to_vec(),
+            topic_pattern: p.config.topic_pattern().map(str::to_owned),
+            routes: p.config.routes.clone(),
+            default_route: p.config.default_route.clone(),
+            dead_letter_topic: p.config.dead_letter_topic.clone(),
+            chain_generation: active.generation,
+            workers: p.control.live_workers(),
+            stages,
+            counters: p.status.counters.snapshot().into(),
+            in_flight: p.status.tracker.in_flight(),
+            partitions: p
+                .status
+                .tracker
+                .partitions()
+                .into_iter()
+                .map(PartitionView::from)
+                .collect(),
+        }
+    }
+}
+
+impl StageActiveView {
+    fn of(h: &StageHistory) -> Self {
+        StageActiveView {
+            loaded_at_ms: h.active.loaded_at_ms,
+            loaded_by: h.active.by.clone(),
+            origin: h.active.origin.clone(),
+            config: h.active.config.clone(),
+            rollback_to: h.previous.last().map(|r| r.version.clone()),
+        }
+    }
+}
+
+impl From<CountersSnapshot> for CountersView {
+    fn from(c: CountersSnapshot) -> Self {
+        CountersView {
+            consumed: c.consumed,
+            dropped: c.dropped,
+            routed: c.routed,
+            dead_lettered: c.dead_lettered,
+            undeliverable: c.undeliverable,
+            produce_retries: c.produce_retries,
+        }
+    }
+}
+
+impl From<PartitionStatus> for PartitionView {
+    fn from(s: PartitionStatus) -> Self {
+        PartitionView {
+            topic: s.topic,
+            partition: s.partition,
+            in_flight: s.in_flight,
+            committed: s.committed,
+            position: s.position,
+            high_watermark: s.high_watermark,
+            lag: s.lag,
+        }
+    }
+}
+
+impl From<Switched> for SwitchedView {
+    fn from(s: Switched) -> Self {
+        SwitchedView {
+            pipeline: s.pipeline,
+            stage: s.stage,
+            version: s.version,
+            previous: s.previous,
+            workers: s.workers,
+            switched_in_ms: u64::try_from(s.took.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl VersionsView {
+    /// A stage's versions.
+    pub fn of(h: &StageHistory) -> Self {
+        VersionsView {
+            pipeline: h.pipeline().to_owned(),
+            stage: h.stage().to_owned(),
+            active: h.active.clone(),
+            rollback_stack: h.previous.clone(),
+            history: h.history.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "views_tests.rs"]
+mod tests;
