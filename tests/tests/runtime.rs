@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use switchyard::plugin::{
     ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, Header, HostServices, InputRecord,
-    LoadError, MemoryTables, RouteId, StageLimits, StageSpec,
+    LoadError, MemoryTables, RouteId, SpecError, StageLimits, StageSpec,
 };
 use switchyard_tests::{engine, record, run, stage};
 
@@ -625,17 +625,19 @@ fn bad_components_are_refused_with_a_reason() {
 #[test]
 fn chain_spec_rejects_undeclared_default_route_and_bad_limits() {
     let e = ChainSpec::new("p", vec!["a".into()], "b", vec![]).unwrap_err();
-    assert!(
-        e.contains("default route `b` is not declared (declared: a)"),
-        "{e}"
+    assert!(matches!(e, SpecError::UnknownDefaultRoute { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "pipeline p: default route `b` is not declared (declared: a)"
     );
     let e = ChainSpec::new("p", vec!["a".into(), "a".into()], "a", vec![]).unwrap_err();
-    assert!(e.contains("route `a` is declared twice"), "{e}");
+    assert_eq!(e.to_string(), "pipeline p: route `a` is declared twice");
     let mut s = stage("s", "noop", &[]);
     s.limits.memory_mib = 0;
     let e = ChainSpec::new("p", vec!["a".into()], "a", vec![s]).unwrap_err();
+    assert!(matches!(e, SpecError::BadLimits { .. }), "{e}");
     assert!(
-        e.contains("stage s") && e.contains("limits.memory_mib"),
+        e.to_string().contains("stage s") && e.to_string().contains("limits.memory_mib"),
         "{e}"
     );
 }

@@ -53,9 +53,10 @@ impl From<ReloadError> for ApiError {
     fn from(e: ReloadError) -> Self {
         let status = match &e {
             ReloadError::NotAComponent(_) => StatusCode::BAD_REQUEST,
-            ReloadError::BadComponent(_) | ReloadError::Init(_) | ReloadError::Chain(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ReloadError::BadComponent(_)
+            | ReloadError::Init(_)
+            | ReloadError::Chain(_)
+            | ReloadError::Routes(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ReloadError::NoSuchStage => StatusCode::NOT_FOUND,
             ReloadError::BuiltinStage { .. }
             | ReloadError::NothingToRollBack
@@ -107,7 +108,13 @@ mod tests {
             status(ReloadError::Init(LoadError::Init("no db".into()))).0,
             422
         );
-        assert_eq!(status(ReloadError::Chain("bad route".into())).0, 422);
+        assert_eq!(
+            status(ReloadError::Routes(crate::router::RouteError::NoTopic {
+                route: "urgent".into()
+            }))
+            .0,
+            422
+        );
         assert_eq!(status(ReloadError::NoSuchStage).0, 404);
         assert_eq!(status(ReloadError::NothingToRollBack).0, 409);
         assert_eq!(

@@ -120,20 +120,17 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
             .cloned(),
     );
     let name = stage_name(&options.plugin);
-    let spec = Arc::new(
-        ChainSpec::new(
-            "test-plugin",
-            routes,
-            DEFAULT_ROUTE,
-            vec![StageSpec {
-                name: name.clone(),
-                module,
-                config: options.config.clone(),
-                limits: StageLimits::default(),
-            }],
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
+    let spec = Arc::new(ChainSpec::new(
+        "test-plugin",
+        routes,
+        DEFAULT_ROUTE,
+        vec![StageSpec {
+            name: name.clone(),
+            module,
+            config: options.config.clone(),
+            limits: StageLimits::default(),
+        }],
+    )?);
     let mut runner = ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
     let explained = sample::explain(&mut runner, &spec, "test-plugin", 0, records)?;
 

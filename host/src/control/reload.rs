@@ -54,9 +54,12 @@ pub enum ReloadError {
     /// The new version's `init` failed or crashed on the trial instance.
     #[error("{0}")]
     Init(LoadError),
-    /// The chain with the new version is not valid (its stages or routes, or the router).
-    #[error("{0}")]
-    Chain(String),
+    /// The chain with the new version is not valid (its stages or routes).
+    #[error(transparent)]
+    Chain(#[from] crate::plugin::SpecError),
+    /// The chain's routes do not all have a topic.
+    #[error(transparent)]
+    Routes(#[from] crate::router::RouteError),
     /// Not every worker switched; the previous version was published again.
     #[error(
         "not every worker switched ({error}); the previous version was put back{}",
@@ -284,9 +287,7 @@ impl Reloader {
         ChainRunner::new(p.engine.clone(), Arc::new(trial), p.services.clone())
             .map_err(|e| ReloadError::Init(e.error))?;
         let spec = Arc::new(chain(stages)?);
-        let router = p
-            .router_for(&spec)
-            .map_err(|e| ReloadError::Chain(format!("{e:#}")))?;
+        let router = p.router_for(&spec)?;
         let generation = p.control.publish(spec, router);
         if let Err(error) = p.control.wait_for(generation, self.switch_timeout) {
             let back = p

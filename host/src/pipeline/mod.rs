@@ -21,7 +21,7 @@ use crate::plugin::{
     ChainRunner, ChainSpec, HostServices, PluginCounters, PluginEngine, PluginModule, StageSpec,
 };
 use crate::ring::Ring;
-use crate::router::Router;
+use crate::router::{RouteError, Router};
 use crate::sink::Sink;
 use crate::source::consumer::{Consumer, ConsumerSettings};
 use crate::status::{PipelineStatus, Stop};
@@ -87,7 +87,7 @@ impl PipelineHandle {
     }
 
     /// A router for `spec` with this pipeline's topics.
-    pub fn router_for(&self, spec: &ChainSpec) -> anyhow::Result<Router> {
+    pub fn router_for(&self, spec: &ChainSpec) -> Result<Router, RouteError> {
         router_for(&self.config, spec)
     }
 }
@@ -309,14 +309,13 @@ impl Pipeline {
 }
 
 /// The route table of `config` for `spec`.
-fn router_for(config: &PipelineConfig, spec: &ChainSpec) -> anyhow::Result<Router> {
+fn router_for(config: &PipelineConfig, spec: &ChainSpec) -> Result<Router, RouteError> {
     let router = Router::for_chain(
         spec,
         &config.routes,
         &config.dead_letter_topic,
         config.dead_letter_format,
-    )
-    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?;
+    )?;
     Ok(if config.provenance_headers {
         router
     } else {

@@ -47,45 +47,102 @@ pub struct ChainSpec {
     stages: Vec<StageSpec>,
 }
 
+/// Why a chain cannot be assembled. Each names the pipeline and the offending route, stage
+/// or limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// More routes than a [`RouteId`] can number.
+    #[error("pipeline {pipeline}: too many routes ({count}; at most 65535)")]
+    TooManyRoutes {
+        /// The pipeline.
+        pipeline: String,
+        /// How many were declared.
+        count: usize,
+    },
+    /// A route name appears twice.
+    #[error("pipeline {pipeline}: route `{route}` is declared twice")]
+    DuplicateRoute {
+        /// The pipeline.
+        pipeline: String,
+        /// The route.
+        route: String,
+    },
+    /// The default route is not among the routes.
+    #[error("pipeline {pipeline}: default route `{route}` is not declared (declared: {declared})")]
+    UnknownDefaultRoute {
+        /// The pipeline.
+        pipeline: String,
+        /// The default route asked for.
+        route: String,
+        /// The declared routes, comma-separated.
+        declared: String,
+    },
+    /// A stage name appears twice.
+    #[error("pipeline {pipeline}: stage `{stage}` appears twice")]
+    DuplicateStage {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+    },
+    /// A stage's limits make no sense.
+    #[error("pipeline {pipeline}, stage {stage}: {problem}")]
+    BadLimits {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// What is wrong, naming the key.
+        problem: String,
+    },
+}
+
 impl ChainSpec {
-    /// Checks and assembles a chain. Errors name the offending route, stage or limit.
+    /// Checks and assembles a chain.
     pub fn new(
         pipeline: impl Into<String>,
         routes: Vec<String>,
         default_route: &str,
         mut stages: Vec<StageSpec>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SpecError> {
         let pipeline = pipeline.into();
-        if routes.len() > usize::from(u16::MAX) {
-            return Err(format!("pipeline {pipeline}: too many routes"));
-        }
         let mut route_ids = HashMap::new();
         for (i, name) in routes.iter().enumerate() {
-            let id = RouteId(u16::try_from(i).map_err(|_| "too many routes".to_string())?);
-            if route_ids.insert(name.clone(), id).is_some() {
-                return Err(format!(
-                    "pipeline {pipeline}: route `{name}` is declared twice"
-                ));
+            let Ok(id) = u16::try_from(i) else {
+                return Err(SpecError::TooManyRoutes {
+                    pipeline,
+                    count: routes.len(),
+                });
+            };
+            if route_ids.insert(name.clone(), RouteId(id)).is_some() {
+                return Err(SpecError::DuplicateRoute {
+                    pipeline,
+                    route: name.clone(),
+                });
             }
         }
-        let default_route = *route_ids.get(default_route).ok_or_else(|| {
-            format!(
-                "pipeline {pipeline}: default route `{default_route}` is not declared (declared: {})",
-                routes.join(", ")
-            )
-        })?;
+        let Some(&default_route) = route_ids.get(default_route) else {
+            return Err(SpecError::UnknownDefaultRoute {
+                pipeline,
+                route: default_route.to_owned(),
+                declared: routes.join(", "),
+            });
+        };
         let mut seen = std::collections::HashSet::new();
         for stage in &mut stages {
             if !seen.insert(stage.name.clone()) {
-                return Err(format!(
-                    "pipeline {pipeline}: stage `{}` appears twice",
-                    stage.name
-                ));
+                return Err(SpecError::DuplicateStage {
+                    pipeline,
+                    stage: stage.name.clone(),
+                });
             }
-            stage
-                .limits
-                .validate()
-                .map_err(|e| format!("pipeline {pipeline}, stage {}: {e}", stage.name))?;
+            if let Err(problem) = stage.limits.validate() {
+                return Err(SpecError::BadLimits {
+                    pipeline,
+                    stage: stage.name.clone(),
+                    problem,
+                });
+            }
             stage.config.sort();
         }
         Ok(ChainSpec {

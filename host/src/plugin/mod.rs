@@ -30,7 +30,7 @@ pub mod schema;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
 pub use chain::{
-    CallObserver, ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId,
+    CallObserver, ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId, SpecError,
     StageLoadError, StageSpec, StageStats, StageTrace, TraceOutcome,
 };
 pub use engine::{EngineConfig, PluginEngine};
