@@ -14,6 +14,8 @@
 //! - `pt3` **passthrough, routed natively**: the `route` plugin's code compiled for the host
 //!   (no WebAssembly) choosing among the same three topics, one record at a time: the floor
 //!   for `sy` (compared with it when both run).
+//! - `sy1-b` **another build of switchyard** (the binary at `BASELINE_BIN`) configured as
+//!   `sy1`: two builds compared on the same records at the same time.
 //!
 //! Every router added is load on the same broker and the same two cores: with all three the
 //! broker carries four times the input rate in writes.
@@ -35,6 +37,8 @@
 //! # BROKER: tansu (default) or mock (librdkafka's mock cluster, in this process)
 //! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
 //! SY_EXTRA='workers = 1' cargo bench -p switchyard-tests --bench latency_side_by_side
+//! # Two builds side by side:
+//! BASELINE_BIN=/tmp/switchyard-before PATHS=pt,sy1-b,sy1 cargo bench -p switchyard-tests --bench latency_side_by_side
 //! ```
 
 use std::collections::HashMap;
@@ -42,6 +46,7 @@ use std::time::Duration;
 use switchyard_tests::e2e::{
     PARTITIONS, Passthrough, env_u64, peak_rss_mib, percentiles, run_as_passthrough,
     side_by_side_run, start_passthrough, start_passthrough_with, start_switchyard,
+    start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::RouterProcess;
@@ -160,7 +165,11 @@ fn path_of(path: &str) -> (&'static str, Vec<&'static str>) {
             "passthrough, routed natively to 3 topics (two hops, no WASM)",
             vec!["pt3-standard", "pt3-urgent", "pt3-errors", "pt3-dlq"],
         ),
-        other => panic!("PATHS takes pt, pt3, sy1, sy; not {other:?}"),
+        "sy1-b" => (
+            "switchyard at BASELINE_BIN + route plugin (two hops, 1 output topic)",
+            vec!["sy1b-standard", "sy1b-dlq"],
+        ),
+        other => panic!("PATHS takes pt, pt3, sy1, sy, sy1-b; not {other:?}"),
     }
 }
 
@@ -194,7 +203,7 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
     };
     let b = broker.bootstrap().to_owned();
     let mut topics: Vec<String> = vec!["in".into(), "pt-out".into()];
-    for prefix in ["sy", "sy1", "pt3"] {
+    for prefix in ["sy", "sy1", "sy1b", "pt3"] {
         for suffix in ["standard", "urgent", "errors", "dlq"] {
             topics.push(format!("{prefix}-{suffix}"));
         }
@@ -210,6 +219,16 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
                 Running::Passthrough(start_passthrough_with(&b, "in", "pt3", Passthrough::Routed))
             }
             "sy1" => Running::Switchyard(start_switchyard(&b, "in", "sy1", true, &s.sy_extra)),
+            "sy1-b" => Running::Switchyard(start_switchyard_binary(
+                std::path::Path::new(
+                    &std::env::var("BASELINE_BIN").expect("sy1-b needs BASELINE_BIN"),
+                ),
+                &b,
+                "in",
+                "sy1b",
+                true,
+                &s.sy_extra,
+            )),
             _ => Running::Switchyard(start_switchyard(&b, "in", "sy", false, &s.sy_extra)),
         })
         .collect();

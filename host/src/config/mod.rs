@@ -330,11 +330,33 @@ pub enum DeadLetterFormat {
     JsonEnvelope,
 }
 
-/// A config that cannot be used. The message names the file, the key, and where possible the
-/// line.
+/// A config that cannot be used. Every message names the key, and where possible the line.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type (serde's message, with the
+    /// line and column).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value that cannot be used, or a `${NAME}` that cannot be expanded.
+    #[error("{0}")]
+    Invalid(String),
+    /// An error in a file.
+    #[error("{}: {error}", path.display())]
+    In {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        error: Box<ConfigError>,
+    },
+}
 
 impl PipelineConfig {
     /// The source topics (none when it subscribes by pattern).
@@ -365,11 +387,17 @@ impl Config {
     /// Reads, parses, expands and validates a config file. Relative plugin paths are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, &|name| std::env::var(name).ok())
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        Self::parse(&text, base, &|name| std::env::var(name).ok()).map_err(|error| {
+            ConfigError::In {
+                path: path.to_owned(),
+                error: Box::new(error),
+            }
+        })
     }
 
     /// Parses and checks config text; `env` looks up `${NAME}` variables; relative paths are
@@ -379,8 +407,8 @@ impl Config {
         base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
+        let mut raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_string()))?;
         raw.expand_env(env)?;
         if let Some(token) = env(ADMIN_TOKEN_ENV).filter(|t| !t.is_empty()) {
             raw.admin.tokens.insert("env".into(), token);
@@ -464,7 +492,7 @@ impl TryFrom<RawConfig> for Config {
             if !table_names.insert(t.name.clone()) {
                 return err(format!("{at}: the name {:?} is used by two tables", t.name));
             }
-            tables.push(table(t).map_err(|e| ConfigError(format!("{at}.{e}")))?);
+            tables.push(table(t).map_err(|e| ConfigError::Invalid(format!("{at}.{e}")))?);
         }
         let mut names = std::collections::HashSet::new();
         let mut pipelines = Vec::with_capacity(raw.pipelines.len());
@@ -491,7 +519,7 @@ impl TryFrom<RawConfig> for Config {
 }
 
 fn err<T>(message: String) -> Result<T, ConfigError> {
-    Err(ConfigError(message))
+    Err(ConfigError::Invalid(message))
 }
 
 /// A table's source; the error starts with the key that is wrong.
@@ -671,7 +699,7 @@ impl AdminConfig {
     /// The address to listen on.
     pub fn address(&self) -> Result<std::net::SocketAddr, ConfigError> {
         self.listen.parse().map_err(|e| {
-            ConfigError(format!(
+            ConfigError::Invalid(format!(
                 "admin.listen {:?} is not an address like 127.0.0.1:9644: {e}",
                 self.listen
             ))
@@ -685,18 +713,20 @@ impl AdminConfig {
         let address = self.address()?;
         for (name, token) in &self.tokens {
             if token.len() < 16 {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::Invalid(format!(
                     "admin.tokens.{name} is shorter than 16 characters; use a long random token"
                 )));
             }
         }
         if !address.ip().is_loopback() && self.tokens.is_empty() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "admin.listen {address} is not a loopback address: set admin.tokens (or {ADMIN_TOKEN_ENV}) so that changes need a token"
             )));
         }
         if self.max_upload_bytes == 0 {
-            return Err(ConfigError("admin.max_upload_bytes must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "admin.max_upload_bytes must be above 0".into(),
+            ));
         }
         Ok(())
     }
@@ -732,12 +762,12 @@ fn expand(
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| ConfigError(format!("{key}: unterminated ${{ in {value:?}")))?;
+            let end = after.find('}').ok_or_else(|| {
+                ConfigError::Invalid(format!("{key}: unterminated ${{ in {value:?}"))
+            })?;
             let name = &after[..end];
             let found = env(name).ok_or_else(|| {
-                ConfigError(format!("{key}: environment variable {name} is not set"))
+                ConfigError::Invalid(format!("{key}: environment variable {name} is not set"))
             })?;
             out.push_str(&found);
             rest = &after[end + 1..];
@@ -760,7 +790,7 @@ mod tests {
 
     #[test]
     fn expands_variables_and_escapes() {
-        let e = |v: &str| expand(v, "k", &env).map_err(|e| e.0);
+        let e = |v: &str| expand(v, "k", &env).map_err(|e| e.to_string());
         assert_eq!(e("a${SECRET}b").unwrap(), "ahunter2b");
         assert_eq!(e("$${SECRET}").unwrap(), "${SECRET}");
         assert_eq!(e("cost $5").unwrap(), "cost $5");
