@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 use switchyard_tests::e2e::{
-    PARTITIONS, Run, env_u64, latency_run, peak_rss_mib, percentiles, run_as_passthrough,
+    Load, PARTITIONS, Run, env_u64, latency_run, peak_rss_mib, percentiles, run_as_passthrough,
     start_passthrough, start_switchyard,
 };
 use switchyard_tests::kafka::Broker;
@@ -39,6 +39,7 @@ fn main() {
     let secs = env_u64("SECS", 20);
     let warmup = env_u64("WARMUP_S", 3);
     let max_rate = env_u64("MAX_RATE", 0);
+    let load = Load { rate, warmup, secs };
 
     let broker = Broker::tansu().expect("tansu starts");
     let b = broker.bootstrap().to_owned();
@@ -65,7 +66,7 @@ fn main() {
     let sy3_out = ["sy3-standard", "sy3-urgent", "sy3-errors", "sy3-dlq"];
 
     eprintln!("one hop at {rate}/s ...");
-    let hop = latency_run(&b, "hop", &["hop"], rate, warmup, secs);
+    let hop = latency_run(&b, "hop", &["hop"], load);
     eprintln!(
         "  p50/p99/p999 ms: {:?}",
         percentiles(hop.latencies.clone())
@@ -74,7 +75,7 @@ fn main() {
     eprintln!("passthrough at {rate}/s ...");
     let mut pt = start_passthrough(&b, "pt-in", "pt-out");
     std::thread::sleep(Duration::from_secs(2));
-    let pt_run = latency_run(&b, "pt-in", &["pt-out"], rate, warmup, secs);
+    let pt_run = latency_run(&b, "pt-in", &["pt-out"], load);
     let pt_rss = peak_rss_mib(pt.id());
     eprintln!(
         "  p50/p99/p999 ms: {:?}",
@@ -86,7 +87,7 @@ fn main() {
     eprintln!("switchyard at {rate}/s ...");
     let mut sy = start_switchyard(&b, "sy-in", "sy", false, "");
     std::thread::sleep(Duration::from_secs(2));
-    let sy_run = latency_run(&b, "sy-in", &sy_out, rate, warmup, secs);
+    let sy_run = latency_run(&b, "sy-in", &sy_out, load);
     let sy_rss = peak_rss_mib(sy.pid());
     eprintln!(
         "  p50/p99/p999 ms: {:?}",
@@ -100,14 +101,7 @@ fn main() {
     eprintln!("switchyard, one output topic, at {rate}/s ...");
     let mut sy1 = start_switchyard(&b, "sy1-in", "sy1", true, "");
     std::thread::sleep(Duration::from_secs(2));
-    let sy1_run = latency_run(
-        &b,
-        "sy1-in",
-        &["sy1-standard", "sy1-dlq"],
-        rate,
-        warmup,
-        secs,
-    );
+    let sy1_run = latency_run(&b, "sy1-in", &["sy1-standard", "sy1-dlq"], load);
     let sy1_rss = peak_rss_mib(sy1.pid());
     eprintln!(
         "  p50/p99/p999 ms: {:?}",
@@ -119,14 +113,18 @@ fn main() {
     // Saturation (MAX_RATE > 0): the same at a higher offered rate.
     let saturation = (max_rate > 0).then(|| {
         eprintln!("saturation: offered {max_rate}/s ...");
+        let max_load = Load {
+            rate: max_rate,
+            ..load
+        };
         let mut pt3 = start_passthrough(&b, "pt3-in", "pt3-out");
         std::thread::sleep(Duration::from_secs(2));
-        let pt_max = latency_run(&b, "pt3-in", &["pt3-out"], max_rate, warmup, secs);
+        let pt_max = latency_run(&b, "pt3-in", &["pt3-out"], max_load);
         let _ = pt3.kill();
         let _ = pt3.wait();
         let mut sy3 = start_switchyard(&b, "sy3-in", "sy3", false, "");
         std::thread::sleep(Duration::from_secs(2));
-        let sy_max = latency_run(&b, "sy3-in", &sy3_out, max_rate, warmup, secs);
+        let sy_max = latency_run(&b, "sy3-in", &sy3_out, max_load);
         let sy3_rss = peak_rss_mib(sy3.pid());
         let _ = sy3.sigterm();
         let _ = sy3.wait(Duration::from_secs(30));

@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 use switchyard_tests::e2e::{
-    PARTITIONS, Passthrough, env_u64, peak_rss_mib, percentiles, run_as_passthrough,
+    Load, PARTITIONS, Passthrough, env_u64, peak_rss_mib, percentiles, run_as_passthrough,
     side_by_side_run, start_passthrough, start_passthrough_with, start_switchyard,
     start_switchyard_binary,
 };
@@ -238,7 +238,12 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
 
     let mut pids: Vec<u32> = running.iter().map(Running::pid).collect();
     pids.extend(broker.pid());
-    let run = side_by_side_run(&b, "in", paths, &pids, s.rate, s.warmup, s.secs);
+    let load = Load {
+        rate: s.rate,
+        warmup: s.warmup,
+        secs: s.secs,
+    };
+    let run = side_by_side_run(&b, "in", paths, &pids, load);
     let rss: Vec<f64> = running.iter().map(|r| peak_rss_mib(r.pid())).collect();
     for r in running {
         r.stop();

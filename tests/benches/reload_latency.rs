@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use switchyard_tests::e2e::{PARTITIONS, env_u64, latency_run, percentiles};
+use switchyard_tests::e2e::{Load, PARTITIONS, env_u64, latency_run, percentiles};
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::pipelines::{pipeline_toml, scratch_dir, write_file};
 use switchyard_tests::plugin_bytes;
@@ -111,6 +111,7 @@ fn main() {
     let secs = env_u64("SECS", 20);
     let warmup = env_u64("WARMUP_S", 3);
     let every = Duration::from_millis(env_u64("RELOAD_EVERY_MS", 2_000));
+    let load = Load { rate, warmup, secs };
 
     let broker = Broker::tansu().expect("tansu starts");
     let b = broker.bootstrap().to_owned();
@@ -128,7 +129,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let o = outputs("st");
     let refs: Vec<&str> = o.iter().map(String::as_str).collect();
-    let steady = latency_run(&b, "st-in", &refs, rate, warmup, secs);
+    let steady = latency_run(&b, "st-in", &refs, load);
     let _ = router.sigterm();
     let _ = router.wait(Duration::from_secs(30));
 
@@ -152,7 +153,7 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(warmup + secs));
                 stop.store(true, Ordering::Release);
             });
-            latency_run(&b, "rl-in", &refs, rate, warmup, secs)
+            latency_run(&b, "rl-in", &refs, load)
         });
         stop.store(true, Ordering::Release);
         run

@@ -207,17 +207,25 @@ struct Driven<T> {
     window_s: f64,
 }
 
+/// The load of a latency run: the generator writes `rate` events a second for `warmup + secs`
+/// seconds, and the events created in the first `warmup` seconds are not measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Events a second.
+    pub rate: u64,
+    /// Seconds of warm-up, not measured.
+    pub warmup: u64,
+    /// Seconds measured.
+    pub secs: u64,
+}
+
 /// One latency run: starts `checker` and waits until it reads, then the generator on `input`
-/// at `rate`/s for `warmup + secs` seconds; events created in the first `warmup` seconds are
-/// not measured. After the generator, `tail` for the last records to arrive, then the checker
+/// with `load`. After the generator, `tail` for the last records to arrive, then the checker
 /// is stopped. The CPU time of `pids` is taken over the measured window.
-#[allow(clippy::too_many_arguments)]
 fn drive<T: Send + 'static>(
     bootstrap: &str,
     input: &str,
-    rate: u64,
-    warmup: u64,
-    secs: u64,
+    Load { rate, warmup, secs }: Load,
     tail: Duration,
     pids: &[u32],
     checker: impl FnOnce(CheckerSignals) -> T + Send + 'static,
@@ -263,29 +271,14 @@ fn drive<T: Send + 'static>(
 }
 
 /// Checker on `outputs`, generator on `input`: one latency run.
-pub fn latency_run(
-    bootstrap: &str,
-    input: &str,
-    outputs: &[&str],
-    rate: u64,
-    warmup: u64,
-    secs: u64,
-) -> Run {
+pub fn latency_run(bootstrap: &str, input: &str, outputs: &[&str], load: Load) -> Run {
     let b = bootstrap.to_owned();
     let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    let run = drive(
-        bootstrap,
-        input,
-        rate,
-        warmup,
-        secs,
-        Duration::from_secs(3),
-        &[],
-        move |signals| {
-            let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            check(&b, &refs, signals.stop, signals.ready, signals.from)
-        },
-    );
+    let tail = Duration::from_secs(3);
+    let run = drive(bootstrap, input, load, tail, &[], move |signals| {
+        let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        check(&b, &refs, signals.stop, signals.ready, signals.from)
+    });
     let (latencies, arrivals) = run.checked;
     Run {
         latencies,
@@ -307,19 +300,16 @@ pub struct SideBySide {
     pub window_s: f64,
 }
 
-/// Every path at once: the generator writes `input` at `rate`/s for `warmup + secs` seconds,
-/// and one checker reads every path's topics (new topics, read from the beginning). A path is
-/// a name and the topics its outputs land in (a topic in no path is not read). Events created
-/// in the first `warmup` seconds are not measured. The CPU time of `pids` is taken over the
+/// Every path at once: the generator writes `input` with `load`, and one checker reads every
+/// path's topics (new topics, read from the beginning). A path is a name and the topics its
+/// outputs land in (a topic in no path is not read). The CPU time of `pids` is taken over the
 /// measured window.
 pub fn side_by_side_run(
     bootstrap: &str,
     input: &str,
     paths: &[(&str, Vec<&str>)],
     pids: &[u32],
-    rate: u64,
-    warmup: u64,
-    secs: u64,
+    load: Load,
 ) -> SideBySide {
     let path_of: HashMap<String, usize> = paths
         .iter()
@@ -328,16 +318,10 @@ pub fn side_by_side_run(
         .collect();
     let (b, n) = (bootstrap.to_owned(), paths.len());
     // The slowest path's tail (p999 on tansu reaches a few hundred ms) still arrives.
-    let run = drive(
-        bootstrap,
-        input,
-        rate,
-        warmup,
-        secs,
-        Duration::from_secs(5),
-        pids,
-        move |signals| check_paths(&b, &path_of, n, &signals),
-    );
+    let tail = Duration::from_secs(5);
+    let run = drive(bootstrap, input, load, tail, pids, move |signals| {
+        check_paths(&b, &path_of, n, &signals)
+    });
     SideBySide {
         latencies: run.checked,
         created: run.created,

@@ -17,8 +17,9 @@ use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -87,6 +88,46 @@ impl Consumed {
             .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or("")
     }
+
+    /// The value as JSON; panics when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("output is not JSON ({e}): {:?}", self.value_str()))
+    }
+
+    /// The `i` of the [`event`](crate::event) this record carries (its `event_id`,
+    /// `evt-<i>`); panics when the value is not JSON or has no such id.
+    pub fn event_number(&self) -> u64 {
+        let v = self.json();
+        v["event_id"]
+            .as_str()
+            .and_then(|id| id.trim_start_matches("evt-").parse().ok())
+            .unwrap_or_else(|| panic!("no event id in {v}"))
+    }
+}
+
+/// `event(i)` for each `i` in `range`, keyed `user-NNNNN` with `NNNNN = i % keys` (so records
+/// of one key are `keys` apart).
+pub fn event_records(range: Range<u64>, keys: u64) -> impl Iterator<Item = TestRecord> {
+    range
+        .map(move |i| TestRecord::new(&format!("user-{:05}", i % keys), crate::event(i).as_bytes()))
+}
+
+/// How many times each event (by [`Consumed::event_number`]) was read.
+pub fn tally(out: &[Consumed]) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for c in out {
+        *counts.entry(c.event_number()).or_default() += 1;
+    }
+    counts
+}
+
+/// The first ten of the events `0..n` that `counts` (from [`tally`]) has not seen.
+pub fn missing(counts: &HashMap<u64, usize>, n: u64) -> Vec<u64> {
+    (0..n)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect()
 }
 
 enum Kind {

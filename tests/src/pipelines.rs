@@ -2,6 +2,7 @@
 //! read.
 
 use crate::engine;
+use crate::kafka::{Broker, Consumed};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,6 +134,23 @@ impl Running {
         self.inner.stop();
         self.inner.wait()
     }
+
+    /// Reads `topics` from the beginning until at least `n` records are read and nothing new
+    /// arrives for `settle` (120 s at most), then stops the pipelines and asserts that they
+    /// stopped cleanly. The records read.
+    pub fn stop_after_reading(
+        self,
+        broker: &Broker,
+        topics: &[&str],
+        n: usize,
+        settle: Duration,
+    ) -> Vec<Consumed> {
+        let out = broker
+            .consume_all(topics, n, settle, Duration::from_secs(120))
+            .expect("consumed");
+        self.stop().expect("clean stop");
+        out
+    }
 }
 
 /// One stage of a test pipeline: name, plugin (built by this crate), config pairs.
@@ -165,6 +183,72 @@ pub fn pipeline_toml(
         }
     }
     out
+}
+
+/// The output topics of [`routing_pipeline_toml`]: its three routes, then its dead-letter
+/// topic.
+pub const ROUTING_OUTPUTS: [&str; 4] = [
+    "events-standard",
+    "events-urgent",
+    "events-errors",
+    "events-dlq",
+];
+
+/// The input topic `events` (4 partitions) and `outputs` (2 partitions each).
+pub fn event_topics<'a>(outputs: &[&'a str]) -> Vec<(&'a str, i32)> {
+    let mut topics = vec![("events", 4)];
+    topics.extend(outputs.iter().map(|t| (*t, 2)));
+    topics
+}
+
+/// Creates [`event_topics`] on `broker`.
+pub fn create_event_topics(broker: &Broker, outputs: &[&str]) {
+    broker
+        .create_topics(&event_topics(outputs))
+        .expect("topics created");
+}
+
+/// The routing pipeline `events`: it reads the topic `events`, and its one stage, the `route`
+/// plugin, sends each event to `events-standard`, `events-urgent` or `events-errors`
+/// ([`ROUTING_OUTPUTS`]); dead letters go to `events-dlq`. `extra` as in [`pipeline_toml`].
+pub fn routing_pipeline_toml(extra: &str) -> String {
+    pipeline_toml(
+        "events",
+        "events",
+        &[
+            ("standard", ROUTING_OUTPUTS[0]),
+            ("urgent", ROUTING_OUTPUTS[1]),
+            ("errors", ROUTING_OUTPUTS[2]),
+        ],
+        ROUTING_OUTPUTS[3],
+        &[("route", "route", &[])],
+        extra,
+    )
+}
+
+/// Writes `switchyard.toml` in a fresh scratch directory `name`: the `[kafka]` table for
+/// `broker`, then `tables` (other tables, e.g. `[admin]`), then [`routing_pipeline_toml`] with
+/// `extra`. Its path. The topics are not created here (see [`create_event_topics`]).
+pub fn routing_config(broker: &Broker, name: &str, tables: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "{}\n{tables}\n{}",
+        kafka_toml(broker.bootstrap()),
+        routing_pipeline_toml(extra)
+    );
+    write_file(&scratch_dir(name), "switchyard.toml", &text)
+}
+
+/// Reads [`ROUTING_OUTPUTS`] from the beginning until at least `n` records are read and
+/// nothing new arrives for `settle` (300 s at most).
+pub fn read_routing_outputs(broker: &Broker, n: u64, settle: Duration) -> Vec<Consumed> {
+    broker
+        .consume_all(
+            &ROUTING_OUTPUTS,
+            n as usize,
+            settle,
+            Duration::from_secs(300),
+        )
+        .expect("consumed")
 }
 
 /// An `[admin]` table for a router process that must not take the default port (several

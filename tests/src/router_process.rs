@@ -140,6 +140,21 @@ impl RouterProcess {
         self.signal(libc::SIGTERM)
     }
 
+    /// Sends SIGTERM and asserts that it drains and exits 0 within 30 s (the panic shows its
+    /// log).
+    pub fn stop_cleanly(&mut self) {
+        self.sigterm().expect("SIGTERM sent");
+        let code = self
+            .wait(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            code,
+            Some(0),
+            "exit code after SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits up to `timeout` for it to exit; its exit code (`None`: killed by a signal).
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
         if let Some(code) = self.exit {

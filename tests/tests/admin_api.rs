@@ -6,21 +6,14 @@ use rdkafka::producer::Producer as _;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records, missing};
 use switchyard_tests::pipelines::{
-    AdminServer, Running, call, kafka_toml, pipeline_toml, scratch_dir, start_with, wait_ready,
-    write_file,
+    AdminServer, ROUTING_OUTPUTS, Running, call, create_event_topics, read_routing_outputs,
+    routing_config, start_with, wait_ready,
 };
 use switchyard_tests::{event, plugin_bytes, plugin_path};
 
 const TOKEN: &str = "test-token-0123456789";
-const OUTPUTS: [&str; 4] = [
-    "events-standard",
-    "events-urgent",
-    "events-errors",
-    "events-dlq",
-];
-
 /// Dropped in field order: the admin API, then the pipeline (which drains and commits), then
 /// the broker it commits to.
 struct Setup {
@@ -30,35 +23,20 @@ struct Setup {
     dir: std::path::PathBuf,
 }
 
-fn config_text(broker: &Broker, admin_extra: &str) -> String {
-    format!(
-        "{}[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{admin_extra}\n{}",
-        kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", "events-standard"),
-                ("urgent", "events-urgent"),
-                ("errors", "events-errors"),
-            ],
-            "events-dlq",
-            &[("route", "route", &[])],
-            "commit_interval_ms = 100\nworkers = 2",
-        )
-    )
-}
-
 fn setup(name: &str, admin_extra: &str) -> Setup {
     setup_on(Broker::mock(1).expect("mock cluster"), name, admin_extra)
 }
 
 fn setup_on(broker: Broker, name: &str, admin_extra: &str) -> Setup {
-    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
-    topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
-    broker.create_topics(&topics).expect("topics created");
-    let dir = scratch_dir(name);
-    let path = write_file(&dir, "switchyard.toml", &config_text(&broker, admin_extra));
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    let admin = format!("[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{admin_extra}");
+    let path = routing_config(
+        &broker,
+        name,
+        &admin,
+        "commit_interval_ms = 100\nworkers = 2",
+    );
+    let dir = path.parent().expect("config dir").to_path_buf();
     let running = start_with(&path, true).expect("pipeline starts");
     let admin = running.serve_admin();
     wait_ready(&admin.url);
@@ -86,19 +64,6 @@ fn active_version(url: &str) -> String {
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
-}
-
-fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
-    range.map(|i| TestRecord::new(&format!("user-{:03}", i % 100), event(i).as_bytes()))
-}
-
-fn event_id(c: &Consumed) -> u64 {
-    let v: Value = serde_json::from_slice(c.value.as_deref().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {c:?}"));
-    v["event_id"]
-        .as_str()
-        .and_then(|s| s.trim_start_matches("evt-").parse().ok())
-        .unwrap_or_else(|| panic!("no event id in {v}"))
 }
 
 /// The `route` stage's version named by an output's provenance header.
@@ -133,7 +98,7 @@ fn read_endpoints_describe_the_pipeline() {
     let (status, body) = call("GET", &format!("{url}/healthz"), None, None);
     assert_eq!((status, body), (200, Value::String("ok\n".into())));
     s.broker
-        .produce("events", records(0..50))
+        .produce("events", event_records(0..50, 100))
         .expect("produced");
     s.running
         .wait_for("events", Duration::from_secs(30), |c| c.routed == 50);
@@ -312,7 +277,7 @@ fn bad_uploads_are_refused_with_the_reason_and_the_old_version_keeps_serving() {
     for (what, bytes, query, status, needle) in cases {
         // Records keep flowing around every refused upload.
         s.broker
-            .produce("events", records(sent..sent + 20))
+            .produce("events", event_records(sent..sent + 20, 100))
             .expect("produced");
         sent += 20;
         let (got, body) = call(
@@ -339,15 +304,7 @@ fn bad_uploads_are_refused_with_the_reason_and_the_old_version_keeps_serving() {
         c.routed + c.dead_lettered == sent
     });
     assert_eq!(c.routed + c.dead_lettered, sent, "{c:?}");
-    let out = s
-        .broker
-        .consume_all(
-            &OUTPUTS,
-            sent as usize,
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        )
-        .expect("consumed");
+    let out = read_routing_outputs(&s.broker, sent, Duration::from_secs(1));
     assert!(out.iter().all(|c| route_version(c) == route));
     let (_, body) = call(
         "GET",
@@ -403,7 +360,7 @@ fn pause_stops_consuming_and_resume_restarts_it() {
     // Let the pause reach the consumer loop before producing.
     std::thread::sleep(Duration::from_millis(300));
     s.broker
-        .produce("events", records(0..100))
+        .produce("events", event_records(0..100, 100))
         .expect("produced");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -507,7 +464,7 @@ fn hot_reload_under_load_loses_nothing() {
     let (route_v, noop_v) = (sha256(&route), sha256(&noop));
 
     let producer = {
-        let broker_records: Vec<TestRecord> = records(0..N).collect();
+        let broker_records: Vec<TestRecord> = event_records(0..N, 100).collect();
         let producer = s.broker.producer().expect("producer");
         std::thread::spawn(move || {
             for (i, r) in broker_records.iter().enumerate() {
@@ -550,15 +507,7 @@ fn hot_reload_under_load_loses_nothing() {
     }
     producer.join().expect("producer thread");
     let reading = Instant::now();
-    let out = s
-        .broker
-        .consume_all(
-            &OUTPUTS,
-            N as usize,
-            Duration::from_secs(2),
-            Duration::from_secs(300),
-        )
-        .expect("consumed");
+    let out = read_routing_outputs(&s.broker, N, Duration::from_secs(2));
 
     // None lost; each output names a version that was active; per key the versions follow
     // the order of the uploads (a switch happens at a batch boundary, never backwards).
@@ -567,7 +516,7 @@ fn hot_reload_under_load_loses_nothing() {
     let mut by_key: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for c in &out {
         assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
-        let id = event_id(c);
+        let id = c.event_number();
         *seen.entry(id).or_default() += 1;
         let v = route_version(c);
         assert!(v == route_v || v == noop_v, "unknown version {v}");
@@ -583,7 +532,7 @@ fn hot_reload_under_load_loses_nothing() {
             }
         }
     }
-    let lost: Vec<u64> = (0..N).filter(|i| !seen.contains_key(i)).take(10).collect();
+    let lost = missing(&seen, N);
     assert!(
         lost.is_empty(),
         "lost (first 10): {lost:?}; read {} outputs; counters {:?}",
@@ -662,7 +611,9 @@ fn metrics_parse_as_prometheus_text_and_add_up() {
         };
         *expected.entry(route).or_default() += 1;
     }
-    s.broker.produce("events", records(0..N)).expect("produced");
+    s.broker
+        .produce("events", event_records(0..N, 100))
+        .expect("produced");
     // 30 records that are not JSON: dead-lettered by the route stage.
     s.broker
         .produce(

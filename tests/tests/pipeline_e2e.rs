@@ -5,14 +5,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use switchyard::plugin::PluginVersion;
 use switchyard_tests::event;
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records};
 use switchyard_tests::pipelines::{
-    Running, StageDef, kafka_toml, pipeline_toml, scratch_dir, start, write_file,
+    ROUTING_OUTPUTS, Running, StageDef, create_event_topics, kafka_toml, pipeline_toml,
+    scratch_dir, start, write_file,
 };
 
 const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
 const SETTLE: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(120);
+/// The topics of a pipeline started by [`start_standard`].
+const STANDARD: [&str; 2] = ["events-standard", "events-dlq"];
 
 /// The route `route` picks for `event(i)`: priority first, then the event type.
 fn expected_route(i: u64) -> &'static str {
@@ -49,17 +52,6 @@ fn users_table(dir: &std::path::Path) -> std::path::PathBuf {
     write_file(dir, "users.jsonl", &rows)
 }
 
-fn json(c: &Consumed) -> serde_json::Value {
-    serde_json::from_slice(c.value.as_deref().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("output is not JSON ({e}): {:?}", c.value_str()))
-}
-
-fn event_number(c: &Consumed) -> u64 {
-    let v = json(c);
-    let id = v["event_id"].as_str().expect("event_id");
-    id.trim_start_matches("evt-").parse().expect("numeric id")
-}
-
 fn version_of(plugin: &str) -> String {
     PluginVersion::of(&switchyard_tests::plugin_bytes(plugin)).0
 }
@@ -77,9 +69,7 @@ fn setup(name: &str, outputs: &[&str]) -> Setup {
 
 /// [`setup`] on another broker.
 fn setup_on(broker: Broker, name: &str, outputs: &[&str]) -> Setup {
-    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
-    topics.extend(outputs.iter().map(|t| (*t, 2)));
-    broker.create_topics(&topics).expect("topics created");
+    create_event_topics(&broker, outputs);
     Setup {
         broker,
         dir: scratch_dir(name),
@@ -105,7 +95,7 @@ fn config(
 /// A broker and a running pipeline whose `stages` write to one route, `events-standard`
 /// (dead letters to `events-dlq`).
 fn start_standard(name: &str, stages: &[StageDef<'_>]) -> (Running, Setup) {
-    let s = setup(name, &["events-standard", "events-dlq"]);
+    let s = setup(name, &STANDARD);
     let cfg = config(&s, &[("standard", "events-standard")], stages, "");
     (start(&cfg).expect("pipeline starts"), s)
 }
@@ -120,16 +110,12 @@ fn validation_passes_good_records_and_dead_letters_bad_ones_with_the_reason() {
         "validate",
         &[("validate", "validate", &[("required", REQUIRED)])],
     );
-    let mut records: Vec<TestRecord> = (0..200).map(|i| keyed(i, event(i))).collect();
+    let mut records: Vec<TestRecord> = event_records(0..200, 10_000).collect();
     records[7] = keyed(7, invalid_event(7));
     records[8] = TestRecord::new("k", b"{not json");
     s.broker.produce("events", records).expect("produced");
 
-    let out = s
-        .broker
-        .consume_all(&["events-standard", "events-dlq"], 200, SETTLE, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &STANDARD, 200, SETTLE);
     let (dlq, good): (Vec<_>, Vec<_>) = out.iter().partition(|c| c.topic == "events-dlq");
     assert_eq!(good.len(), 198);
     assert_eq!(dlq.len(), 2);
@@ -180,21 +166,12 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
     s.broker
         .produce("events", ids.iter().map(|&i| keyed(i, event(i))))
         .expect("produced");
-    let out = s
-        .broker
-        .consume_all(
-            &["events-standard", "events-dlq"],
-            ids.len(),
-            SETTLE,
-            DEADLINE,
-        )
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &STANDARD, ids.len(), SETTLE);
     assert_eq!(out.len(), ids.len());
     for c in &out {
         assert_eq!(c.topic, "events-standard");
-        let v = json(c);
-        let n = event_number(c);
+        let v = c.json();
+        let n = c.event_number();
         if n < 100 {
             assert_eq!(v["user_name"], format!("User {n}"));
             let segment = if n.is_multiple_of(2) { "gold" } else { "basic" };
@@ -210,15 +187,7 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
 
 #[test]
 fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
-    let s = setup(
-        "route",
-        &[
-            "events-standard",
-            "events-urgent",
-            "events-errors",
-            "events-dlq",
-        ],
-    );
+    let s = setup("route", &ROUTING_OUTPUTS);
     let cfg = config(
         &s,
         &[
@@ -231,22 +200,12 @@ fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
     );
     let running = start(&cfg).expect("pipeline starts");
     s.broker
-        .produce("events", (0..300).map(|i| keyed(i, event(i))))
+        .produce("events", event_records(0..300, 10_000))
         .expect("produced");
-    let topics = [
-        "events-standard",
-        "events-urgent",
-        "events-errors",
-        "events-dlq",
-    ];
-    let out = s
-        .broker
-        .consume_all(&topics, 300, SETTLE, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &ROUTING_OUTPUTS, 300, SETTLE);
     assert_eq!(out.len(), 300);
     for c in &out {
-        let n = event_number(c);
+        let n = c.event_number();
         assert_eq!(
             c.topic,
             format!("events-{}", expected_route(n)),
@@ -269,17 +228,13 @@ fn transformation_rewrites_each_value() {
         )],
     );
     s.broker
-        .produce("events", (0..100).map(|i| keyed(i, event(i))))
+        .produce("events", event_records(0..100, 10_000))
         .expect("produced");
-    let out = s
-        .broker
-        .consume_all(&["events-standard", "events-dlq"], 100, SETTLE, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &STANDARD, 100, SETTLE);
     assert_eq!(out.len(), 100);
     for c in &out {
         assert_eq!(c.topic, "events-standard");
-        let v = json(c);
+        let v = c.json();
         assert!(
             v.get("email").is_none() && v.get("session").is_none(),
             "{v}"
@@ -297,13 +252,7 @@ fn transformation_rewrites_each_value() {
 #[test]
 fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() {
     const N: u64 = 100_000;
-    let topics = [
-        "events-standard",
-        "events-urgent",
-        "events-errors",
-        "events-dlq",
-    ];
-    let s = setup("100k", &topics);
+    let s = setup("100k", &ROUTING_OUTPUTS);
     let cfg = config(
         &s,
         &[
@@ -337,7 +286,12 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
         .expect("produced");
     let out = s
         .broker
-        .consume_all(&topics, N as usize, SETTLE, Duration::from_secs(600))
+        .consume_all(
+            &ROUTING_OUTPUTS,
+            N as usize,
+            SETTLE,
+            Duration::from_secs(600),
+        )
         .expect("consumed");
     let counters = running.counters("events");
     running.stop().expect("clean stop");
@@ -345,7 +299,7 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
     let mut seen: HashMap<u64, &str> = HashMap::new();
     let validate = version_of("validate");
     for c in &out {
-        let n = event_number(c);
+        let n = c.event_number();
         if let Some(first) = seen.insert(n, &c.topic) {
             panic!("event {n} written twice: {first} and {}", c.topic);
         }
@@ -381,7 +335,7 @@ fn hundred_thousand_records_each_land_once_in_the_expected_topic_in_key_order() 
     let mut by_position: Vec<&Consumed> = out.iter().collect();
     by_position.sort_by_key(|c| (c.topic.clone(), c.partition, c.offset));
     for c in by_position {
-        let n = event_number(c);
+        let n = c.event_number();
         let key = (c.topic.as_str(), c.key.clone().unwrap_or_default());
         if let Some(prev) = last.insert(key, n) {
             assert!(
@@ -426,11 +380,7 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
     ];
     let n = records.len();
     s.broker.produce("events", records).expect("produced");
-    let out = s
-        .broker
-        .consume_all(&["events-standard", "events-dlq"], n, SETTLE, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &STANDARD, n, SETTLE);
     let by_key: HashMap<Option<&[u8]>, &Consumed> =
         out.iter().map(|c| (c.key.as_deref(), c)).collect();
     assert_eq!(
@@ -527,14 +477,10 @@ fn a_start_timestamp_after_every_record_starts_at_the_end() {
     // The end offset is looked up when fetching starts, just after the assignment.
     std::thread::sleep(Duration::from_secs(2));
     s.broker
-        .produce("events", (20..40).map(|i| keyed(i, event(i))))
+        .produce("events", event_records(20..40, 10_000))
         .expect("produced");
-    let out = s
-        .broker
-        .consume_all(&["events-standard", "events-dlq"], 20, SETTLE * 4, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
-    let mut got: Vec<u64> = out.iter().map(event_number).collect();
+    let out = running.stop_after_reading(&s.broker, &STANDARD, 20, SETTLE * 4);
+    let mut got: Vec<u64> = out.iter().map(Consumed::event_number).collect();
     got.sort_unstable();
     assert_eq!(
         got,
@@ -553,11 +499,7 @@ fn a_record_with_several_outputs_is_committed_once_all_are_written() {
         TestRecord::new(&format!("k{i}"), value.as_bytes())
     });
     s.broker.produce("events", records).expect("produced");
-    let out = s
-        .broker
-        .consume_all(&["events-standard", "events-dlq"], 40, SETTLE, DEADLINE)
-        .expect("consumed");
-    running.stop().expect("clean stop");
+    let out = running.stop_after_reading(&s.broker, &STANDARD, 40, SETTLE);
     assert_eq!(out.len(), 40, "every output written once");
     assert!(out.iter().all(|c| c.topic == "events-standard"));
     assert!(

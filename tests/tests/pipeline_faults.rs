@@ -2,88 +2,43 @@
 //! commit errors, a broker down and up, slow round trips. Whatever happens, no record is lost.
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use std::collections::HashMap;
 use std::time::Duration;
-use switchyard_tests::event;
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records, missing, tally};
 use switchyard_tests::pipelines::{
-    Running, kafka_toml, pipeline_toml, scratch_dir, start, write_file,
+    ROUTING_OUTPUTS, Running, create_event_topics, event_topics, read_routing_outputs,
+    routing_config, start,
 };
-
-const OUTPUTS: [&str; 4] = [
-    "events-standard",
-    "events-urgent",
-    "events-errors",
-    "events-dlq",
-];
-
-/// The input topic (4 partitions) and the outputs (2 each).
-fn topics() -> Vec<(&'static str, i32)> {
-    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
-    topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
-    topics
-}
 
 fn setup(name: &str, brokers: i32) -> (Broker, Running) {
     let broker = Broker::mock(brokers).expect("mock cluster");
-    broker.create_topics(&topics()).expect("topics created");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
     let running = start_on(&broker, name);
     (broker, running)
 }
 
 /// Runs the routing pipeline (consumer group `switchyard-events`) on `broker`.
 fn start_on(broker: &Broker, name: &str) -> Running {
-    let dir = scratch_dir(name);
-    let text = format!(
-        "{}\n{}",
-        kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", "events-standard"),
-                ("urgent", "events-urgent"),
-                ("errors", "events-errors"),
-            ],
-            "events-dlq",
-            &[("route", "route", &[])],
-            "commit_interval_ms = 100",
-        )
-    );
-    start(&write_file(&dir, "switchyard.toml", &text)).expect("pipeline starts")
-}
-
-fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
-    range.map(|i| TestRecord::new(&format!("user-{:05}", i % 10_000), event(i).as_bytes()))
+    let config = routing_config(broker, name, "", "commit_interval_ms = 100");
+    start(&config).expect("pipeline starts")
 }
 
 /// Every event 0..n was written at least once, to a route topic (never dead-lettered).
 fn assert_all_delivered(out: &[Consumed], n: u64) {
-    let mut seen: HashMap<u64, usize> = HashMap::new();
     for c in out {
         assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
-        let v: serde_json::Value =
-            serde_json::from_slice(c.value.as_deref().unwrap_or_default()).expect("JSON");
-        let id = v["event_id"]
-            .as_str()
-            .and_then(|s| s.trim_start_matches("evt-").parse().ok())
-            .expect("event id");
-        *seen.entry(id).or_default() += 1;
     }
-    let lost: Vec<u64> = (0..n).filter(|i| !seen.contains_key(i)).take(10).collect();
+    let lost = missing(&tally(out), n);
     assert!(lost.is_empty(), "lost (first 10): {lost:?}");
 }
 
-fn read_outputs(broker: &Broker, n: u64) -> Vec<Consumed> {
-    broker
-        .consume_all(
-            &OUTPUTS,
-            n as usize,
-            Duration::from_secs(1),
-            Duration::from_secs(120),
-        )
-        .expect("consumed")
+/// Reads every output of events 0..n, then stops the pipeline cleanly, and asserts that each
+/// event was delivered ([`assert_all_delivered`]).
+fn assert_all_delivered_then_stop(broker: &Broker, running: Running, n: u64) {
+    let out = running.stop_after_reading(broker, &ROUTING_OUTPUTS, n as usize, SETTLE);
+    assert_all_delivered(&out, n);
 }
+
+const SETTLE: Duration = Duration::from_secs(1);
 
 #[test]
 fn produce_errors_are_retried_and_nothing_is_lost() {
@@ -101,8 +56,10 @@ fn produce_errors_are_retried_and_nothing_is_lost() {
         })
         .collect();
     cluster.request_errors(RDKafkaApiKey::Produce, &errors);
-    broker.produce("events", records(0..N)).expect("produced");
-    let out = read_outputs(&broker, N);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    let out = read_routing_outputs(&broker, N, SETTLE);
     let counters = running.counters("events");
     running.stop().expect("clean stop");
     assert_all_delivered(&out, N);
@@ -119,8 +76,10 @@ fn commit_errors_are_retried_and_every_offset_is_committed_in_the_end() {
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 10],
     );
-    broker.produce("events", records(0..N)).expect("produced");
-    let out = read_outputs(&broker, N);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    let out = read_routing_outputs(&broker, N, SETTLE);
     // The running pipeline gets its commits through once the errors are used up.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let committed = || -> i64 {
@@ -156,7 +115,7 @@ fn a_broker_down_then_up_loses_nothing() {
     let (broker, running) = setup("broker-down", 3);
     let cluster = broker.mock_cluster().expect("mock");
     broker
-        .produce("events", records(0..N / 2))
+        .produce("events", event_records(0..N / 2, 10_000))
         .expect("produced");
     // Take a broker down mid-stream: partitions it leads cannot be written or read until
     // it comes back.
@@ -164,11 +123,9 @@ fn a_broker_down_then_up_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     cluster.broker_up(2).expect("broker up");
     broker
-        .produce("events", records(N / 2..N))
+        .produce("events", event_records(N / 2..N, 10_000))
         .expect("produced");
-    let out = read_outputs(&broker, N);
-    running.stop().expect("clean stop");
-    assert_all_delivered(&out, N);
+    assert_all_delivered_then_stop(&broker, running, N);
 }
 
 #[test]
@@ -179,10 +136,10 @@ fn slow_round_trips_delay_but_lose_nothing() {
     cluster
         .broker_round_trip_time(1, Duration::from_millis(200))
         .expect("delay set");
-    broker.produce("events", records(0..N)).expect("produced");
-    let out = read_outputs(&broker, N);
-    running.stop().expect("clean stop");
-    assert_all_delivered(&out, N);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    assert_all_delivered_then_stop(&broker, running, N);
 }
 
 /// A dead-letter topic that refuses writes: the pipeline reports unhealthy, commits nothing,
@@ -207,7 +164,7 @@ fn a_failing_dead_letter_topic_stops_commits_until_it_recovers() {
                 if i % 20 == 7 {
                     TestRecord::new("bad", b"not json")
                 } else {
-                    records(i..i + 1).next().expect("one record")
+                    event_records(i..i + 1, 10_000).next().expect("one record")
                 }
             }),
         )
@@ -328,11 +285,11 @@ fn a_stop_finishes_when_the_group_coordinator_does_not_answer() {
     use rdkafka::mocking::MockCoordinator;
     const N: u64 = 500;
     let broker = Broker::mock(3).expect("mock cluster");
-    broker.create_topics(&topics()).expect("topics created");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
     let cluster = broker.mock_cluster().expect("mock");
     // Broker 3 coordinates the group and leads no partition: slowing it down stalls only the
     // group (commits, heartbeats, leaving), never a fetch or a produce.
-    for (topic, partitions) in topics() {
+    for (topic, partitions) in event_topics(&ROUTING_OUTPUTS) {
         for p in 0..partitions {
             cluster
                 .partition_leader(topic, p, Some(1 + p % 2))
@@ -343,8 +300,10 @@ fn a_stop_finishes_when_the_group_coordinator_does_not_answer() {
         .coordinator(MockCoordinator::Group("switchyard-events".into()), 3)
         .expect("coordinator set");
     let running = start_on(&broker, "silent-coordinator-stop");
-    broker.produce("events", records(0..N)).expect("produced");
-    let out = read_outputs(&broker, N);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    let out = read_routing_outputs(&broker, N, SETTLE);
     assert_all_delivered(&out, N);
 
     cluster

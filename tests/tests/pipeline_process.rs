@@ -3,70 +3,23 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use switchyard_tests::event;
-use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
+use switchyard_tests::kafka::{Broker, event_records, missing, tally};
 use switchyard_tests::pipelines::{
-    ADMIN_EPHEMERAL, kafka_toml, pipeline_toml, scratch_dir, write_file,
+    ADMIN_EPHEMERAL, ROUTING_OUTPUTS, create_event_topics, read_routing_outputs, routing_config,
+    scratch_dir, write_file,
 };
 use switchyard_tests::router_process::{RouterProcess, run_switchyard};
-
-const OUTPUTS: [&str; 4] = [
-    "events-standard",
-    "events-urgent",
-    "events-errors",
-    "events-dlq",
-];
 
 fn setup(name: &str) -> (Broker, std::path::PathBuf) {
     setup_on(Broker::tansu().expect("tansu starts"), name)
 }
 
 fn setup_on(broker: Broker, name: &str) -> (Broker, std::path::PathBuf) {
-    let mut topics: Vec<(&str, i32)> = vec![("events", 4)];
-    topics.extend(OUTPUTS.iter().map(|t| (*t, 2)));
-    broker.create_topics(&topics).expect("topics created");
-    let dir = scratch_dir(name);
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
     // Several routers run at once: each takes a free port for its admin API.
-    let text = format!(
-        "{}\n{ADMIN_EPHEMERAL}\n{}",
-        kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", "events-standard"),
-                ("urgent", "events-urgent"),
-                ("errors", "events-errors"),
-            ],
-            "events-dlq",
-            &[("route", "route", &[])],
-            "max_in_flight = 2000\ndrain_timeout_ms = 5000",
-        )
-    );
-    let config = write_file(&dir, "switchyard.toml", &text);
+    let extra = "max_in_flight = 2000\ndrain_timeout_ms = 5000";
+    let config = routing_config(&broker, name, ADMIN_EPHEMERAL, extra);
     (broker, config)
-}
-
-fn records(range: std::ops::Range<u64>) -> impl Iterator<Item = TestRecord> {
-    range.map(|i| TestRecord::new(&format!("user-{:05}", i % 10_000), event(i).as_bytes()))
-}
-
-fn event_number(c: &Consumed) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_slice(c.value.as_deref().unwrap_or_default()).expect("JSON output");
-    v["event_id"]
-        .as_str()
-        .and_then(|id| id.trim_start_matches("evt-").parse().ok())
-        .expect("event id")
-}
-
-/// How many times each event was written, over every output topic.
-fn tally(out: &[Consumed]) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for c in out {
-        *counts.entry(event_number(c)).or_default() += 1;
-    }
-    counts
 }
 
 fn router(config: &std::path::Path) -> RouterProcess {
@@ -79,7 +32,7 @@ fn wait_for_outputs(broker: &Broker, n: usize, routers: &[&RouterProcess]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let got = broker
-            .consume_all(&OUTPUTS, n, Duration::ZERO, Duration::from_secs(2))
+            .consume_all(&ROUTING_OUTPUTS, n, Duration::ZERO, Duration::from_secs(2))
             .expect("consumed")
             .len();
         if got >= n {
@@ -126,33 +79,18 @@ fn check_accepts_a_good_config_and_names_what_is_wrong_in_a_bad_one() {
 fn sigterm_drains_commits_and_exits_zero_so_a_restart_writes_no_duplicate() {
     const N: u64 = 20_000;
     let (broker, config) = setup("sigterm");
-    broker.produce("events", records(0..N)).expect("produced");
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
     let mut first = router(&config);
     wait_for_outputs(&broker, 2_000, &[&first]);
-    first.sigterm().expect("signal");
-    let code = first.wait(Duration::from_secs(30)).expect("exits");
-    assert_eq!(code, Some(0), "log:\n{}", first.log());
+    first.stop_cleanly();
     assert!(first.log().contains("Draining"), "{}", first.log());
 
     let mut second = router(&config);
-    let out = broker
-        .consume_all(
-            &OUTPUTS,
-            N as usize,
-            Duration::from_secs(1),
-            Duration::from_secs(180),
-        )
-        .expect("consumed");
-    second.sigterm().expect("signal");
-    assert_eq!(
-        second.wait(Duration::from_secs(30)).expect("exits"),
-        Some(0)
-    );
-    let counts = tally(&out);
-    let lost: Vec<u64> = (0..N)
-        .filter(|i| !counts.contains_key(i))
-        .take(10)
-        .collect();
+    let counts = tally(&read_routing_outputs(&broker, N, Duration::from_secs(1)));
+    second.stop_cleanly();
+    let lost = missing(&counts, N);
     assert!(lost.is_empty(), "lost: {lost:?}");
     let duplicated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
     assert!(
@@ -168,7 +106,9 @@ fn sigterm_drains_commits_and_exits_zero_so_a_restart_writes_no_duplicate() {
 fn sigkill_mid_stream_then_restart_loses_nothing() {
     const N: u64 = 30_000;
     let (broker, config) = setup("sigkill");
-    broker.produce("events", records(0..N)).expect("produced");
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
     // Where each event sits in the input topic.
     let input: HashMap<u64, (i32, i64)> = broker
         .consume_all(
@@ -179,7 +119,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         )
         .expect("input read")
         .iter()
-        .map(|c| (event_number(c), (c.partition, c.offset)))
+        .map(|c| (c.event_number(), (c.partition, c.offset)))
         .collect();
     assert_eq!(input.len() as u64, N);
 
@@ -192,25 +132,10 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         .expect("committed offsets");
 
     let mut second = router(&config);
-    let out = broker
-        .consume_all(
-            &OUTPUTS,
-            N as usize,
-            Duration::from_secs(2),
-            Duration::from_secs(180),
-        )
-        .expect("consumed");
-    second.sigterm().expect("signal");
-    assert_eq!(
-        second.wait(Duration::from_secs(30)).expect("exits"),
-        Some(0)
-    );
+    let counts = tally(&read_routing_outputs(&broker, N, Duration::from_secs(2)));
+    second.stop_cleanly();
 
-    let counts = tally(&out);
-    let lost: Vec<u64> = (0..N)
-        .filter(|i| !counts.contains_key(i))
-        .take(10)
-        .collect();
+    let lost = missing(&counts, N);
     assert!(lost.is_empty(), "lost after SIGKILL: {lost:?}");
     let duplicates: Vec<u64> = counts
         .iter()
@@ -251,7 +176,7 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
     let mut assignments_before_kill = 0;
     for k in 0..10 {
         broker
-            .produce("events", records(k * chunk..(k + 1) * chunk))
+            .produce("events", event_records(k * chunk..(k + 1) * chunk, 10_000))
             .expect("produced");
         if k == 4 {
             wait_for_outputs(&broker, (3 * chunk) as usize, &[&a, &b]);
@@ -260,26 +185,9 @@ fn two_routers_share_the_partitions_and_survive_one_being_killed() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = broker
-        .consume_all(
-            &OUTPUTS,
-            N as usize,
-            Duration::from_secs(2),
-            Duration::from_secs(180),
-        )
-        .expect("consumed");
-    b.sigterm().expect("signal");
-    assert_eq!(
-        b.wait(Duration::from_secs(30)).expect("exits"),
-        Some(0),
-        "{}",
-        b.log()
-    );
-    let counts = tally(&out);
-    let lost: Vec<u64> = (0..N)
-        .filter(|i| !counts.contains_key(i))
-        .take(10)
-        .collect();
+    let counts = tally(&read_routing_outputs(&broker, N, Duration::from_secs(2)));
+    b.stop_cleanly();
+    let lost = missing(&counts, N);
     assert!(
         lost.is_empty(),
         "lost: {lost:?}\nsurvivor log:\n{}",

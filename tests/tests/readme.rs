@@ -11,10 +11,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use switchyard_tests::kafka::{Broker, TestRecord};
-use switchyard_tests::pipelines::{ADMIN_EPHEMERAL, scratch_dir, write_file};
+use switchyard_tests::kafka::{Broker, event_records};
+use switchyard_tests::pipelines::{
+    ADMIN_EPHEMERAL, ROUTING_OUTPUTS, create_event_topics, read_routing_outputs, scratch_dir,
+    write_file,
+};
+use switchyard_tests::plugin_path;
 use switchyard_tests::router_process::{RouterProcess, run_switchyard, switchyard_binary};
-use switchyard_tests::{event, plugin_path};
 
 /// The fenced blocks of the README section headed `heading` (at any level, up to the next
 /// heading of the same or a higher level), in order: (language, text without the fences).
@@ -139,15 +142,7 @@ fn the_quick_start_config_checks_and_runs() {
     // `run`, on tansu: the brokers line points at it, the security settings go (plaintext
     // broker), the admin API takes a free port.
     let broker = Broker::tansu().expect("tansu");
-    let outputs = [
-        "events-standard",
-        "events-urgent",
-        "events-errors",
-        "events-dlq",
-    ];
-    let mut topics = vec![("events", 2)];
-    topics.extend(outputs.iter().map(|t| (*t, 2)));
-    broker.create_topics(&topics).expect("topics");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
     let runnable: String = config
         .lines()
         .filter(|l| !l.contains("security.protocol") && !l.contains("sasl."))
@@ -165,34 +160,16 @@ fn the_quick_start_config_checks_and_runs() {
         RouterProcess::start(&["run", "--config", path.to_str().expect("path")]).expect("run");
     const N: u64 = 300;
     broker
-        .produce(
-            "events",
-            (0..N).map(|i| TestRecord::new(&format!("user-{:05}", i % 100), event(i).as_bytes())),
-        )
+        .produce("events", event_records(0..N, 100))
         .expect("produced");
-    let out = broker
-        .consume_all(
-            &outputs,
-            N as usize,
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        )
-        .expect("consumed");
-    let _ = router.sigterm();
-    assert_eq!(
-        router.wait(Duration::from_secs(30)).ok().flatten(),
-        Some(0),
-        "{}",
-        router.log()
-    );
+    let out = read_routing_outputs(&broker, N, Duration::from_secs(1));
+    router.stop_cleanly();
 
     let mut per_topic: HashMap<&str, u64> = HashMap::new();
     let mut enriched = 0;
     for c in &out {
         *per_topic.entry(c.topic.as_str()).or_default() += 1;
-        let v: serde_json::Value =
-            serde_json::from_slice(c.value.as_deref().unwrap_or_default()).expect("JSON");
-        if v["user_name"].is_string() {
+        if c.json()["user_name"].is_string() {
             enriched += 1;
         }
     }

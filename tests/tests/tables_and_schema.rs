@@ -11,11 +11,6 @@ use switchyard_tests::pipelines::{
 const SETTLE: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn json(c: &Consumed) -> Value {
-    serde_json::from_slice(c.value.as_deref().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("output is not JSON ({e}): {:?}", c.value_str()))
-}
-
 fn event(id: &str, user: &str) -> TestRecord {
     TestRecord::new(
         user,
@@ -84,7 +79,7 @@ fn enrich(
 fn by_id(out: &[Consumed]) -> std::collections::HashMap<String, Value> {
     out.iter()
         .map(|c| {
-            let v = json(c);
+            let v = c.json();
             (v["event_id"].as_str().unwrap_or_default().to_owned(), v)
         })
         .collect()
