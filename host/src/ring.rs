@@ -1,9 +1,21 @@
-//! The bounded hot-path buffer between the consumer and the workers.
+//! The bounded hot-path hand-off between the consumer and the workers.
 //!
-//! One bounded queue per worker. A partition always maps to the same worker, so records of a
-//! partition are processed, and their outputs produced, in offset order. The bound is a
-//! safety net: the consumer pauses its partitions long before it (see the pipeline's
-//! `max_in_flight`), so a push blocks only if that limit is raised past the queue size.
+//! Not a ring buffer: a vector of bounded channels, one lane per worker ([`Ring`] holds the
+//! senders, each worker its [`Lane`]). A partition always maps to the same lane, so records
+//! of a partition are processed, and their outputs produced, in offset order.
+//!
+//! A push blocks exactly when the record's lane already holds its capacity of records that
+//! its worker has not taken yet; it returns once the worker takes a batch. The pipeline
+//! makes every lane `max_in_flight.min(LANE_CAPACITY)` records (`LANE_CAPACITY` is 16,384),
+//! and the consumer, before every poll, pauses all partitions once `max_in_flight` records
+//! are unfinished (waiting in a lane, in a worker, or waiting for the broker's
+//! acknowledgement). So:
+//!
+//! - `max_in_flight` up to 16,384: a lane is as large as the pause limit and holds only
+//!   unfinished records, so it cannot fill before the consumer pauses; a push does not block.
+//! - above 16,384 (the default `max_in_flight` is 20,000): each lane holds 16,384 records,
+//!   and a push blocks once 16,384 records wait in one lane, which happens before the pause
+//!   when one worker has most of the unfinished records (a slow worker, a busy partition).
 
 use crate::plugin::InputRecord;
 use crate::source::tracker::PartitionHandle;
@@ -20,7 +32,7 @@ pub struct Job {
     pub record: InputRecord,
 }
 
-/// The consumer's end.
+/// The consumer's end: the sender of every worker's lane.
 pub struct Ring {
     lanes: Vec<SyncSender<Job>>,
 }

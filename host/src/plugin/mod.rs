@@ -7,6 +7,7 @@
 //!   failures.
 //! - [`module`]: what a stage runs once loaded ([`PluginModule`]): a component or the
 //!   built-in JSON Schema stage, with its version.
+//! - [`spec`]: a pipeline's chain as configured and checked: routes, default route, stages.
 //! - [`chain`]: a pipeline's stages run in order over a batch; failed calls are isolated
 //!   record by record so only the offending records are dead-lettered.
 //! - [`limits`]: per-stage limits and their defaults.
@@ -27,11 +28,12 @@ pub mod limits;
 pub mod module;
 pub mod sample;
 pub mod schema;
+pub mod spec;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
 pub use chain::{
-    CallObserver, ChainRunner, ChainSpec, DeadLetter, Delivery, Destination, RouteId, SpecError,
-    StageLoadError, StageSpec, StageStats, StageTrace, TraceOutcome,
+    CallObserver, ChainRunner, DeadLetter, Delivery, Destination, StageLoadError, StageStats,
+    StageTrace, TraceOutcome,
 };
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{ErrorKind, LoadError, RecordError};
@@ -39,3 +41,4 @@ pub use host_api::{HostServices, MemoryTables, PluginCounters, Tables};
 pub use limits::StageLimits;
 pub use module::{PluginModule, PluginVersion};
 pub use schema::JsonSchemaStage;
+pub use spec::{ChainSpec, RouteId, SpecError, StageSpec};
