@@ -19,7 +19,8 @@
 //! Set by Switchyard and refused in the config: `bootstrap.servers` (from `kafka.brokers`),
 //! `group.id` (the pipeline's `group`), `auto.offset.reset` (its `start`),
 //! `enable.auto.commit` and `enable.auto.offset.store` (always off: offsets are committed
-//! only after every output of a record is acknowledged).
+//! only after every output of a record is acknowledged). Refused when weakened:
+//! `acks` other than `all`/`-1` and `enable.idempotence` other than `true`.
 
 use crate::config::{KafkaConfig, PipelineConfig, StartPosition};
 use crate::plugin::Header;

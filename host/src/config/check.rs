@@ -31,6 +31,11 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        for (key, value) in &raw.kafka.producer {
+            if let Some(why) = unsafe_producer_setting(key, value) {
+                return err(format!("kafka.producer.\"{key}\" = {value:?}: {why}"));
+            }
+        }
         raw.admin.validate()?;
         let mut table_names = std::collections::HashSet::new();
         let mut tables = Vec::with_capacity(raw.tables.len());
@@ -271,6 +276,22 @@ impl AdminConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Producer settings whose value would void the delivery guarantee: an output counted as
+/// written before the broker has it safely (its source offset is then committed, so a broker
+/// failure loses it), or retries that duplicate or reorder a partition's records.
+fn unsafe_producer_setting(key: &str, value: &str) -> Option<&'static str> {
+    let value = value.trim().to_ascii_lowercase();
+    match key {
+        "acks" | "request.required.acks" if value != "all" && value != "-1" => Some(
+            "an output would count as written before every in-sync replica has it, and its source offset would then be committed, so a broker failure could lose it; use \"all\" (the default) or remove this key",
+        ),
+        "enable.idempotence" if value != "true" => Some(
+            "without idempotence a retried write can be duplicated or reordered within a partition; remove this key (Switchyard turns idempotence on)",
+        ),
+        _ => None,
     }
 }
 
