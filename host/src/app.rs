@@ -78,6 +78,7 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
     };
     let shared = pipeline::Shared::start(&config)?;
     let pipelines = pipeline::load(&config, engine, &metrics, &store, &shared)?;
+    check_output_topics(&config)?;
     let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,6 +132,52 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
         admin,
         runtime: Some(runtime),
     })
+}
+
+/// Refuses to start when a route topic or a dead-letter topic does not exist (Switchyard
+/// never creates topics): otherwise every record would find it out on its own, retried
+/// without end. A cluster that does not answer in time is not a refusal: the pipelines then
+/// wait for it as they always do.
+fn check_output_topics(config: &Config) -> anyhow::Result<()> {
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for p in &config.pipelines {
+        for (route, topic) in &p.routes {
+            wanted.push((
+                topic.clone(),
+                format!("pipeline {}: routes.{route}", p.name),
+            ));
+        }
+        wanted.push((
+            p.dead_letter_topic.clone(),
+            format!("pipeline {}: dead_letter_topic", p.name),
+        ));
+    }
+    let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let missing = match crate::kafka::missing_topics(
+        &config.kafka,
+        &topics,
+        crate::kafka::TOPIC_CHECK_TIMEOUT,
+    ) {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot ask the cluster whether the output topics exist; starting anyway.");
+            return Ok(());
+        }
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = wanted
+        .iter()
+        .filter(|(topic, _)| missing.contains(topic))
+        .map(|(topic, key)| format!("{topic} ({key})"))
+        .collect();
+    anyhow::bail!(
+        "these output topics do not exist: {}; create them first (Switchyard never creates topics)",
+        named.join(", ")
+    )
 }
 
 impl Running {

@@ -127,6 +127,42 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long the start-up check of the output topics waits for the cluster's answer.
+pub const TOPIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which of `topics` the cluster says do not exist. Asks for each topic's metadata with a
+/// consumer's settings, which never create a topic (`allow.auto.create.topics` is off for
+/// consumers). `Err` when the cluster does not answer (the caller decides what that means).
+pub fn missing_topics(
+    kafka: &KafkaConfig,
+    topics: &[&str],
+    timeout: std::time::Duration,
+) -> Result<Vec<String>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let mut config = ClientConfig::new();
+    for (key, value) in &kafka.consumer {
+        config.set(key, value);
+    }
+    let client: BaseConsumer = config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("allow.auto.create.topics", "false")
+        .set("client.id", "switchyard-topic-check")
+        .set_log_level(RDKafkaLogLevel::Error)
+        .create()?;
+    let mut missing = Vec::new();
+    for topic in topics {
+        let metadata = client.fetch_metadata(Some(topic), timeout)?;
+        let known = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == *topic && t.error().is_none() && !t.partitions().is_empty());
+        if !known {
+            missing.push((*topic).to_owned());
+        }
+    }
+    Ok(missing)
+}
+
 #[cfg(test)]
 mod defaults_tests {
     use super::*;

@@ -514,3 +514,28 @@ fn a_record_with_several_outputs_is_committed_once_all_are_written() {
         .expect("committed offsets");
     assert_eq!(committed.values().sum::<i64>(), 20, "{committed:?}");
 }
+
+/// Output topics are checked when the router starts, not found one record at a time: a
+/// config whose dead-letter topic and one route topic do not exist fails to start, naming
+/// both (and the keys that name them).
+#[test]
+fn a_missing_output_topic_stops_the_start_naming_it() {
+    let broker = Broker::tansu().expect("tansu");
+    broker
+        .create_topics(&[("events", 4), ("events-standard", 2), ("events-errors", 2)])
+        .expect("topics");
+    let config = switchyard_tests::pipelines::routing_config(&broker, "missing-topics", "", "");
+    let error = match switchyard_tests::pipelines::start(&config) {
+        Ok(_) => panic!("started although events-urgent and events-dlq do not exist"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("events-urgent") && error.contains("routes.urgent"),
+        "{error}"
+    );
+    assert!(
+        error.contains("events-dlq") && error.contains("dead_letter_topic"),
+        "{error}"
+    );
+    assert!(!error.contains("events-standard"), "{error}");
+}
