@@ -163,6 +163,35 @@ pub fn missing_topics(
     Ok(missing)
 }
 
+/// Queues one record, waiting while librdkafka's queue is full (back-pressure, not an
+/// error); any other refusal is returned.
+pub fn send_waiting<C, Part, K, P>(
+    producer: &rdkafka::producer::ThreadedProducer<C, Part>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    Part: rdkafka::producer::Partitioner,
+    C: rdkafka::producer::ProducerContext<Part> + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod defaults_tests {
     use super::*;

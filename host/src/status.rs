@@ -54,8 +54,8 @@ impl PipelineCounters {
     }
 }
 
-/// A copy of [`PipelineCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A copy of [`PipelineCounters`] (also the admin API's view of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CountersSnapshot {
     /// Records taken from Kafka.
     pub consumed: u64,

@@ -520,21 +520,7 @@ pub fn send(
     if let Some(p) = r.partition {
         record = record.partition(p);
     }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => return Err(e).context("produce failed"),
-        }
-    }
+    switchyard::kafka::send_waiting(producer, record).context("produce failed")
 }
 
 impl Drop for Broker {

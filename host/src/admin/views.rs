@@ -94,41 +94,11 @@ pub struct StageActiveView {
     pub rollback_to: Option<String>,
 }
 
-/// A pipeline's record counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountersView {
-    /// Records taken from Kafka.
-    pub consumed: u64,
-    /// Records the chain dropped.
-    pub dropped: u64,
-    /// Outputs acknowledged on route topics.
-    pub routed: u64,
-    /// Dead-letter records acknowledged.
-    pub dead_lettered: u64,
-    /// Outputs refused by the broker and dead-lettered.
-    pub undeliverable: u64,
-    /// Produce attempts retried.
-    pub produce_retries: u64,
-}
+/// A pipeline's record counters, as the status keeps them.
+pub type CountersView = CountersSnapshot;
 
-/// One assigned partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionView {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Records in flight.
-    pub in_flight: usize,
-    /// Last offset the broker confirmed committed.
-    pub committed: Option<i64>,
-    /// The next offset to read.
-    pub position: Option<i64>,
-    /// The partition's end as last seen.
-    pub high_watermark: Option<i64>,
-    /// Records between the first unfinished one and the end of the partition.
-    pub lag: Option<i64>,
-}
+/// One assigned partition, as the tracker reports it.
+pub type PartitionView = PartitionStatus;
 
 /// The answer to an upload or a rollback: every worker runs `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,15 +201,9 @@ impl PipelineView {
             chain_generation: active.generation,
             workers: p.control.live_workers(),
             stages,
-            counters: p.status.counters.snapshot().into(),
+            counters: p.status.counters.snapshot(),
             in_flight: p.status.tracker.in_flight(),
-            partitions: p
-                .status
-                .tracker
-                .partitions()
-                .into_iter()
-                .map(PartitionView::from)
-                .collect(),
+            partitions: p.status.tracker.partitions(),
         }
     }
 }
@@ -252,33 +216,6 @@ impl StageActiveView {
             origin: h.active.origin.clone(),
             config: h.active.config.clone(),
             rollback_to: h.previous.last().map(|r| r.version.clone()),
-        }
-    }
-}
-
-impl From<CountersSnapshot> for CountersView {
-    fn from(c: CountersSnapshot) -> Self {
-        CountersView {
-            consumed: c.consumed,
-            dropped: c.dropped,
-            routed: c.routed,
-            dead_lettered: c.dead_lettered,
-            undeliverable: c.undeliverable,
-            produce_retries: c.produce_retries,
-        }
-    }
-}
-
-impl From<PartitionStatus> for PartitionView {
-    fn from(s: PartitionStatus) -> Self {
-        PartitionView {
-            topic: s.topic,
-            partition: s.partition,
-            in_flight: s.in_flight,
-            committed: s.committed,
-            position: s.position,
-            high_watermark: s.high_watermark,
-            lag: s.lag,
         }
     }
 }

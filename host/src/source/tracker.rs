@@ -284,8 +284,8 @@ impl Tracker {
     }
 }
 
-/// One assigned partition, as reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One assigned partition, as reported (also the admin API's view of it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStatus {
     /// Topic.
     pub topic: String,

@@ -207,26 +207,13 @@ fn send(
     event: &Event,
 ) -> anyhow::Result<()> {
     let id = i.to_string();
-    let mut record = BaseRecord::<str, [u8]>::to(INPUT)
+    let record = BaseRecord::<str, [u8]>::to(INPUT)
         .key(event.key.as_str())
         .payload(&event.value)
         .headers(OwnedHeaders::new().insert(Header {
             key: ID_HEADER,
             value: Some(id.as_str()),
         }));
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => anyhow::bail!("cannot produce to {INPUT}: {e}"),
-        }
-    }
+    crate::kafka::send_waiting(producer, record)
+        .with_context(|| format!("cannot produce to {INPUT}"))
 }
