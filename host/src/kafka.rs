@@ -26,7 +26,7 @@ use crate::config::{KafkaConfig, PipelineConfig, StartPosition};
 use crate::plugin::Header;
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::message::{Header as KafkaHeader, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header as KafkaHeader, Headers, OwnedHeaders};
 
 /// Consumer settings for one pipeline.
 pub fn consumer_config(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
@@ -97,18 +97,64 @@ pub fn log(pipeline: &str, level: RDKafkaLogLevel, facility: &str, message: &str
     }
 }
 
-/// A Kafka message's headers as the plugin sees them.
-pub fn headers_from_kafka(headers: Option<&impl Headers>) -> Vec<Header> {
+/// A Kafka message's headers as the plugin sees them, and the first problem with them: a
+/// plugin header's key is a string, and a key that is not UTF-8 is passed on with its
+/// invalid bytes replaced by U+FFFD and named in the problem (the record is then
+/// dead-lettered, not run through the chain).
+///
+/// Reads through librdkafka directly: rdkafka's own header reader panics on such a key.
+pub fn headers_from_kafka(headers: Option<&BorrowedHeaders>) -> (Vec<Header>, Option<String>) {
     let Some(headers) = headers else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    headers
-        .iter()
-        .map(|h| Header {
-            key: h.key.to_owned(),
-            value: h.value.map(<[u8]>::to_vec),
-        })
-        .collect()
+    let native = headers as *const BorrowedHeaders as *const rdkafka::types::RDKafkaHeaders;
+    let mut out = Vec::with_capacity(headers.count());
+    let mut problem = None;
+    for index in 0..headers.count() {
+        let mut name = std::ptr::null();
+        let mut value = std::ptr::null();
+        let mut size = 0;
+        // SAFETY: `native` is the message's header list, alive while `headers` is borrowed;
+        // librdkafka writes a NUL-terminated name and a value pointer valid as long.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_get_all(
+                native, index, &mut name, &mut value, &mut size,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || name.is_null()
+        {
+            break;
+        }
+        // SAFETY: as above.
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            // SAFETY: librdkafka gives the value's size with its pointer.
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
+        let key = match std::str::from_utf8(key) {
+            Ok(key) => key.to_owned(),
+            Err(_) => {
+                problem.get_or_insert_with(|| {
+                    format!(
+                        "header {index}'s key is not UTF-8 (bytes: {})",
+                        hex_prefix(key, 256)
+                    )
+                });
+                String::from_utf8_lossy(key).into_owned()
+            }
+        };
+        out.push(Header { key, value });
+    }
+    (out, problem)
+}
+
+/// `bytes` in hex, at most `max` of them (then `...`).
+fn hex_prefix(bytes: &[u8], max: usize) -> String {
+    let mut text: String = bytes.iter().take(max).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > max {
+        text.push_str("...");
+    }
+    text
 }
 
 /// `headers` with a plugin header added at the end (for a fold over a record's headers).

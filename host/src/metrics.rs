@@ -132,6 +132,8 @@ pub struct Metrics {
     pub end_to_end_seconds: HistogramFamily<PipelineLabels>,
     /// Produce attempts retried.
     pub produce_retries: Family<PipelineLabels, Counter>,
+    /// Refused writes not retried because their source partition was revoked.
+    pub retries_dropped: Family<PipelineLabels, Counter>,
     /// Plugin uploads and rollbacks, by result.
     pub reloads: Family<ReloadLabels, Counter>,
 }
@@ -158,6 +160,7 @@ impl Metrics {
             plugin_call_seconds: Family::new_with_constructor(call_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
             produce_retries: Family::default(),
+            retries_dropped: Family::default(),
             reloads: Family::default(),
             registry: Registry::default(),
         };
@@ -202,6 +205,11 @@ impl Metrics {
             m.produce_retries.clone(),
         );
         registry.register(
+            "produce_retries_dropped",
+            "Refused writes not retried because their source partition was revoked (its new owner writes them again)",
+            m.retries_dropped.clone(),
+        );
+        registry.register(
             "plugin_reloads",
             "Plugin uploads and rollbacks, by result",
             m.reloads.clone(),
@@ -236,6 +244,7 @@ impl Metrics {
             records_in: self.records_in.get_or_create_owned(&labels),
             records_dropped: self.records_dropped.get_or_create_owned(&labels),
             produce_retries: self.produce_retries.get_or_create_owned(&labels),
+            retries_dropped: self.retries_dropped.get_or_create_owned(&labels),
             end_to_end: self.end_to_end_seconds.get_or_create_owned(&labels),
             records_out: routes
                 .iter()
@@ -263,6 +272,8 @@ pub struct PipelineMetrics {
     pub records_dropped: Counter,
     /// Produce retries.
     pub produce_retries: Counter,
+    /// Refused writes of revoked partitions, not retried.
+    pub retries_dropped: Counter,
     /// End-to-end latency.
     pub end_to_end: Histogram,
     /// Records acknowledged per route, indexed by route id.

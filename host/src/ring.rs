@@ -30,6 +30,9 @@ pub struct Job {
     pub handle: Arc<PartitionHandle>,
     /// The record.
     pub record: InputRecord,
+    /// Why the record cannot be given to a plugin (a header key that is not UTF-8): it is
+    /// dead-lettered with this reason instead.
+    pub problem: Option<String>,
 }
 
 /// The consumer's end: the sender of every worker's lane.

@@ -6,10 +6,11 @@
 //! - A routed record goes to its route's topic with its key, value, headers and the source
 //!   record's timestamp, plus provenance headers: `switchyard-pipeline` and
 //!   `switchyard-versions` (`stage=sha256,...`, the plugin version of every stage).
-//! - A dead-lettered record goes to the dead-letter topic. With [`DeadLetterFormat::Headers`]
-//!   it keeps its key, value, headers and timestamp and gains `switchyard-dlq-*` headers; with
-//!   [`DeadLetterFormat::JsonEnvelope`] its value becomes a JSON object (see
-//!   [`Router::dead_letter`]).
+//! - A dead-lettered record goes to the dead-letter topic with its key and headers, gains
+//!   `switchyard-dlq-*` headers and is stamped with the time it was dead-lettered. With
+//!   [`DeadLetterFormat::Headers`] it keeps its value; with
+//!   [`DeadLetterFormat::JsonEnvelope`] its value becomes a JSON object holding the original
+//!   bytes exactly (see [`Router::dead_letter`]).
 
 use crate::config::DeadLetterFormat;
 use crate::plugin::{ChainSpec, DeadLetter, Destination, Header, InputRecord, RouteId};
@@ -135,6 +136,11 @@ impl Router {
         ))
     }
 
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
     /// The same table, writing routed records without the provenance headers (the pipeline's
     /// `provenance_headers = false`). Dead letters keep theirs.
     pub fn without_provenance(mut self) -> Self {
@@ -197,17 +203,22 @@ impl Router {
 
     /// A dead-letter record.
     ///
-    /// Headers format: the record as the failing stage received it, plus
-    /// `switchyard-pipeline` and `switchyard-dlq-` `reason`, `kind`, `stage`,
-    /// `plugin-version`, `source-topic`, `source-partition`, `source-offset`, `timestamp`
-    /// (ms since the epoch, when it was dead-lettered).
+    /// Both formats: the record's key and headers as the failing stage received them, plus
+    /// `switchyard-pipeline` and `switchyard-dlq-` `reason` (at most 8 KiB), `kind`, `stage`,
+    /// `plugin-version`, `source-topic`, `source-partition`, `source-offset`,
+    /// `source-timestamp` (the record's own, when it has one) and `timestamp` (ms since the
+    /// epoch, when it was dead-lettered; also the dead letter's Kafka timestamp).
     ///
-    /// JSON envelope format: same key, headers and timestamp; the value is
-    /// `{"value": V, "value_encoding": E, "dlq_reason", "dlq_kind", "dlq_stage",
-    /// "dlq_plugin_version", "dlq_source_topic", "dlq_source_partition",
-    /// "dlq_source_offset", "dlq_timestamp"}` where V is the original value embedded as
-    /// JSON when it is valid JSON (E = `json`), as a string when it is other UTF-8
-    /// (`string`), as base64 otherwise (`base64`), or null for a null value (`null`).
+    /// Headers format: the value as it was.
+    ///
+    /// JSON envelope format: the value is `{"value": V, "value_encoding": E, "dlq_reason",
+    /// "dlq_kind", "dlq_stage", "dlq_plugin_version", "dlq_source_topic",
+    /// "dlq_source_partition", "dlq_source_offset", "dlq_source_timestamp",
+    /// "dlq_timestamp", "dlq_value_omitted", "dlq_record_omitted"}` where V is the original
+    /// value byte for byte when it is exactly one JSON value (E = `json`), as a string when
+    /// it is other UTF-8 (`string`), as base64 otherwise (`base64`), null for a null value
+    /// (`null`) or one left out because the broker refused the dead letter as too large
+    /// (`omitted`).
     pub fn dead_letter(&self, source: Source<'_>, dead: DeadLetter, now_ms: i64) -> Outgoing {
         let DeadLetter {
             stage_name,
@@ -265,6 +276,34 @@ impl Router {
         self.dead_letter_record(why, key, value, headers, timestamp_ms)
     }
 
+    /// The dead-letter record for a source record no plugin can be given (a header key that
+    /// is not UTF-8): kind `bad-input`, no stage, the record as read.
+    pub fn unreadable(
+        &self,
+        source: Source<'_>,
+        record: InputRecord,
+        reason: String,
+        now_ms: i64,
+    ) -> Outgoing {
+        let InputRecord {
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        } = record;
+        let why = Why {
+            reason,
+            kind: BAD_INPUT,
+            stage: None,
+            topic: source.topic,
+            partition: source.partition,
+            offset,
+            now_ms,
+        };
+        self.dead_letter_record(why, key, value, headers, timestamp_ms)
+    }
+
     fn dead_letter_record(
         &self,
         why: Why<'_>,
@@ -274,59 +313,106 @@ impl Router {
         timestamp_ms: Option<i64>,
     ) -> Outgoing {
         headers.push(header(PIPELINE_HEADER, self.pipeline.as_bytes()));
-        let (stage, version) = match &why.stage {
-            Some((stage, version)) => (Some(stage.as_str()), Some(version.as_str())),
-            None => (None, None),
-        };
+        let mut fields: Vec<(&str, String)> = vec![
+            ("reason", capped(why.reason)),
+            ("kind", why.kind.to_owned()),
+        ];
+        if let Some((stage, version)) = why.stage {
+            fields.push(("stage", stage));
+            fields.push(("plugin-version", version));
+        }
+        fields.extend([
+            ("source-topic", why.topic.to_owned()),
+            ("source-partition", why.partition.to_string()),
+            ("source-offset", why.offset.to_string()),
+        ]);
+        if let Some(ts) = timestamp_ms {
+            fields.push(("source-timestamp", ts.to_string()));
+        }
+        fields.push(("timestamp", why.now_ms.to_string()));
+        for (name, text) in fields {
+            headers.push(header(&format!("{DLQ_PREFIX}{name}"), text.as_bytes()));
+        }
         let value = match self.format {
-            DeadLetterFormat::Headers => {
-                let mut fields: Vec<(&str, String)> =
-                    vec![("reason", why.reason), ("kind", why.kind.to_owned())];
-                if let (Some(stage), Some(version)) = (stage, version) {
-                    fields.push(("stage", stage.to_owned()));
-                    fields.push(("plugin-version", version.to_owned()));
-                }
-                fields.extend([
-                    ("source-topic", why.topic.to_owned()),
-                    ("source-partition", why.partition.to_string()),
-                    ("source-offset", why.offset.to_string()),
-                    ("timestamp", why.now_ms.to_string()),
-                ]);
-                for (name, text) in fields {
-                    headers.push(header(&format!("{DLQ_PREFIX}{name}"), text.as_bytes()));
-                }
-                value
-            }
-            DeadLetterFormat::JsonEnvelope => {
-                let (embedded, encoding) = embed(value.as_deref());
-                let envelope = serde_json::json!({
-                    "value": embedded,
-                    "value_encoding": encoding,
-                    "dlq_reason": why.reason,
-                    "dlq_kind": why.kind,
-                    "dlq_stage": stage,
-                    "dlq_plugin_version": version,
-                    "dlq_source_topic": why.topic,
-                    "dlq_source_partition": why.partition,
-                    "dlq_source_offset": why.offset,
-                    "dlq_timestamp": why.now_ms,
-                });
-                Some(envelope.to_string().into_bytes())
-            }
+            DeadLetterFormat::Headers => value,
+            DeadLetterFormat::JsonEnvelope => Some(envelope(&headers, embed(value.as_deref()))),
         };
         Outgoing {
             topic: self.dead_letter_topic.clone(),
             key,
             value,
             headers,
-            timestamp_ms,
+            // Stamped now: the source's time may be older than the dead-letter topic's
+            // retention or the broker's accepted timestamp range (it is in a header).
+            timestamp_ms: Some(why.now_ms),
             dead_letter: true,
         }
+    }
+
+    /// A dead letter the broker refused as too large, made smaller: first without its value,
+    /// then also without its key and the record's own headers (the `switchyard-dlq-*`
+    /// headers, and the envelope's metadata, stay, so the source offset still points at the
+    /// original). `None` when nothing is left to take away.
+    pub fn shrink(&self, mut out: Outgoing) -> Option<Outgoing> {
+        let has = |out: &Outgoing, name: &str| {
+            let key = format!("{DLQ_PREFIX}{name}");
+            out.headers.iter().any(|h| h.key == key)
+        };
+        let original_value = match self.format {
+            DeadLetterFormat::Headers => out.value.is_some(),
+            DeadLetterFormat::JsonEnvelope => !has(&out, "value-omitted"),
+        };
+        if original_value {
+            let bytes = match self.format {
+                DeadLetterFormat::Headers => out.value.as_ref().map_or(0, Vec::len),
+                DeadLetterFormat::JsonEnvelope => out
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<EnvelopeSize>(v).ok())
+                    .map_or(0, |e| e.value.get().len()),
+            };
+            let note = format!("value omitted ({bytes} bytes); the source record holds it");
+            out.headers.push(header(
+                &format!("{DLQ_PREFIX}value-omitted"),
+                note.as_bytes(),
+            ));
+            out.value = match self.format {
+                DeadLetterFormat::Headers => None,
+                DeadLetterFormat::JsonEnvelope => {
+                    Some(envelope(&out.headers, (Embedded::Null, OMITTED_ENCODING)))
+                }
+            };
+            return Some(out);
+        }
+        let own = out
+            .headers
+            .iter()
+            .filter(|h| !h.key.starts_with("switchyard-"))
+            .count();
+        if out.key.is_none() && own == 0 {
+            return None;
+        }
+        let note = format!(
+            "key ({} bytes) and {own} headers omitted; the source record holds them",
+            out.key.as_ref().map_or(0, Vec::len)
+        );
+        out.key = None;
+        out.headers.retain(|h| h.key.starts_with("switchyard-"));
+        out.headers.push(header(
+            &format!("{DLQ_PREFIX}record-omitted"),
+            note.as_bytes(),
+        ));
+        if self.format == DeadLetterFormat::JsonEnvelope {
+            out.value = Some(envelope(&out.headers, (Embedded::Null, OMITTED_ENCODING)));
+        }
+        Some(out)
     }
 }
 
 /// The error kind of a record the broker would not take.
 pub const UNDELIVERABLE: &str = "undeliverable";
+/// The error kind of a source record no plugin can be given.
+pub const BAD_INPUT: &str = "bad-input";
 
 /// A source record's position.
 #[derive(Debug, Clone, Copy)]
@@ -358,21 +444,120 @@ fn header(key: &str, value: &[u8]) -> Header {
     }
 }
 
-/// The original value inside a JSON envelope, and how it was encoded.
-fn embed(value: Option<&[u8]>) -> (serde_json::Value, &'static str) {
+/// The longest dead-letter reason kept (a plugin chooses its reasons); longer ones are cut
+/// at a character boundary and say how much was cut.
+pub const MAX_REASON_BYTES: usize = 8 * 1024;
+
+fn capped(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = reason.len() - end;
+    reason.truncate(end);
+    reason.push_str(&format!("... ({cut} more bytes cut)"));
+    reason
+}
+
+/// `value_encoding` of an envelope whose value was left out (too large to write).
+pub const OMITTED_ENCODING: &str = "omitted";
+
+/// The original value as it goes into a JSON envelope.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Embedded<'a> {
+    /// A null value (or one left out).
+    Null,
+    /// JSON, byte for byte as it came (big numbers, duplicate keys, key order and inner
+    /// spacing kept).
+    Json(&'a serde_json::value::RawValue),
+    /// Other UTF-8 as a string, anything else as base64.
+    Text(String),
+}
+
+/// Only the embedded value of an envelope, as written.
+#[derive(serde::Deserialize)]
+struct EnvelopeSize<'a> {
+    #[serde(borrow)]
+    value: &'a serde_json::value::RawValue,
+}
+
+/// The original value inside a JSON envelope, and how it was encoded: `json` when the bytes
+/// are exactly one JSON value (no surrounding spaces, so a replay gets the same bytes),
+/// `string` when other UTF-8, `base64` otherwise, `null` for a null value.
+fn embed(value: Option<&[u8]>) -> (Embedded<'_>, &'static str) {
     let Some(bytes) = value else {
-        return (serde_json::Value::Null, "null");
+        return (Embedded::Null, "null");
     };
-    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        return (json, "json");
+    if let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(bytes)
+        && raw.get().len() == bytes.len()
+    {
+        return (Embedded::Json(raw), "json");
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => (serde_json::Value::String(text.to_owned()), "string"),
+        Ok(text) => (Embedded::Text(text.to_owned()), "string"),
         Err(_) => (
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            Embedded::Text(base64::engine::general_purpose::STANDARD.encode(bytes)),
             "base64",
         ),
     }
+}
+
+/// A JSON envelope: the embedded value and the dead letter's metadata, read from its
+/// `switchyard-dlq-*` headers (`dlq_reason`, `dlq_kind`, `dlq_stage`, `dlq_plugin_version`,
+/// `dlq_source_topic`, `dlq_source_partition`, `dlq_source_offset`,
+/// `dlq_source_timestamp`, `dlq_timestamp`, `dlq_value_omitted`, `dlq_record_omitted`;
+/// numbers as numbers, absent ones null).
+fn envelope(headers: &[Header], (value, encoding): (Embedded<'_>, &'static str)) -> Vec<u8> {
+    let text = |name: &str| {
+        let key = format!("{DLQ_PREFIX}{name}");
+        headers
+            .iter()
+            .rev()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let number = |name: &str| text(name).and_then(|t| t.parse::<i64>().ok());
+    let envelope = Envelope {
+        value,
+        value_encoding: encoding,
+        dlq_reason: text("reason"),
+        dlq_kind: text("kind"),
+        dlq_stage: text("stage"),
+        dlq_plugin_version: text("plugin-version"),
+        dlq_source_topic: text("source-topic"),
+        dlq_source_partition: number("source-partition"),
+        dlq_source_offset: number("source-offset"),
+        dlq_source_timestamp: number("source-timestamp"),
+        dlq_timestamp: number("timestamp"),
+        dlq_value_omitted: text("value-omitted"),
+        dlq_record_omitted: text("record-omitted"),
+    };
+    // Strings, numbers and already-valid JSON: serializing them cannot fail.
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+/// A JSON envelope as written (see [`envelope`]). Serialized field by field, so the
+/// embedded JSON goes out byte for byte.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    value: Embedded<'a>,
+    value_encoding: &'static str,
+    dlq_reason: Option<&'a str>,
+    dlq_kind: Option<&'a str>,
+    dlq_stage: Option<&'a str>,
+    dlq_plugin_version: Option<&'a str>,
+    dlq_source_topic: Option<&'a str>,
+    dlq_source_partition: Option<i64>,
+    dlq_source_offset: Option<i64>,
+    dlq_source_timestamp: Option<i64>,
+    dlq_timestamp: Option<i64>,
+    dlq_value_omitted: Option<&'a str>,
+    dlq_record_omitted: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -457,6 +642,7 @@ mod tests {
             ("switchyard-dlq-source-topic", "orders"),
             ("switchyard-dlq-source-partition", "4"),
             ("switchyard-dlq-source-offset", "77"),
+            ("switchyard-dlq-source-timestamp", "1700000000123"),
             ("switchyard-dlq-timestamp", "1700000999000"),
         ];
         let routed_headers = [
@@ -516,13 +702,14 @@ mod tests {
                 true,
                 &dead_headers,
             ),
+            // The envelope's metadata is in headers too, as in the headers format.
             (
                 "dead letter, envelope",
                 router(DeadLetterFormat::JsonEnvelope),
                 dead(),
                 "orders-dlq",
                 true,
-                &[("trace", "t-1"), ("switchyard-pipeline", "orders")],
+                &dead_headers,
             ),
         ];
         for (name, router, destination, topic, dead_letter, expected) in cases {
@@ -530,7 +717,9 @@ mod tests {
             assert_eq!(&*out.topic, topic, "{name}");
             assert_eq!(out.dead_letter, dead_letter, "{name}");
             assert_eq!(out.key.as_deref(), Some(&b"user-1"[..]), "{name}");
-            assert_eq!(out.timestamp_ms, Some(1_700_000_000_123), "{name}");
+            // Dead letters are stamped when they are written (the source's time is a header).
+            let stamp = if dead_letter { NOW } else { 1_700_000_000_123 };
+            assert_eq!(out.timestamp_ms, Some(stamp), "{name}");
             assert_eq!(headers(&out), expected, "{name}");
             if router.format == DeadLetterFormat::Headers {
                 assert_eq!(out.value.as_deref(), Some(&br#"{"id":1}"#[..]), "{name}");
@@ -567,9 +756,114 @@ mod tests {
             "dlq_source_topic": "orders",
             "dlq_source_partition": 4,
             "dlq_source_offset": 77,
+            "dlq_source_timestamp": 1_700_000_000_123_i64,
             "dlq_timestamp": NOW,
+            "dlq_value_omitted": null,
+            "dlq_record_omitted": null,
         });
         assert_eq!(envelope, expected);
+    }
+
+    /// The original value goes into the envelope byte for byte: a big integer, a duplicate
+    /// key, key order and inner spacing survive; surrounding spaces make it a string.
+    #[test]
+    fn an_envelope_keeps_the_original_json_exactly() {
+        let router = router(DeadLetterFormat::JsonEnvelope);
+        for (original, encoding) in [
+            (
+                &br#"{"z":1, "a":123456789012345678901234567890,"a":2}"#[..],
+                "json",
+            ),
+            (br#"[1.000000000000000000001,  {"k":"\u00e9"}]"#, "json"),
+            (b" {\"padded\":true} ", "string"),
+        ] {
+            let mut dead = dead();
+            if let Destination::DeadLetter(d) = &mut dead {
+                d.record.value = Some(original.to_vec());
+            }
+            let out = router.route(SOURCE, dead, NOW);
+            let written = out.value.unwrap_or_default();
+            let envelope: EnvelopeSize<'_> = serde_json::from_slice(&written).expect("an envelope");
+            let back = match encoding {
+                "json" => envelope.value.get().as_bytes().to_vec(),
+                _ => serde_json::from_str::<String>(envelope.value.get())
+                    .expect("a string")
+                    .into_bytes(),
+            };
+            assert_eq!(back, original, "{}", String::from_utf8_lossy(original));
+            let parsed: serde_json::Value = serde_json::from_slice(&written).expect("JSON");
+            assert_eq!(parsed["value_encoding"], encoding);
+        }
+    }
+
+    /// A plugin's reason is cut at 8 KiB, at a character boundary, saying how much was cut.
+    #[test]
+    fn long_reasons_are_cut() {
+        let mut dead = dead();
+        if let Destination::DeadLetter(d) = &mut dead {
+            d.error.message = "é".repeat(10_000);
+        }
+        let out = router(DeadLetterFormat::Headers).route(SOURCE, dead, NOW);
+        let reason = headers(&out)
+            .into_iter()
+            .find(|(k, _)| *k == "switchyard-dlq-reason")
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        assert!(reason.len() < MAX_REASON_BYTES + 40, "{}", reason.len());
+        assert!(
+            reason.ends_with("... (11808 more bytes cut)"),
+            "{}",
+            &reason[8000..]
+        );
+    }
+
+    /// A dead letter too large to write loses its value, then its key and own headers; the
+    /// metadata stays, in both formats, and then nothing more can go.
+    #[test]
+    fn shrinking_a_dead_letter_keeps_its_metadata() {
+        for format in [DeadLetterFormat::Headers, DeadLetterFormat::JsonEnvelope] {
+            let router = router(format);
+            let out = router.route(SOURCE, dead(), NOW);
+            let once = router.shrink(out).expect("the value can go");
+            let note = |out: &Outgoing, name: &str| {
+                headers(out)
+                    .into_iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_owned())
+            };
+            assert_eq!(
+                note(&once, "switchyard-dlq-value-omitted").as_deref(),
+                Some("value omitted (8 bytes); the source record holds it"),
+                "{format:?}"
+            );
+            assert_eq!(once.key.as_deref(), Some(&b"user-1"[..]));
+            let twice = router.shrink(once).expect("the key and headers can go");
+            assert_eq!(twice.key, None);
+            assert!(
+                twice
+                    .headers
+                    .iter()
+                    .all(|h| h.key.starts_with("switchyard-"))
+            );
+            assert_eq!(
+                note(&twice, "switchyard-dlq-source-offset").as_deref(),
+                Some("77")
+            );
+            match format {
+                DeadLetterFormat::Headers => assert_eq!(twice.value, None),
+                DeadLetterFormat::JsonEnvelope => {
+                    let envelope: serde_json::Value =
+                        serde_json::from_slice(twice.value.as_deref().unwrap_or_default())
+                            .expect("an envelope");
+                    assert_eq!(envelope["value"], serde_json::Value::Null);
+                    assert_eq!(envelope["value_encoding"], OMITTED_ENCODING);
+                    assert_eq!(envelope["dlq_reason"], "missing field user_id");
+                    assert_eq!(envelope["dlq_source_offset"], 77);
+                    assert!(envelope["dlq_record_omitted"].is_string());
+                }
+            }
+            assert_eq!(router.shrink(twice), None, "{format:?}");
+        }
     }
 
     #[test]
@@ -594,6 +888,7 @@ mod tests {
                 ("switchyard-dlq-source-topic", "orders"),
                 ("switchyard-dlq-source-partition", "4"),
                 ("switchyard-dlq-source-offset", "77"),
+                ("switchyard-dlq-source-timestamp", "1700000000123"),
                 ("switchyard-dlq-timestamp", "1700000999000"),
             ]
         );
@@ -601,38 +896,45 @@ mod tests {
 
     #[test]
     fn embedding_picks_the_most_readable_encoding() {
-        let cases: [(Option<&[u8]>, serde_json::Value, &str); 5] = [
-            (None, serde_json::Value::Null, "null"),
-            (Some(br#"{"a":1}"#), serde_json::json!({"a": 1}), "json"),
-            (Some(b"42"), serde_json::json!(42), "json"),
-            (Some(b"not json"), serde_json::json!("not json"), "string"),
-            (Some(&[0xff, 0x00]), serde_json::json!("/wA="), "base64"),
+        let cases: [(Option<&[u8]>, &str, &str); 6] = [
+            (None, "null", "null"),
+            (Some(br#"{"a":1}"#), r#"{"a":1}"#, "json"),
+            (Some(b"42"), "42", "json"),
+            (Some(b" 42"), r#"" 42""#, "string"),
+            (Some(b"not json"), r#""not json""#, "string"),
+            (Some(&[0xff, 0x00]), r#""/wA=""#, "base64"),
         ];
-        for (input, value, encoding) in cases {
-            assert_eq!(embed(input), (value, encoding), "{input:?}");
+        for (input, written, encoding) in cases {
+            let (value, got) = embed(input);
+            assert_eq!(got, encoding, "{input:?}");
+            assert_eq!(serde_json::to_string(&value).unwrap_or_default(), written);
         }
     }
 
     proptest! {
-        /// Whatever the bytes, the envelope gives them back exactly.
+        /// Whatever the bytes, the envelope gives them back exactly: compared as bytes, never
+        /// through a JSON parser.
         #[test]
         fn embedded_values_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let (value, encoding) = embed(Some(&bytes));
+            let written = serde_json::to_string(&value).unwrap();
             let back = match encoding {
-                "json" => serde_json::to_vec(&value).unwrap(),
-                "string" => value.as_str().unwrap().as_bytes().to_vec(),
+                "json" => written.into_bytes(),
+                "string" => serde_json::from_str::<String>(&written).unwrap().into_bytes(),
                 "base64" => base64::engine::general_purpose::STANDARD
-                    .decode(value.as_str().unwrap())
+                    .decode(serde_json::from_str::<String>(&written).unwrap())
                     .unwrap(),
                 other => panic!("unexpected encoding {other}"),
             };
-            if encoding == "json" {
-                // JSON is embedded as a value: equal as JSON, not byte for byte.
-                let original: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(&back).unwrap(), original);
-            } else {
-                prop_assert_eq!(back, bytes);
-            }
+            prop_assert_eq!(back, bytes);
+        }
+
+        /// JSON-looking input in particular: numbers and objects of any shape.
+        #[test]
+        fn embedded_json_round_trips(n in any::<i128>(), k in "[a-z\\\\\"]{0,6}", pad in " {0,2}") {
+            let text = format!(r#"{{"{k}":{n},{pad}"{k}":[{n}.5e3]}}"#, k = k.replace('\\', "\\\\").replace('"', "\\\""));
+            let (value, _) = embed(Some(text.as_bytes()));
+            prop_assert_eq!(serde_json::to_string(&value).unwrap(), text);
         }
     }
 }

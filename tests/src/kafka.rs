@@ -35,6 +35,8 @@ pub struct TestRecord {
     pub value: Option<Vec<u8>>,
     /// Headers in order.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Headers whose keys are any bytes (not UTF-8, say), after `headers`.
+    pub raw_headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Timestamp (default: the producer's clock).
     pub timestamp_ms: Option<i64>,
     /// Partition (default: by key).
@@ -507,6 +509,27 @@ pub fn send(
             value: v.as_deref(),
         })
     });
+    for (key, value) in &r.raw_headers {
+        let native = headers.as_borrowed() as *const _ as *mut rdkafka::types::RDKafkaHeaders;
+        let (value_ptr, value_len) = value
+            .as_deref()
+            .map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len()));
+        // SAFETY: the header list is owned by `headers` and not shared yet; librdkafka copies
+        // the name (its length given, so any bytes) and the value.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                native,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                value_ptr.cast(),
+                value_len as isize,
+            )
+        };
+        anyhow::ensure!(
+            err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "cannot add a raw header: {err:?}"
+        );
+    }
     let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
     if let Some(k) = &r.key {
         record = record.key(k.as_slice());

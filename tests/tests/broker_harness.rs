@@ -25,7 +25,7 @@ fn record(i: usize) -> TestRecord {
             ("empty".into(), None),
         ],
         timestamp_ms: Some(BASE_TS + i as i64),
-        partition: None,
+        ..Default::default()
     }
 }
 

@@ -391,6 +391,13 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
         TestRecord::new("big", &big),
         // An output far larger than the broker takes (librdkafka's message.max.bytes is 1 MB).
         TestRecord::new("huge-output", br#"{"do":"emit","count":1,"bytes":3000000}"#),
+        // A header key that is not UTF-8 (a plugin's header key is a string): dead-lettered
+        // as `bad-input` naming the bytes, the record otherwise as it was.
+        TestRecord {
+            headers: vec![("ok".into(), Some(b"1".to_vec()))],
+            raw_headers: vec![(vec![b'k', 0xff, 0xfe], Some(b"v".to_vec()))],
+            ..TestRecord::new("bad-header-key", pass)
+        },
         TestRecord::new("after", pass),
     ];
     let n = records.len();
@@ -452,6 +459,17 @@ fn bad_input_is_routed_or_dead_lettered_and_nothing_is_lost() {
     assert_eq!(huge[0].topic, "events-dlq");
     assert_eq!(huge[0].value, None);
     assert!(huge[0].header("switchyard-dlq-source-offset").is_some());
+    let bad_key = get("bad-header-key");
+    assert_eq!(bad_key.topic, "events-dlq");
+    assert_eq!(bad_key.header("switchyard-dlq-kind"), Some("bad-input"));
+    let reason = bad_key.header("switchyard-dlq-reason").expect("reason");
+    assert!(
+        reason.contains("header 1's key is not UTF-8 (bytes: 6bfffe)"),
+        "{reason}"
+    );
+    assert_eq!(bad_key.value.as_deref(), Some(&pass[..]));
+    assert_eq!(bad_key.header("ok"), Some("1"));
+    assert_eq!(bad_key.header("k\u{fffd}\u{fffd}"), Some("v"));
     assert_eq!(get("after").topic, "events-standard");
 }
 

@@ -269,6 +269,9 @@ impl Reloader {
         module: Arc<PluginModule>,
         config: &BTreeMap<String, String>,
     ) -> Result<(), ReloadError> {
+        // Another stage's change would otherwise build on the same chain and undo this one
+        // (or this one's put-back undo it).
+        let _change = p.control.change();
         let current = p.control.current();
         let mut stages: Vec<StageSpec> = current.spec.stages().to_vec();
         let stage = stages.get_mut(index).ok_or(ReloadError::NoSuchStage)?;

@@ -51,6 +51,9 @@ pub struct ChainControl {
     state: Mutex<State>,
     switched: Condvar,
     generation: AtomicU64,
+    /// Held for a whole change (read the current chain, publish, wait, maybe put back), so
+    /// two changes to different stages never build on the same chain and undo each other.
+    changes: Mutex<()>,
 }
 
 /// Why not every worker switched.
@@ -88,6 +91,7 @@ impl ChainControl {
             }),
             switched: Condvar::new(),
             generation: AtomicU64::new(0),
+            changes: Mutex::new(()),
         })
     }
 
@@ -95,6 +99,13 @@ impl ChainControl {
         // Every update under this lock is a single assignment: a poisoned lock holds
         // consistent data.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serializes changes of this pipeline's chain: hold the guard from reading
+    /// [`ChainControl::current`] to the end of the change.
+    pub fn change(&self) -> MutexGuard<'_, ()> {
+        // It guards no data, so a poisoned lock is as good as any.
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current generation (cheap: workers read it before every batch).

@@ -65,6 +65,10 @@ pub struct HistoryEntry {
 struct Persisted {
     /// sha256 of the plugin file the config named when this was written.
     base_version: String,
+    /// sha256 of the config map the config file gave the stage then (a digest: the map
+    /// may hold secrets).
+    #[serde(default)]
+    base_config: String,
     active: Option<VersionRecord>,
     previous: Vec<VersionRecord>,
     history: Vec<HistoryEntry>,
@@ -76,6 +80,7 @@ pub struct StageHistory {
     stage: String,
     store: VersionStore,
     base_version: String,
+    base_config: String,
     /// The version running now.
     pub active: VersionRecord,
     /// Versions a rollback returns to, the most recent last.
@@ -188,6 +193,16 @@ fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::
     written
 }
 
+/// sha256 of a config map (its pairs sorted by key, as JSON).
+fn config_digest(config: &[(String, String)]) -> String {
+    let sorted: BTreeMap<&str, &str> = config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // A map of strings always serializes.
+    PluginVersion::of(&serde_json::to_vec(&sorted).unwrap_or_default()).0
+}
+
 /// A stage's config map as the chain wants it (sorted pairs).
 pub fn config_pairs(config: &BTreeMap<String, String>) -> Vec<(String, String)> {
     config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -209,6 +224,7 @@ impl StageHistory {
         file_module: impl FnOnce() -> anyhow::Result<Arc<PluginModule>>,
     ) -> anyhow::Result<Started> {
         let base_version = PluginVersion::of(file_bytes).0;
+        let base_config = config_digest(&file_config);
         let now = now_ms();
         let persisted = store.read(pipeline, stage).unwrap_or_default();
         let mut history = StageHistory {
@@ -216,6 +232,7 @@ impl StageHistory {
             stage: stage.to_owned(),
             store: store.clone(),
             base_version: base_version.clone(),
+            base_config: base_config.clone(),
             active: VersionRecord {
                 version: base_version.clone(),
                 config: file_config.iter().cloned().collect(),
@@ -228,11 +245,15 @@ impl StageHistory {
             modules: HashMap::new(),
         };
         let mut restored = None;
-        if persisted.base_version == base_version
-            && let Some(active) = persisted.active
-        {
-            if active.version == base_version {
-                // The config's own plugin, perhaps with an uploaded config.
+        // What was uploaded wins only over the file it was uploaded over: the same plugin
+        // file with the same config. An edit of either in the file wins over any upload.
+        let file_unchanged =
+            persisted.base_version == base_version && persisted.base_config == base_config;
+        if file_unchanged && let Some(active) = persisted.active {
+            if active.origin == "config" {
+                // Nothing was uploaded: the file's plugin and config, as set above.
+            } else if active.version == base_version {
+                // The config's own plugin with an uploaded config.
                 history.active.config = active.config.clone();
             } else {
                 match store
@@ -247,11 +268,11 @@ impl StageHistory {
                 }
             }
             history.previous = persisted.previous;
-        } else if !persisted.base_version.is_empty() {
+        } else if !persisted.base_version.is_empty() && !file_unchanged {
             tracing::info!(
                 pipeline,
                 stage,
-                "The config's plugin file changed since the last upload: running the file."
+                "The config's plugin file or the stage's config changed since the last start: running the file."
             );
         }
         let module = match restored {
@@ -309,6 +330,7 @@ impl StageHistory {
             &self.stage,
             &Persisted {
                 base_version: self.base_version.clone(),
+                base_config: self.base_config.clone(),
                 active: Some(self.active.clone()),
                 previous: self.previous.clone(),
                 history: self.history.clone(),

@@ -265,10 +265,22 @@ impl Pipeline {
                 batch_size: config.batch_size,
                 batch_wait: Duration::from_millis(config.batch_wait_ms),
             };
+            let (control, status) = (shared.control.clone(), status.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-worker-{i}"))
-                    .spawn(move || worker.run())?,
+                    .spawn(move || {
+                        let run =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                        if let Err(panic) = run {
+                            // Its records stay unfinished (never committed past); the
+                            // pipeline stops and a reload no longer waits for this worker.
+                            status
+                                .health
+                                .fail(format!("worker {i} panicked: {}", panic_text(&panic)));
+                            control.worker_exited(id);
+                        }
+                    })?,
             );
         }
         let producer = sink.sink.clone();
@@ -407,10 +419,20 @@ pub fn run_all(pipelines: Vec<Pipeline>, stop: Arc<Stop>) -> anyhow::Result<()> 
         .map(|p| {
             let name = p.name().to_owned();
             let stop = stop.clone();
+            let status = p.status();
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-consumer"))
                 .spawn(move || {
-                    let result = p.run(&stop);
+                    // A panic must not skip the stop nor leave the pipeline looking healthy:
+                    // the process stops (a supervisor restarts it) and is unready meanwhile.
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.run(&stop)))
+                            .unwrap_or_else(|panic| {
+                                let why =
+                                    format!("the pipeline thread panicked: {}", panic_text(&panic));
+                                status.health.fail(why.clone());
+                                Err(anyhow::anyhow!(why))
+                            });
                     stop.request();
                     result
                 })?;
@@ -429,4 +451,13 @@ pub fn run_all(pipelines: Vec<Pipeline>, stop: Arc<Stop>) -> anyhow::Result<()> 
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The message of a panic's payload (a `&str` or a `String`, as `panic!` makes).
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

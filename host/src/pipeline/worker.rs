@@ -50,6 +50,10 @@ impl Worker {
             // Records of several partitions, each partition's in offset order.
             let mut groups: Vec<(Arc<PartitionHandle>, Vec<InputRecord>)> = Vec::new();
             for job in jobs {
+                if let Some(problem) = job.problem {
+                    self.reject(job.handle, job.record, problem);
+                    continue;
+                }
                 match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, &job.handle)) {
                     Some((_, records)) => records.push(job.record),
                     None => groups.push((job.handle, vec![job.record])),
@@ -80,6 +84,28 @@ impl Worker {
         self.generation = active.generation;
         self.control
             .worker_switched(self.id, active.generation, result);
+    }
+
+    /// Dead-letters a record no plugin can be given (kind `bad-input`).
+    fn reject(&mut self, handle: Arc<PartitionHandle>, record: InputRecord, problem: String) {
+        if handle.revoked.load(Ordering::Acquire) || self.status.health.fatal().is_some() {
+            return;
+        }
+        tracing::warn!(
+            pipeline = %self.router.pipeline(), topic = %handle.topic, partition = handle.partition,
+            offset = record.offset, reason = %problem, "Record cannot be read; dead-lettering it."
+        );
+        self.metrics.dead_lettered("", crate::router::BAD_INPUT);
+        let source = Source {
+            topic: &handle.topic,
+            partition: handle.partition,
+        };
+        let owner = SourceRecord::Only(InFlight {
+            handle: handle.clone(),
+            offset: record.offset,
+        });
+        let out = self.router.unreadable(source, record, problem, now_ms());
+        self.sink.send(out, &[], Ticket::new(owner, None));
     }
 
     fn run_group(&mut self, handle: Arc<PartitionHandle>, records: Vec<InputRecord>) {

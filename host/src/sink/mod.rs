@@ -5,16 +5,24 @@
 //! acknowledges it, the source record's count of outstanding writes drops; at zero the record
 //! is finished in the [`Tracker`] and may be committed past. A write the broker refuses:
 //!
-//! - for good (too large, topic missing, not authorized, invalid): a routed record is
-//!   dead-lettered instead, with that reason (kind `undeliverable`); a dead letter that is
-//!   too large is written again without its value (the source offset in its headers points at
+//! - for good (too large, topic missing, not authorized, invalid, a timestamp or format the
+//!   broker refuses): a routed record is dead-lettered instead, with that reason (kind
+//!   `undeliverable`); a dead letter that is too large is written again without its value,
+//!   then also without its key and own headers (the source offset in its headers points at
 //!   the original);
-//! - otherwise (timeouts, a broker down, a dead-letter topic that refuses writes): written
-//!   again after a backoff, for as long as it takes. While a dead-letter write is failing the
-//!   pipeline is unhealthy and commits nothing.
+//! - otherwise (librdkafka's own retries ran out: timeouts, a broker down, a dead-letter
+//!   topic that refuses writes): written again after a backoff, for as long as it takes.
+//!   While a dead-letter write is failing the pipeline is unhealthy; its partition commits
+//!   nothing past that record (it is unfinished), the other partitions go on.
+//! - a write of a partition revoked meanwhile is not retried: the partition's new owner reads
+//!   the record again (counted in `switchyard_produce_retries_dropped_total`).
 //!
-//! Nothing is ever dropped: the only ways out for a ticket are an acknowledgement or the
-//! process ending, and then the record was not committed past.
+//! Warnings about refused writes are written once per kind per 10 s, with a count of the
+//! rest (`throttle`).
+//!
+//! Nothing is ever dropped: the only ways out for a ticket are an acknowledgement, a revoked
+//! partition (its next owner reads the record again) or the process ending, and then the
+//! record was not committed past.
 //!
 //! The delivery callback runs on the producer's polling thread and must not block on the
 //! producer (a full queue empties only when that thread serves acknowledgements), so every
@@ -25,6 +33,7 @@
 //! write (classification, dead-lettering, retries with backoff) is in `retry`.
 
 mod retry;
+mod throttle;
 mod ticket;
 
 pub use ticket::{Pending, SourceRecord, Ticket};
@@ -58,6 +67,8 @@ struct Shared {
     /// format are used, none of which changes while the pipeline runs.
     router: Router,
     retry: Mutex<Sender<Retry>>,
+    /// Warnings about refused writes, one line per kind per interval.
+    throttle: throttle::Throttle,
 }
 
 /// The producer's context: delivery reports and logs.
@@ -95,7 +106,7 @@ impl ProducerContext for SinkContext {
                     topic: Arc::from(message.topic()),
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
-                    headers: headers_from_kafka(message.headers()),
+                    headers: headers_from_kafka(message.headers()).0,
                     timestamp_ms: message.timestamp().to_millis(),
                     dead_letter: ticket.dead_letter,
                 };
@@ -164,6 +175,7 @@ impl Sink {
             metrics,
             router,
             retry: Mutex::new(retry_tx),
+            throttle: throttle::Throttle::default(),
         });
         let producer: ThreadedProducer<SinkContext> = config
             .create_with_context(SinkContext {

@@ -5,7 +5,6 @@
 
 use super::{Shared, Sink, Ticket};
 use crate::kafka::now_ms;
-use crate::plugin::Header;
 use crate::router::{Outgoing, SourceOffset};
 use crate::status::PipelineCounters;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -29,6 +28,17 @@ impl Shared {
         let permanent = code.is_some_and(is_permanent);
         ticket.attempts += 1;
         let source = ticket.source.record();
+        if source.handle.is_revoked() {
+            // The partition has a new owner, who reads the record again: writing it from here
+            // would only add a duplicate, out of order.
+            self.metrics.retries_dropped.inc();
+            tracing::debug!(
+                pipeline = %self.pipeline, topic = %out.topic, source_topic = %source.handle.topic,
+                source_partition = source.handle.partition, error = %error,
+                "Write refused for a partition no longer ours; not retried."
+            );
+            return;
+        }
         if !ticket.dead_letter && permanent {
             PipelineCounters::add(&self.counters.undeliverable, 1);
             self.metrics.dead_lettered("", crate::router::UNDELIVERABLE);
@@ -37,11 +47,13 @@ impl Shared {
                 reason.push_str(&value_omitted(&out));
                 out.value = None;
             }
-            tracing::warn!(
-                pipeline = %self.pipeline, topic = %out.topic, source_topic = %source.handle.topic,
-                source_partition = source.handle.partition, source_offset = source.offset,
-                error = %error, "Output refused by the broker; dead-lettering it."
-            );
+            if self.throttle.admit("undeliverable", Instant::now()) {
+                tracing::warn!(
+                    pipeline = %self.pipeline, topic = %out.topic, source_topic = %source.handle.topic,
+                    source_partition = source.handle.partition, source_offset = source.offset,
+                    error = %error, "Output refused by the broker; dead-lettering it (more within 10 s are counted, not logged)."
+                );
+            }
             let at = SourceOffset {
                 topic: &source.handle.topic,
                 partition: source.handle.partition,
@@ -54,15 +66,13 @@ impl Shared {
             self.schedule(dead, ticket, Duration::ZERO);
             return;
         }
-        if ticket.dead_letter && code.is_some_and(is_too_large) && out.value.is_some() {
-            let note = value_omitted(&out);
-            out.value = None;
-            out.headers.push(Header {
-                key: format!("{}value-omitted", crate::router::DLQ_PREFIX),
-                value: Some(note.trim_start_matches("; ").as_bytes().to_vec()),
-            });
-            self.schedule(out, ticket, Duration::ZERO);
-            return;
+        if ticket.dead_letter && code.is_some_and(is_too_large) {
+            // Without its value, then without its key and own headers; a dead letter with
+            // nothing left to take away is retried below (the topic takes nothing: unhealthy).
+            if let Some(smaller) = self.router.shrink(out.clone()) {
+                self.schedule(smaller, ticket, Duration::ZERO);
+                return;
+            }
         }
         PipelineCounters::add(&self.counters.produce_retries, 1);
         self.metrics.produce_retries.inc();
@@ -74,11 +84,11 @@ impl Shared {
                     "DEAD-LETTER WRITE FAILED: committing stops until it succeeds; retrying."
                 );
             }
-        } else {
+        } else if self.throttle.admit("retry", Instant::now()) {
             tracing::warn!(
                 pipeline = %self.pipeline, topic = %out.topic, error = %error,
                 attempt = ticket.attempts, backoff_ms = backoff.as_millis() as u64,
-                "Write failed; retrying."
+                "Write failed; retrying (more within 10 s are counted, not logged)."
             );
         }
         self.schedule(out, ticket, backoff);
@@ -131,6 +141,11 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
             | E::InvalidRecord
             | E::InvalidMessage
             | E::PolicyViolation
+            | E::InvalidTimestamp
+            | E::UnsupportedForMessageFormat
+            | E::InvalidRequiredAcks
+            | E::UnsupportedVersion
+            | E::UnsupportedCompressionType
     )
 }
 
@@ -169,8 +184,19 @@ impl Sink {
                 .is_some_and(|Reverse(d)| d.at <= Instant::now())
             {
                 if let Some(Reverse(due)) = queue.pop() {
+                    if due.retry.ticket.source.record().handle.is_revoked() {
+                        // Revoked while waiting: its new owner writes it.
+                        self.shared.metrics.retries_dropped.inc();
+                        continue;
+                    }
                     self.send(due.retry.out, &[], due.retry.ticket);
                 }
+            }
+            for (kind, count) in self.shared.throttle.ended(Instant::now()) {
+                tracing::warn!(
+                    pipeline = %self.shared.pipeline, kind, count,
+                    "Refused writes in the last 10 s besides the one logged."
+                );
             }
             if stop.load(Ordering::Acquire) && queue.is_empty() {
                 return;
@@ -219,6 +245,8 @@ mod tests {
         assert!(is_permanent(RDKafkaErrorCode::MessageSizeTooLarge));
         assert!(is_permanent(RDKafkaErrorCode::TopicAuthorizationFailed));
         assert!(is_permanent(RDKafkaErrorCode::UnknownTopicOrPartition));
+        assert!(is_permanent(RDKafkaErrorCode::InvalidTimestamp));
+        assert!(is_permanent(RDKafkaErrorCode::UnsupportedForMessageFormat));
         assert!(!is_permanent(RDKafkaErrorCode::MessageTimedOut));
         assert!(!is_permanent(RDKafkaErrorCode::NotEnoughReplicas));
         assert!(!is_permanent(RDKafkaErrorCode::BrokerTransportFailure));

@@ -202,14 +202,20 @@ impl<'a> Consumer<'a> {
                 }
                 PipelineCounters::add(&status.counters.consumed, 1);
                 self.settings.records_in.inc();
+                let (headers, problem) = kafka::headers_from_kafka(message.headers());
                 let record = InputRecord {
                     offset: message.offset(),
                     timestamp_ms: message.timestamp().to_millis(),
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
-                    headers: kafka::headers_from_kafka(message.headers()),
+                    headers,
                 };
-                if self.ring.push(Job { handle, record }).is_err() {
+                let job = Job {
+                    handle,
+                    record,
+                    problem,
+                };
+                if self.ring.push(job).is_err() {
                     status.health.fail("the workers stopped".into());
                 }
             }
@@ -286,21 +292,19 @@ impl<'a> Consumer<'a> {
         if left > 0 {
             tracing::warn!(pipeline = %name, in_flight = left, "Stopped before every record finished; those will be delivered again.");
         }
-        if status.health.dead_letter_failing.load(Ordering::Acquire) {
-            tracing::error!(pipeline = %name, "Not committing: dead-letter writes are failing.");
-        } else {
-            let all: Vec<(String, i32)> = tracker
-                .partitions()
-                .into_iter()
-                .map(|p| (p.topic, p.partition))
-                .collect();
-            let _ = commit_sync(
-                &consumer,
-                name,
-                &tracker.committable_of(&all),
-                COMMIT_TIMEOUT,
-            );
-        }
+        // Each partition up to its first unfinished record (one whose dead letter is
+        // unwritten, say).
+        let all: Vec<(String, i32)> = tracker
+            .partitions()
+            .into_iter()
+            .map(|p| (p.topic, p.partition))
+            .collect();
+        let _ = commit_sync(
+            &consumer,
+            name,
+            &tracker.committable_of(&all),
+            COMMIT_TIMEOUT,
+        );
         // Nothing left to wait for when the group takes the partitions away on close.
         tracker.revoke_all();
         close_within(consumer, CLOSE_TIMEOUT);
@@ -401,9 +405,8 @@ fn commit_async(
     status: &PipelineStatus,
     again: bool,
 ) {
-    if status.health.dead_letter_failing.load(Ordering::Acquire) {
-        return;
-    }
+    // A partition whose dead letter is unwritten stops at that record by itself (it is not
+    // finished); the others go on.
     let offsets = status.tracker.to_commit(again);
     if offsets.is_empty() {
         return;
