@@ -224,6 +224,55 @@ pub fn lower_compile_priority() {
 mod tests {
     use super::*;
 
+    fn engine_on(cache: &std::path::Path) -> anyhow::Result<Arc<PluginEngine>> {
+        PluginEngine::new(&EngineConfig {
+            max_instances: 4,
+            max_memory_bytes: 1 << 20,
+            cache_dir: Some(cache.to_path_buf()),
+        })
+    }
+
+    /// A cache directory others may write, or another user owns, stops the engine with the
+    /// directory and the reason; a private one is used.
+    #[test]
+    fn a_cache_directory_someone_else_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("switchyard-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let shared = base.join("shared");
+        std::fs::create_dir_all(&shared).expect("dir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = format!("{:#}", engine_on(&shared).err().expect("refused"));
+        assert!(
+            e.contains(&shared.display().to_string()) && e.contains("may write") && e.contains("0777"),
+            "{e}"
+        );
+        // Not silently repaired: a planted entry could already be there.
+        let mode = std::fs::metadata(&shared).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o777);
+
+        let theirs = base.join("theirs");
+        std::fs::create_dir_all(&theirs).expect("dir");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        match std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)) {
+            Ok(()) => {
+                let e = format!("{:#}", engine_on(&theirs).err().expect("refused"));
+                assert!(
+                    e.contains(&theirs.display().to_string()) && e.contains("owned by uid 65534"),
+                    "{e}"
+                );
+            }
+            // Only root can give a directory away.
+            Err(e) => eprintln!("skipping the other-owner case: chown: {e}"),
+        }
+
+        let own = base.join("own/compiled");
+        assert!(engine_on(&own).is_ok());
+        let mode = std::fs::metadata(&own).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     #[test]
     fn header_check_names_the_kind_of_file() {
         assert!(matches!(
