@@ -246,6 +246,7 @@ fn stage(at: &str, s: RawStage) -> Result<StageConfig, ConfigError> {
         name: s.name,
         code,
         config: s.config,
+        config_values: s.config_values,
         limits: s.limits,
     })
 }

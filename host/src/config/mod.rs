@@ -6,8 +6,10 @@
 //! topics, the default route is declared, plugin files exist, limits make sense) is checked
 //! there, and the types say what was decided ([`Subscription`], [`StageCode`],
 //! [`TableSource`]), so no later code handles a case the check ruled out. `${NAME}` in Kafka
-//! client settings and admin tokens is replaced by the environment variable `NAME`, so secrets
-//! need not sit in the file.
+//! client settings, admin tokens and stage config values is replaced by the environment
+//! variable `NAME`, so secrets need not sit in the file. A stage's config keeps both forms
+//! ([`StageConfig::config`] as written, [`StageConfig::config_values`] expanded): the admin
+//! API and the state directory only ever see the written one.
 //!
 //! This module owns the checked types and their defaults. The file as written is in
 //! [`raw`]; reading, parsing, `${NAME}` expansion and path resolution are in `load`
@@ -40,6 +42,8 @@
 mod check;
 mod load;
 mod raw;
+
+pub use load::{escape, expand};
 
 use crate::plugin::StageLimits;
 use serde::Deserialize;
@@ -144,8 +148,12 @@ pub struct StageConfig {
     pub name: String,
     /// What runs it.
     pub code: StageCode,
-    /// Config map given to the plugin's `init` (empty for a JSON Schema stage).
+    /// Config map given to the plugin's `init` (empty for a JSON Schema stage), as written:
+    /// `${NAME}` unexpanded. This is what the admin API shows and the state directory keeps.
     pub config: BTreeMap<String, String>,
+    /// The same map with every `${NAME}` replaced by its environment variable: what `init`
+    /// gets. Kept in memory only.
+    pub config_values: BTreeMap<String, String>,
     /// Resource limits, checked.
     pub limits: StageLimits,
 }
