@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records, missing};
 use switchyard_tests::pipelines::{
-    AdminServer, ROUTING_OUTPUTS, Running, call, create_event_topics, generated_token,
-    raw_request, read_routing_outputs, routing_config, start_with, wait_ready,
+    AdminServer, ROUTING_OUTPUTS, Running, call, create_event_topics, generated_token, raw_request,
+    read_routing_outputs, routing_config, start_with, wait_ready,
 };
 use switchyard_tests::{event, plugin_bytes, plugin_path};
 
@@ -342,7 +342,7 @@ fn send_headers_only(url: &str, length: usize) -> String {
         .expect("timeout");
     write!(
         stream,
-        "PUT /api/v1/pipelines/events/stages/route/plugin HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+        "PUT /api/v1/pipelines/events/stages/route/plugin HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {length}\r\n\r\n"
     )
     .expect("write");
     let mut answer = vec![0u8; 4096];
@@ -893,7 +893,11 @@ fn without_a_configured_token_changes_need_the_generated_one() {
         "{token:?}"
     );
     let (status, body) = call("POST", &pause, Some(&token), None);
-    assert_eq!((status, &body["state"]), (200, &Value::from("paused")), "{body}");
+    assert_eq!(
+        (status, &body["state"]),
+        (200, &Value::from("paused")),
+        "{body}"
+    );
     let (status, body) = call(
         "POST",
         &format!("{url}/api/v1/pipelines/events/resume"),
@@ -925,6 +929,10 @@ fn without_a_configured_token_changes_need_the_generated_one() {
     assert_eq!(body["active"]["by"], "local", "{body}");
 }
 
+/// A request with the wrong content type: method, path, headers besides `Host` and
+/// `Authorization`, body, and what the refusal must name.
+type Forged<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], &'a str);
+
 /// What a web page could send is refused: a `Host` that is not this API's address (DNS
 /// rebinding) on any request, a change from another site's `Origin`, and a change whose body
 /// has the wrong content type (a form), each with a message naming the problem.
@@ -940,7 +948,10 @@ fn requests_a_web_page_could_forge_are_refused() {
     for path in ["/api/v1/pipelines", "/healthz", "/metrics"] {
         let (status, body) = raw_request(url, "GET", path, &[("Host", &evil)], b"");
         assert_eq!(status, 403, "{path}: {body}");
-        assert!(body.contains("Host") && body.contains("evil.example"), "{body}");
+        assert!(
+            body.contains("Host") && body.contains("evil.example"),
+            "{body}"
+        );
     }
     for host in [&own, &format!("localhost:{port}"), &format!("[::1]:{port}")] {
         let (status, body) = raw_request(url, "GET", "/api/v1/pipelines", &[("Host", host)], b"");
@@ -985,7 +996,7 @@ fn requests_a_web_page_could_forge_are_refused() {
 
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let noop = plugin_bytes("noop");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &[u8], &str)> = vec![
+    let cases: Vec<Forged> = vec![
         (
             "PUT",
             "/api/v1/pipelines/events/stages/route/plugin",
@@ -1088,7 +1099,12 @@ fn on_a_non_loopback_address_reads_need_a_token() {
     ] {
         let (status, body) = call("GET", &format!("{url}{path}"), None, None);
         assert_eq!(status, 401, "{path}: {body}");
-        let (status, body) = call("GET", &format!("{url}{path}"), Some("wrong-token-0123456789"), None);
+        let (status, body) = call(
+            "GET",
+            &format!("{url}{path}"),
+            Some("wrong-token-0123456789"),
+            None,
+        );
         assert_eq!(status, 403, "{path}: {body}");
         let (status, body) = call("GET", &format!("{url}{path}"), Some(TOKEN), None);
         assert_eq!(status, 200, "{path}: {body}");
@@ -1108,7 +1124,9 @@ fn on_a_non_loopback_address_reads_need_a_token() {
 /// environment; a rollback to the config's version expands it again.
 #[test]
 fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
-    use switchyard_tests::pipelines::{kafka_toml, pipeline_toml, scratch_dir, start_parsed, write_file};
+    use switchyard_tests::pipelines::{
+        kafka_toml, pipeline_toml, scratch_dir, start_parsed, write_file,
+    };
     const SECRET: &str = "s3cret-priority";
     let broker = Broker::mock(1).expect("mock cluster");
     create_event_topics(&broker, &ROUTING_OUTPUTS);
@@ -1125,15 +1143,23 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
                 ("errors", ROUTING_OUTPUTS[2]),
             ],
             ROUTING_OUTPUTS[3],
-            &[("route", "route", &[("urgent_values", "high,${URGENT_EXTRA}")])],
+            &[(
+                "route",
+                "route",
+                &[("urgent_values", "high,${URGENT_EXTRA}")]
+            )],
             "",
         )
     );
     write_file(&dir, "switchyard.toml", &text);
     let env = |name: &str| (name == "URGENT_EXTRA").then(|| SECRET.to_owned());
     let config = switchyard::config::Config::parse(&text, &dir, &env).expect("config");
-    let running = start_parsed(config, true, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("starts");
+    let running = start_parsed(
+        config,
+        true,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .expect("starts");
     let admin = running.serve_admin();
     let url = &admin.url;
     wait_ready(url);
@@ -1152,13 +1178,19 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
     };
     let state = dir.join(".switchyard-state/events/route/state.json");
     let shown = |expected: &str| {
-        for path in ["/api/v1/pipelines", "/api/v1/pipelines/events/stages/route/versions"] {
+        for path in [
+            "/api/v1/pipelines",
+            "/api/v1/pipelines/events/stages/route/versions",
+        ] {
             let (status, body) = call("GET", &format!("{url}{path}"), Some(TOKEN), None);
             assert_eq!(status, 200, "{body}");
             assert!(!body.to_string().contains(SECRET), "{path}: {body}");
         }
         let (_, body) = call("GET", &format!("{url}/api/v1/pipelines/events"), None, None);
-        assert_eq!(body["stages"][0]["config"]["urgent_values"], expected, "{body}");
+        assert_eq!(
+            body["stages"][0]["config"]["urgent_values"], expected,
+            "{body}"
+        );
         let stored = std::fs::read_to_string(&state)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", state.display()));
         assert!(!stored.contains(SECRET), "{stored}");

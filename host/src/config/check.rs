@@ -271,6 +271,11 @@ impl AdminConfig {
                 "admin.listen {address} is not a loopback address: set admin.tokens (or {ADMIN_TOKEN_ENV}) so that changes need a token"
             )));
         }
+        if let Some(i) = self.allowed_hosts.iter().position(|h| h.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "admin.allowed_hosts[{i}] is empty; write a Host as clients send it, e.g. \"router.internal:9644\""
+            )));
+        }
         if self.max_upload_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "admin.max_upload_bytes must be above 0".into(),
