@@ -1153,17 +1153,19 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
     );
     write_file(&dir, "switchyard.toml", &text);
     let env = |name: &str| (name == "URGENT_EXTRA").then(|| SECRET.to_owned());
-    let config = switchyard::config::Config::parse(&text, &dir, &env).expect("config");
-    let running = start_parsed(
-        config,
-        true,
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .expect("starts");
-    let admin = running.serve_admin();
-    let url = &admin.url;
-    wait_ready(url);
-    let route_of_secret = || {
+    let start = || {
+        let config = switchyard::config::Config::parse(&text, &dir, &env).expect("config");
+        let running = start_parsed(
+            config,
+            true,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .expect("starts");
+        let admin = running.serve_admin();
+        wait_ready(&admin.url);
+        (admin, running)
+    };
+    let route_of_secret = |url: &str| {
         let request = serde_json::json!({ "records": [
             { "key": "k", "value": { "event_id": "a", "priority": SECRET, "event_type": "click" } },
         ]});
@@ -1177,7 +1179,7 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
         body["records"][0]["outputs"][0]["route"].clone()
     };
     let state = dir.join(".switchyard-state/events/route/state.json");
-    let shown = |expected: &str| {
+    let shown = |url: &str, expected: &str| {
         for path in [
             "/api/v1/pipelines",
             "/api/v1/pipelines/events/stages/route/versions",
@@ -1196,21 +1198,31 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
         assert!(!stored.contains(SECRET), "{stored}");
         assert!(stored.contains("${URGENT_EXTRA}"), "{stored}");
     };
+    let (admin, running) = start();
+    let url = admin.url.clone();
     // The plugin got the value: a record of the secret priority is urgent.
-    assert_eq!(route_of_secret(), "urgent");
-    shown("high,${URGENT_EXTRA}");
+    assert_eq!(route_of_secret(&url), "urgent");
+    shown(&url, "high,${URGENT_EXTRA}");
 
     // Uploaded, the same text is literal.
     let literal = "%7B%22urgent_values%22%3A%22high%2C%24%7BURGENT_EXTRA%7D%22%7D";
     let (status, body) = call(
         "PUT",
-        &format!("{}?config={literal}", upload_url(url)),
+        &format!("{}?config={literal}", upload_url(&url)),
         Some(TOKEN),
         Some(&plugin_bytes("route")),
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(route_of_secret(), "standard");
-    shown("high,$${URGENT_EXTRA}");
+    assert_eq!(route_of_secret(&url), "standard");
+    shown(&url, "high,$${URGENT_EXTRA}");
+
+    // And stays literal after a restart (read back from state.json).
+    drop(admin);
+    running.stop().expect("clean stop");
+    let (admin, running) = start();
+    let url = admin.url.clone();
+    assert_eq!(route_of_secret(&url), "standard");
+    shown(&url, "high,$${URGENT_EXTRA}");
 
     // Back to the config's version: expanded again.
     let (status, body) = call(
@@ -1220,8 +1232,8 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
         None,
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(route_of_secret(), "urgent");
-    shown("high,${URGENT_EXTRA}");
+    assert_eq!(route_of_secret(&url), "urgent");
+    shown(&url, "high,${URGENT_EXTRA}");
     drop(admin);
     running.stop().expect("clean stop");
     drop(broker);
