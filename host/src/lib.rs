@@ -34,6 +34,7 @@
 //! - [`control`]: the live chain version, switching workers to a new one, each stage's
 //!   version history and its persistence.
 //! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
+//! - [`private`]: files only this user may change (the compiled-code cache, the admin token).
 //! - [`app`]: [`start`]: config -> engine -> pipelines -> admin API -> [`Running`].
 //! - [`cli`]: the `switchyard` command line (run, check, inspect, test-plugin, demo, and the
 //!   admin API's client).
@@ -50,6 +51,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod private;
 pub mod ring;
 pub mod router;
 pub mod sink;

@@ -36,12 +36,15 @@ fn outputs(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The admin token the benchmark's routers take.
+const TOKEN: &str = "reload-latency-bench-token";
+
 /// A router on `{prefix}-in` with its admin API on `port`.
 fn start(bootstrap: &str, prefix: &str, port: u16) -> RouterProcess {
     let dir = scratch_dir(prefix);
     let o = outputs(prefix);
     let text = format!(
-        "[kafka]\nbrokers = \"{bootstrap}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        "[kafka]\nbrokers = \"{bootstrap}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = {{ bench = \"{TOKEN}\" }}\n{}",
         pipeline_toml(
             prefix,
             &format!("{prefix}-in"),
@@ -83,6 +86,8 @@ fn reloader(port: u16, warmup: Duration, every: Duration, stop: Arc<AtomicBool>)
         let started = Instant::now();
         let mut response = agent
             .put(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/wasm")
             .send(&plugins[out.len() % 2][..])
             .expect("upload");
         let client_ms = started.elapsed().as_secs_f64() * 1000.0;

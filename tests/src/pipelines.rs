@@ -61,6 +61,17 @@ pub fn start(config: &Path) -> anyhow::Result<Running> {
 
 /// Like [`start`]; with `persist`, uploaded versions persist in the config's state directory.
 pub fn start_with(config: &Path, persist: bool) -> anyhow::Result<Running> {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    start_parsed(Config::load(config)?, persist, loopback)
+}
+
+/// Runs the pipelines of an already parsed config in this process, with the admin API on
+/// `admin` (port 0: a free one); `persist` as in [`start_with`].
+pub fn start_parsed(
+    config: Config,
+    persist: bool,
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<Running> {
     // The pipelines' logs, shown for failing tests; RUST_LOG picks the level (default warn).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -69,13 +80,12 @@ pub fn start_with(config: &Path, persist: bool) -> anyhow::Result<Running> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
-    let config = Config::load(config)?;
     let inner = switchyard::start(
         config.clone(),
         StartOptions {
             engine: Some(engine()),
             ephemeral_versions: !persist,
-            admin: AdminListen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin: AdminListen::At(admin),
         },
     )?;
     Ok(Running {
@@ -87,12 +97,16 @@ pub fn start_with(config: &Path, persist: bool) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// The admin API, served with the config's tokens and limits on a free loopback port.
+    /// The admin API, served with the config's tokens and limits on a free port; its URL is
+    /// on the loopback address even when it listens on every address.
     pub fn serve_admin(&self) -> AdminServer {
-        let address = self
+        let mut address = self
             .inner
             .admin_addr()
             .unwrap_or_else(|| panic!("the admin API is not running"));
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         AdminServer {
             url: format!("http://{address}"),
         }
@@ -275,7 +289,56 @@ pub fn wait_ready(url: &str) {
     }
 }
 
-/// One request; the status and the body (JSON if it parses, else a string).
+/// The token a router made for its admin API when the config sets none: the file
+/// `admin-token` in the state directory of the config in `dir` (the default state directory,
+/// `.switchyard-state` next to the config).
+pub fn generated_token(dir: &Path) -> String {
+    let path = dir.join(".switchyard-state").join("admin-token");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// One request as a browser could send it: `headers` exactly as given (`Host` among them, if
+/// at all), then `body`. The status and the body.
+pub fn raw_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).expect("write");
+    stream.write_all(body).expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("an answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}
+
+/// One request; the status and the body (JSON if it parses, else a string). A PUT's body is
+/// sent as `application/wasm` (an upload), a POST's as `application/json`.
 pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -300,7 +363,14 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -
                 r = r.header("Authorization", a);
             }
             match body {
-                Some(b) => r.send(b),
+                Some(b) => {
+                    let kind = if method == "PUT" {
+                        "application/wasm"
+                    } else {
+                        "application/json"
+                    };
+                    r.header("Content-Type", kind).send(b)
+                }
                 None => r.send_empty(),
             }
         }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records, missing};
 use switchyard_tests::pipelines::{
-    AdminServer, ROUTING_OUTPUTS, Running, call, create_event_topics, read_routing_outputs,
-    routing_config, start_with, wait_ready,
+    AdminServer, ROUTING_OUTPUTS, Running, call, create_event_topics, generated_token, raw_request,
+    read_routing_outputs, routing_config, start_with, wait_ready,
 };
 use switchyard_tests::{event, plugin_bytes, plugin_path};
 
@@ -28,12 +28,17 @@ fn setup(name: &str, admin_extra: &str) -> Setup {
 }
 
 fn setup_on(broker: Broker, name: &str, admin_extra: &str) -> Setup {
-    create_event_topics(&broker, &ROUTING_OUTPUTS);
     let admin = format!("[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{admin_extra}");
+    setup_admin(broker, name, &admin)
+}
+
+/// Like [`setup_on`], with `admin` as the whole `[admin]` table.
+fn setup_admin(broker: Broker, name: &str, admin: &str) -> Setup {
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
     let path = routing_config(
         &broker,
         name,
-        &admin,
+        admin,
         "commit_interval_ms = 100\nworkers = 2",
     );
     let dir = path.parent().expect("config dir").to_path_buf();
@@ -337,7 +342,7 @@ fn send_headers_only(url: &str, length: usize) -> String {
         .expect("timeout");
     write!(
         stream,
-        "PUT /api/v1/pipelines/events/stages/route/plugin HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+        "PUT /api/v1/pipelines/events/stages/route/plugin HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/wasm\r\nContent-Length: {length}\r\n\r\n"
     )
     .expect("write");
     let mut answer = vec![0u8; 4096];
@@ -855,4 +860,381 @@ fn the_cli_pushes_rolls_back_and_lists() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+/// With no token in the config, nothing changes without a credential: the router makes one
+/// (64 hex digits) in its state directory, readable by its user only, and the command line
+/// finds it by itself. Reads on the loopback address stay open.
+#[test]
+fn without_a_configured_token_changes_need_the_generated_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = setup_admin(
+        Broker::mock(1).expect("mock cluster"),
+        "admin-generated-token",
+        "",
+    );
+    let url = &s.admin.url;
+    let pause = format!("{url}/api/v1/pipelines/events/pause");
+    let (status, body) = call("POST", &pause, None, None);
+    assert_eq!(status, 401, "a change without a token: {body}");
+    let (status, _) = call("PUT", &upload_url(url), None, Some(&plugin_bytes("noop")));
+    assert_eq!(status, 401);
+    assert_eq!(active_version(url), sha256(&plugin_bytes("route")));
+
+    let file = s.dir.join(".switchyard-state/admin-token");
+    let mode = std::fs::metadata(&file)
+        .unwrap_or_else(|e| panic!("no token file {}: {e}", file.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    let token = generated_token(&s.dir);
+    assert!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token:?}"
+    );
+    let (status, body) = call("POST", &pause, Some(&token), None);
+    assert_eq!(
+        (status, &body["state"]),
+        (200, &Value::from("paused")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/resume"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // The command line, given no token, finds the file.
+    let bin = switchyard_tests::router_process::switchyard_binary().expect("switchyard binary");
+    let noop = plugin_path("noop");
+    let out = std::process::Command::new(&bin)
+        .args(["plugin", "push", "-p", "events", "-s", "route"])
+        .arg(&noop)
+        .env("SWITCHYARD_ADMIN", url)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env_remove("SWITCHYARD_ADMIN_TOKEN_FILE")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(active_version(url), sha256(&plugin_bytes("noop")));
+    let (_, body) = call(
+        "GET",
+        &format!("{url}/api/v1/pipelines/events/stages/route/versions"),
+        None,
+        None,
+    );
+    assert_eq!(body["active"]["by"], "local", "{body}");
+}
+
+/// A request with the wrong content type: method, path, headers besides `Host` and
+/// `Authorization`, body, and what the refusal must name.
+type Forged<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], &'a str);
+
+/// What a web page could send is refused: a `Host` that is not this API's address (DNS
+/// rebinding) on any request, a change from another site's `Origin`, and a change whose body
+/// has the wrong content type (a form), each with a message naming the problem.
+#[test]
+fn requests_a_web_page_could_forge_are_refused() {
+    let s = setup("admin-browser", "");
+    let url = &s.admin.url;
+    let port = url.rsplit(':').next().expect("a port");
+    let auth = format!("Bearer {TOKEN}");
+    let own = format!("127.0.0.1:{port}");
+    let evil = format!("evil.example:{port}");
+
+    for path in ["/api/v1/pipelines", "/healthz", "/metrics"] {
+        let (status, body) = raw_request(url, "GET", path, &[("Host", &evil)], b"");
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains("Host") && body.contains("evil.example"),
+            "{body}"
+        );
+    }
+    for host in [&own, &format!("localhost:{port}"), &format!("[::1]:{port}")] {
+        let (status, body) = raw_request(url, "GET", "/api/v1/pipelines", &[("Host", host)], b"");
+        assert_eq!(status, 200, "Host {host}: {body}");
+    }
+    // The right host on another port is another server.
+    let (status, _) = raw_request(url, "GET", "/healthz", &[("Host", "127.0.0.1:1")], b"");
+    assert_eq!(status, 403);
+
+    let pause = "/api/v1/pipelines/events/pause";
+    for origin in ["http://evil.example", "null", &format!("http://{evil}")] {
+        let (status, body) = raw_request(
+            url,
+            "POST",
+            pause,
+            &[("Host", &own), ("Authorization", &auth), ("Origin", origin)],
+            b"",
+        );
+        assert_eq!(status, 403, "Origin {origin}: {body}");
+        assert!(body.contains("Origin"), "{body}");
+    }
+    assert_eq!(s.running.handles[0].state(), "running");
+    let (status, body) = raw_request(
+        url,
+        "POST",
+        pause,
+        &[
+            ("Host", &own),
+            ("Authorization", &auth),
+            ("Origin", &format!("http://localhost:{port}")),
+        ],
+        b"",
+    );
+    assert_eq!(status, 200, "the API's own origin: {body}");
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/resume"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200);
+
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let noop = plugin_bytes("noop");
+    let cases: Vec<Forged> = vec![
+        (
+            "PUT",
+            "/api/v1/pipelines/events/stages/route/plugin",
+            vec![("Content-Type", "text/plain")],
+            noop.as_slice(),
+            "application/wasm",
+        ),
+        (
+            "PUT",
+            "/api/v1/pipelines/events/stages/route/plugin",
+            vec![],
+            noop.as_slice(),
+            "application/wasm",
+        ),
+        (
+            "POST",
+            "/api/v1/pipelines/events/dry-run",
+            vec![form],
+            &br#"{"records":[]}"#[..],
+            "application/json",
+        ),
+        (
+            "POST",
+            "/api/v1/pipelines/events/dry-run",
+            vec![],
+            &br#"{"records":[]}"#[..],
+            "application/json",
+        ),
+        ("POST", pause, vec![form], &b"a=b"[..], "no body"),
+        (
+            "POST",
+            "/api/v1/pipelines/events/stages/route/rollback",
+            vec![("Content-Type", "text/plain")],
+            &b"x"[..],
+            "no body",
+        ),
+    ];
+    for (method, path, mut headers, body, expected) in cases {
+        headers.extend([("Host", own.as_str()), ("Authorization", auth.as_str())]);
+        let (status, answer) = raw_request(url, method, path, &headers, body);
+        assert_eq!(status, 415, "{method} {path} {headers:?}: {answer}");
+        assert!(answer.contains(expected), "{method} {path}: {answer}");
+    }
+    assert_eq!(s.running.handles[0].state(), "running");
+    assert_eq!(active_version(url), sha256(&plugin_bytes("route")));
+    // The accepted types pass.
+    let (status, body) = raw_request(
+        url,
+        "PUT",
+        "/api/v1/pipelines/events/stages/route/plugin",
+        &[
+            ("Host", &own),
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &noop,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = raw_request(
+        url,
+        "POST",
+        "/api/v1/pipelines/events/dry-run",
+        &[
+            ("Host", &own),
+            ("Authorization", &auth),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        br#"{"records":[]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// On an address other machines reach, reading the pipelines (their stages' config) needs a
+/// token too; health, readiness and metrics stay open to probes and Prometheus.
+#[test]
+fn on_a_non_loopback_address_reads_need_a_token() {
+    let broker = Broker::mock(1).expect("mock cluster");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    let path = routing_config(
+        &broker,
+        "admin-public",
+        &format!("[admin]\nlisten = \"0.0.0.0:0\"\ntokens = {{ ops = \"{TOKEN}\" }}\n"),
+        "",
+    );
+    let config = switchyard::config::Config::load(&path).expect("config");
+    let running = switchyard_tests::pipelines::start_parsed(
+        config,
+        false,
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    )
+    .expect("starts");
+    let admin = running.serve_admin();
+    let url = &admin.url;
+    wait_ready(url);
+    for path in [
+        "/api/v1/pipelines",
+        "/api/v1/pipelines/events",
+        "/api/v1/pipelines/events/stages/route/versions",
+        "/api/v1/tables",
+    ] {
+        let (status, body) = call("GET", &format!("{url}{path}"), None, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, body) = call(
+            "GET",
+            &format!("{url}{path}"),
+            Some("wrong-token-0123456789"),
+            None,
+        );
+        assert_eq!(status, 403, "{path}: {body}");
+        let (status, body) = call("GET", &format!("{url}{path}"), Some(TOKEN), None);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, body) = call("GET", &format!("{url}{path}"), None, None);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    drop(admin);
+    running.stop().expect("clean stop");
+    drop(broker);
+}
+
+/// `${NAME}` in a stage's config reaches the plugin's `init` expanded, and only in memory: the
+/// admin API and the state directory keep the written form. An uploaded config is taken
+/// literally (shown with `$${` for its `${`), so an upload cannot read the router's
+/// environment; a rollback to the config's version expands it again.
+#[test]
+fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
+    use switchyard_tests::pipelines::{
+        kafka_toml, pipeline_toml, scratch_dir, start_parsed, write_file,
+    };
+    const SECRET: &str = "s3cret-priority";
+    let broker = Broker::mock(1).expect("mock cluster");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    let dir = scratch_dir("admin-stage-secret");
+    let text = format!(
+        "{}\n[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{}",
+        kafka_toml(broker.bootstrap()),
+        pipeline_toml(
+            "events",
+            "events",
+            &[
+                ("standard", ROUTING_OUTPUTS[0]),
+                ("urgent", ROUTING_OUTPUTS[1]),
+                ("errors", ROUTING_OUTPUTS[2]),
+            ],
+            ROUTING_OUTPUTS[3],
+            &[(
+                "route",
+                "route",
+                &[("urgent_values", "high,${URGENT_EXTRA}")]
+            )],
+            "",
+        )
+    );
+    write_file(&dir, "switchyard.toml", &text);
+    let env = |name: &str| (name == "URGENT_EXTRA").then(|| SECRET.to_owned());
+    let start = || {
+        let config = switchyard::config::Config::parse(&text, &dir, &env).expect("config");
+        let running = start_parsed(
+            config,
+            true,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .expect("starts");
+        let admin = running.serve_admin();
+        wait_ready(&admin.url);
+        (admin, running)
+    };
+    let route_of_secret = |url: &str| {
+        let request = serde_json::json!({ "records": [
+            { "key": "k", "value": { "event_id": "a", "priority": SECRET, "event_type": "click" } },
+        ]});
+        let (status, body) = call(
+            "POST",
+            &format!("{url}/api/v1/pipelines/events/dry-run"),
+            Some(TOKEN),
+            Some(request.to_string().as_bytes()),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["records"][0]["outputs"][0]["route"].clone()
+    };
+    let state = dir.join(".switchyard-state/events/route/state.json");
+    let shown = |url: &str, expected: &str| {
+        for path in [
+            "/api/v1/pipelines",
+            "/api/v1/pipelines/events/stages/route/versions",
+        ] {
+            let (status, body) = call("GET", &format!("{url}{path}"), Some(TOKEN), None);
+            assert_eq!(status, 200, "{body}");
+            assert!(!body.to_string().contains(SECRET), "{path}: {body}");
+        }
+        let (_, body) = call("GET", &format!("{url}/api/v1/pipelines/events"), None, None);
+        assert_eq!(
+            body["stages"][0]["config"]["urgent_values"], expected,
+            "{body}"
+        );
+        let stored = std::fs::read_to_string(&state)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", state.display()));
+        assert!(!stored.contains(SECRET), "{stored}");
+        assert!(stored.contains("${URGENT_EXTRA}"), "{stored}");
+    };
+    let (admin, running) = start();
+    let url = admin.url.clone();
+    // The plugin got the value: a record of the secret priority is urgent.
+    assert_eq!(route_of_secret(&url), "urgent");
+    shown(&url, "high,${URGENT_EXTRA}");
+
+    // Uploaded, the same text is literal.
+    let literal = "%7B%22urgent_values%22%3A%22high%2C%24%7BURGENT_EXTRA%7D%22%7D";
+    let (status, body) = call(
+        "PUT",
+        &format!("{}?config={literal}", upload_url(&url)),
+        Some(TOKEN),
+        Some(&plugin_bytes("route")),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(route_of_secret(&url), "standard");
+    shown(&url, "high,$${URGENT_EXTRA}");
+
+    // And stays literal after a restart (read back from state.json).
+    drop(admin);
+    running.stop().expect("clean stop");
+    let (admin, running) = start();
+    let url = admin.url.clone();
+    assert_eq!(route_of_secret(&url), "standard");
+    shown(&url, "high,$${URGENT_EXTRA}");
+
+    // Back to the config's version: expanded again.
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/pipelines/events/stages/route/rollback"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(route_of_secret(&url), "urgent");
+    shown(&url, "high,${URGENT_EXTRA}");
+    drop(admin);
+    running.stop().expect("clean stop");
+    drop(broker);
 }

@@ -5,7 +5,8 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard_tests::kafka::{Broker, Consumed, TestRecord};
 use switchyard_tests::pipelines::{
-    Running, call, kafka_toml, pipeline_toml, scratch_dir, start, wait_ready, write_file,
+    Running, call, generated_token, kafka_toml, pipeline_toml, scratch_dir, start, wait_ready,
+    write_file,
 };
 
 const SETTLE: Duration = Duration::from_millis(500);
@@ -193,6 +194,8 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     // Earlier records are not rewritten.
     assert_eq!(got["a1"]["user_name"], "Ann");
 
+    // No token configured: a reload needs the one the router generated.
+    let token = generated_token(&dir);
     // A broken file: the reload is refused with the line, the table keeps its rows.
     let watch_loads = table(&admin.url, "plans")["loads"].clone();
     write_file(
@@ -203,7 +206,7 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     let (status, body) = call(
         "POST",
         &format!("{}/api/v1/tables/plans/reload", admin.url),
-        None,
+        Some(&token),
         None,
     );
     assert_eq!(status, 422, "{body}");
@@ -225,7 +228,7 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     let (status, body) = call(
         "POST",
         &format!("{}/api/v1/tables/plans/reload", admin.url),
-        None,
+        Some(&token),
         None,
     );
     assert_eq!(status, 200, "{body}");
@@ -235,14 +238,14 @@ fn enrichment_follows_a_users_topic_and_a_plans_file() {
     let (status, body) = call(
         "POST",
         &format!("{}/api/v1/tables/users/reload", admin.url),
-        None,
+        Some(&token),
         None,
     );
     assert_eq!(status, 422, "{body}");
     let (status, body) = call(
         "POST",
         &format!("{}/api/v1/tables/nope/reload", admin.url),
-        None,
+        Some(&token),
         None,
     );
     assert_eq!(status, 404, "{body}");

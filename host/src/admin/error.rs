@@ -54,6 +54,7 @@ impl From<ReloadError> for ApiError {
         let status = match &e {
             ReloadError::NotAComponent(_) => StatusCode::BAD_REQUEST,
             ReloadError::BadComponent(_)
+            | ReloadError::Config(_)
             | ReloadError::Init(_)
             | ReloadError::Chain(_)
             | ReloadError::Routes(_) => StatusCode::UNPROCESSABLE_ENTITY,

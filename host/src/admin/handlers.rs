@@ -3,6 +3,7 @@
 //! flags) and shapes the answer from [`super::views`].
 
 use super::error::{ApiError, ApiResult};
+use super::guard::{Caller, require_no_body, require_type};
 use super::views::{
     PipelineStateView, PipelineView, PipelinesView, ReadyView, SwitchedView, TablesView,
     VersionsView,
@@ -10,11 +11,11 @@ use super::views::{
 use super::{AdminState, blocking};
 use crate::control::Reloader;
 use crate::control::reload::audit;
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,10 +64,11 @@ pub(super) async fn list_tables(State(st): State<Arc<AdminState>>) -> Json<Table
 
 pub(super) async fn reload_table(
     State(st): State<Arc<AdminState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = st.authorize(&headers)?;
+    require_no_body(&headers)?;
     let tables = st.tables.clone();
     let (name, result) = blocking("table reload", move || {
         let known: Vec<String> = tables
@@ -117,31 +119,34 @@ pub(super) async fn show_pipeline(
 
 pub(super) async fn pause(
     State(st): State<Arc<AdminState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<PipelineStateView>> {
-    set_paused(&st, &name, &headers, true)
+    set_paused(&st, &who, &name, &headers, true)
 }
 
 pub(super) async fn resume(
     State(st): State<Arc<AdminState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<PipelineStateView>> {
-    set_paused(&st, &name, &headers, false)
+    set_paused(&st, &who, &name, &headers, false)
 }
 
 fn set_paused(
     st: &AdminState,
+    who: &str,
     name: &str,
     headers: &HeaderMap,
     paused: bool,
 ) -> ApiResult<Json<PipelineStateView>> {
-    let who = st.authorize(headers)?;
+    require_no_body(headers)?;
     let p = st.pipeline(name)?;
     p.paused.store(paused, Ordering::Release);
     let action = if paused { "pause" } else { "resume" };
-    audit(&who, action, name, "", "", "ok");
+    audit(who, action, name, "", "", "ok");
     Ok(Json(PipelineStateView {
         pipeline: name.to_owned(),
         state: p.state().to_owned(),
@@ -156,14 +161,15 @@ pub(super) struct UploadQuery {
 
 pub(super) async fn upload(
     State(st): State<Arc<AdminState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path((pipeline, stage)): Path<(String, String)>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<SwitchedView>> {
-    // Refused before a byte of the body is read: the wrong caller, the wrong stage, a
-    // declared size over the limit.
-    let who = st.authorize(&headers)?;
+    // Refused before a byte of the body is read: the wrong caller (the guard), the wrong
+    // content type, the wrong stage, a declared size over the limit.
+    require_type(&headers, &["application/wasm", "application/octet-stream"])?;
     let (p, index) = st.stage(&pipeline, &stage)?;
     Reloader::check_stage(&p, index)?;
     let limit = st.max_upload_bytes;
@@ -215,10 +221,11 @@ pub(super) async fn upload(
 
 pub(super) async fn rollback(
     State(st): State<Arc<AdminState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path((pipeline, stage)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<SwitchedView>> {
-    let who = st.authorize(&headers)?;
+    require_no_body(&headers)?;
     let (p, index) = st.stage(&pipeline, &stage)?;
     Reloader::check_stage(&p, index)?;
     let mut history = p.stages[index].clone().lock_owned().await;

@@ -47,6 +47,7 @@ fn state() -> Arc<AdminState> {
     tracker.set_high_watermark("events", 0, 42);
     Arc::new(AdminState::new(
         &config.admin,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9644)),
         handles,
         shared.tables.clone(),
         metrics,

@@ -15,16 +15,36 @@
 //! | GET | `/api/v1/tables` | every enrichment table: rows, bytes, source, last update, last error, ready |
 //! | POST | `/api/v1/tables/{t}/reload` | read a file table again (422 with the reason if it cannot be loaded; the old rows stay) |
 //!
-//! Every request other than GET needs `Authorization: Bearer <token>` when tokens are
-//! configured (they must be on a non-loopback address). An upload is compiled, type-checked,
-//! instantiated and its `init` run off the hot path; only then is it published, and the
-//! answer comes once every worker runs it. Uploads to one stage are serialized. Each change
-//! is logged as an audit line (target `switchyard::audit`).
+//! # Who may ask what
+//!
+//! - Every change (any method but GET) needs `Authorization: Bearer <token>`, always. The
+//!   tokens are `admin.tokens` (and `SWITCHYARD_ADMIN_TOKEN`); with none configured the router
+//!   makes one, named `local`, in `<state_dir>/admin-token` (mode 0600, kept across restarts;
+//!   its path is logged, never the token), and the command line finds it by itself ([`token`]).
+//! - Every request, reads included, must name this API in its `Host`: the listen address,
+//!   `localhost` or a loopback address, with the port, or one of `admin.allowed_hosts`. A web
+//!   page that re-points its own name at this machine (DNS rebinding) is refused (403).
+//! - A change from a web page of another site (an `Origin` other than this API's address) is
+//!   refused (403), and a change's body must have its content type (415 otherwise): an upload
+//!   `application/wasm` or `application/octet-stream`, a dry run `application/json`; the other
+//!   changes take no body. A browser cannot send such a request to another site unasked.
+//! - Reads of `/api/v1` (which show stages' config) need a token too when the API listens on
+//!   a non-loopback address; `/healthz`, `/readyz` and `/metrics` never do (probes and
+//!   Prometheus).
+//!
+//! A stage's config is shown as written: `${NAME}` from the config file stays unexpanded (see
+//! [`crate::control::versions`]), so a secret from the environment is never in an answer.
+//!
+//! An upload is compiled, type-checked, instantiated and its `init` run off the hot path;
+//! only then is it published, and the answer comes once every worker runs it. Uploads to one
+//! stage are serialized. Each change is logged as an audit line (target `switchyard::audit`).
 //!
 //! This module is HTTP only: the reload sequence, its errors and its bookkeeping belong to
 //! [`crate::control::reload`]; here a request is checked (caller, path, size), handed over,
 //! and its answer or error shaped.
 //!
+//! - `guard`: the checks every request passes first (host, origin, token), and content types.
+//! - [`token`]: the generated token, its file, and how the command line finds it.
 //! - `handlers`: health, pipelines, plugin changes, tables.
 //! - `dry_run`: the dry run.
 //! - `metrics`: `/metrics`, with the gauges read from the pipelines on each scrape.
@@ -36,18 +56,21 @@ use crate::control::Reloader;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineHandle;
 use crate::tables::TableSet;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use error::ApiResult;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod dry_run;
 pub mod error;
+pub(crate) mod guard;
 mod handlers;
 mod metrics;
+pub mod token;
 pub mod views;
 
 pub use dry_run::DRY_RUN_MAX_RECORDS;
@@ -61,8 +84,13 @@ pub struct AdminState {
     pub tables: Arc<TableSet>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
-    /// Bearer tokens by name; empty: changes need none (loopback only).
+    /// Bearer tokens by name: the configured ones, or the generated one (`local`); empty:
+    /// every change is refused.
     pub tokens: BTreeMap<String, String>,
+    /// The address the API listens on (its port is the one a `Host` must name).
+    pub address: SocketAddr,
+    /// `Host` values accepted besides the listen address and loopback names.
+    pub allowed_hosts: Vec<String>,
     /// Largest upload.
     pub max_upload_bytes: usize,
     /// Uploads and rollbacks.
@@ -72,9 +100,11 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// The state of an API over `pipelines` and `tables`, configured by `config`.
+    /// The state of an API on `address` over `pipelines` and `tables`, configured by
+    /// `config` (its tokens as configured: see [`start`] for the generated one).
     pub fn new(
         config: &AdminConfig,
+        address: SocketAddr,
         pipelines: Vec<Arc<PipelineHandle>>,
         tables: Arc<TableSet>,
         metrics: Arc<Metrics>,
@@ -87,6 +117,8 @@ impl AdminState {
             tables,
             metrics,
             tokens: config.tokens.clone(),
+            address,
+            allowed_hosts: config.allowed_hosts.clone(),
             max_upload_bytes: config.max_upload_bytes,
         }
     }
@@ -100,6 +132,7 @@ impl AdminState {
 /// The API's routes.
 pub fn router(state: Arc<AdminState>) -> axum::Router {
     use handlers::*;
+    let guard = axum::middleware::from_fn_with_state(state.clone(), guard::guard);
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -120,6 +153,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
                 "no such endpoint; see /api/v1/pipelines, /api/v1/tables, /healthz, /readyz, /metrics",
             )
         })
+        .layer(guard)
         .with_state(state)
 }
 
@@ -140,6 +174,8 @@ pub struct Serving {
     /// The address it listens on.
     pub address: std::net::SocketAddr,
     stop: Arc<tokio::sync::Notify>,
+    /// The note of the generated token's file for the command line, removed when dropped.
+    _published: Option<token::Published>,
 }
 
 impl Serving {
@@ -150,7 +186,9 @@ impl Serving {
 }
 
 /// Binds `config.listen` and serves the API for `pipelines` and `tables` on `runtime`. The
-/// bind happens now, so a taken port fails here, naming the key.
+/// bind happens now, so a taken port fails here, naming the key. With no token configured,
+/// the generated one is read or made now (see [`token`]); a token file that cannot be used
+/// fails here, naming it.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     config: &AdminConfig,
@@ -164,7 +202,25 @@ pub fn start(
         .block_on(tokio::net::TcpListener::bind(address))
         .with_context(|| format!("admin.listen: cannot listen on {address}"))?;
     let address = listener.local_addr().unwrap_or(address);
-    let state = Arc::new(AdminState::new(config, pipelines, tables, metrics));
+    let mut state = AdminState::new(config, address, pipelines, tables, metrics);
+    let mut published = None;
+    if state.tokens.is_empty() {
+        match &config.state_dir {
+            Some(dir) => {
+                let (local, file) = token::ensure(dir)?;
+                tracing::info!(
+                    file = %file.display(),
+                    "No admin token is configured: changes need the one in this file (switchyard finds it by itself)."
+                );
+                state.tokens.insert(token::TOKEN_NAME.into(), local);
+                published = token::publish(address.port(), &file);
+            }
+            None => tracing::warn!(
+                "No admin token is configured and there is no state directory to make one in: every change is refused."
+            ),
+        }
+    }
+    let state = Arc::new(state);
     let stop = Arc::new(tokio::sync::Notify::new());
     let notified = stop.clone();
     runtime.spawn(async move {
@@ -173,7 +229,11 @@ pub fn start(
             tracing::error!(error = %format!("{e:#}"), "The admin API stopped.");
         }
     });
-    Ok(Serving { address, stop })
+    Ok(Serving {
+        address,
+        stop,
+        _published: published,
+    })
 }
 
 impl AdminState {
@@ -209,34 +269,6 @@ impl AdminState {
             })?;
         Ok((p.clone(), index))
     }
-
-    /// Who is asking: the name of the token presented. Without configured tokens, anyone on
-    /// the loopback address (`anonymous`).
-    fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
-        if self.tokens.is_empty() {
-            return Ok("anonymous".into());
-        }
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "this endpoint needs an Authorization: Bearer <token> header",
-                )
-            })?;
-        self.tokens
-            .iter()
-            .find(|(_, token)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
-            .map(|(name, _)| name.clone())
-            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "the bearer token is not valid"))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Runs `f` on a blocking thread (compiles, switches and table reloads never run on the

@@ -2,6 +2,10 @@
 //! and `switchyard pipelines`. Answers are read into the server's own answer types
 //! ([`crate::admin::views`]), so a change to one side that the other does not follow fails
 //! to compile or fails a test instead of printing something else.
+//!
+//! The token comes from `--token`, else `--token-file`, else, for an API on this machine,
+//! from the router that listens on its port (the token it generated, see
+//! [`crate::admin::token`]); never is a local token sent to another machine.
 
 use crate::admin::views::{ErrorView, SwitchedView};
 use anyhow::Context as _;
@@ -53,6 +57,11 @@ impl Client {
             return decode(&text).with_context(|| format!("{what}: unexpected answer"));
         }
         let message = decode::<ErrorView>(&text).map_or(text, |e| e.error);
+        if status.as_u16() == 401 && self.token.is_none() {
+            anyhow::bail!(
+                "{what}: 401 {message}; no token was found: give --token or --token-file (a router on this machine run by this user is found by itself)"
+            )
+        }
         anyhow::bail!("{what}: {} {message}", status.as_u16())
     }
 
@@ -97,6 +106,38 @@ impl Client {
     }
 }
 
+/// The token to send to the API at `base`: `token` if given, else the one in `token_file`,
+/// else, when `base` is on this machine (localhost, a loopback address), the one the router
+/// listening on its port generated. `None`: no token (a read on loopback needs none).
+pub fn find_token(
+    base: &str,
+    token: Option<String>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        return Ok(Some(token));
+    }
+    if let Some(file) = token_file {
+        return crate::admin::token::read(file).map(Some);
+    }
+    match local_port(base) {
+        Some(port) => crate::admin::token::find(port),
+        None => Ok(None),
+    }
+}
+
+/// The port of `base` (`http://host[:port][/...]`) when its host is this machine.
+fn local_port(base: &str) -> Option<u16> {
+    let rest = base.strip_prefix("http://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (name, port) = crate::admin::guard::split_host(authority, 80)?;
+    let local = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    local.then_some(port)
+}
+
 /// Reads an answer of the admin API as `T`.
 pub fn decode<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
     serde_json::from_str(text).map_err(|e| {
@@ -115,4 +156,20 @@ pub fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<Stri
                 .with_context(|| format!("{what} {pair:?} is not key=value"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_api_on_this_machine_gets_the_local_token() {
+        assert_eq!(local_port("http://127.0.0.1:9644"), Some(9644));
+        assert_eq!(local_port("http://localhost:9700/"), Some(9700));
+        assert_eq!(local_port("http://[::1]:9644"), Some(9644));
+        assert_eq!(local_port("http://localhost"), Some(80));
+        assert_eq!(local_port("http://router.internal:9644"), None);
+        assert_eq!(local_port("http://10.0.0.5:9644"), None);
+        assert_eq!(local_port("https://127.0.0.1:9644"), None);
+    }
 }

@@ -130,20 +130,27 @@ pub enum Command {
     },
 }
 
-/// Where a running router's admin API is.
+/// Where a running router's admin API is, and its token.
 #[derive(clap::Args)]
 pub struct ApiArgs {
     /// The admin API's address.
     #[arg(long, env = "SWITCHYARD_ADMIN", default_value = client::DEFAULT_ADMIN_URL)]
     admin: String,
-    /// Bearer token for changes.
+    /// Bearer token. Without it (and without --token-file), a router on this machine run by
+    /// this user is asked with the token it generated, found by itself.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the bearer token (mode 0600), e.g. a router's
+    /// `<state_dir>/admin-token`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 impl ApiArgs {
-    fn client(&self) -> Client {
-        Client::new(&self.admin, self.token.clone())
+    fn client(&self) -> anyhow::Result<Client> {
+        let token =
+            client::find_token(&self.admin, self.token.clone(), self.token_file.as_deref())?;
+        Ok(Client::new(&self.admin, token))
     }
 }
 
@@ -274,10 +281,10 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Pipelines { name, api } => match name {
             Some(name) => print_json(
-                &api.client()
+                &api.client()?
                     .get::<PipelineView>(&format!("/api/v1/pipelines/{name}"))?,
             ),
-            None => print_json(&api.client().get::<PipelinesView>("/api/v1/pipelines")?),
+            None => print_json(&api.client()?.get::<PipelinesView>("/api/v1/pipelines")?),
         },
     }
 }
@@ -297,7 +304,7 @@ fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
                 Some(client::parse_pairs(&config, "--config")?)
             };
             let answer = api
-                .client()
+                .client()?
                 .push(&pipeline, &stage, &plugin, config.as_ref())?;
             print_json(&answer)
         }
@@ -305,14 +312,14 @@ fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
             pipeline,
             stage,
             api,
-        } => print_json(&api.client().post::<SwitchedView>(&format!(
+        } => print_json(&api.client()?.post::<SwitchedView>(&format!(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/rollback"
         ))?),
         PluginAction::Versions {
             pipeline,
             stage,
             api,
-        } => print_json(&api.client().get::<VersionsView>(&format!(
+        } => print_json(&api.client()?.get::<VersionsView>(&format!(
             "/api/v1/pipelines/{pipeline}/stages/{stage}/versions"
         ))?),
     }

@@ -246,6 +246,7 @@ fn stage(at: &str, s: RawStage) -> Result<StageConfig, ConfigError> {
         name: s.name,
         code,
         config: s.config,
+        config_values: s.config_values,
         limits: s.limits,
     })
 }
@@ -268,6 +269,11 @@ impl AdminConfig {
         if !address.ip().is_loopback() && self.tokens.is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "admin.listen {address} is not a loopback address: set admin.tokens (or {ADMIN_TOKEN_ENV}) so that changes need a token"
+            )));
+        }
+        if let Some(i) = self.allowed_hosts.iter().position(|h| h.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "admin.allowed_hosts[{i}] is empty; write a Host as clients send it, e.g. \"router.internal:9644\""
             )));
         }
         if self.max_upload_bytes == 0 {

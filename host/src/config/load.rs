@@ -55,6 +55,21 @@ impl RawConfig {
         for (name, token) in self.admin.tokens.iter_mut() {
             *token = expand(token, &format!("admin.tokens.{name}"), env)?;
         }
+        // Stage config: the written form stays (it is what is shown and stored); the
+        // expanded one is what `init` gets.
+        for (i, p) in self.pipelines.iter_mut().enumerate() {
+            for (j, stage) in p.stages.iter_mut().enumerate() {
+                let at = format!("pipeline[{i}] ({}).stage[{j}] ({})", p.name, stage.name);
+                stage.config_values = stage
+                    .config
+                    .iter()
+                    .map(|(key, value)| {
+                        let expanded = expand(value, &format!("{at}.config.{key}"), env)?;
+                        Ok((key.clone(), expanded))
+                    })
+                    .collect::<Result<_, ConfigError>>()?;
+            }
+        }
         Ok(())
     }
 
@@ -83,8 +98,9 @@ impl RawConfig {
     }
 }
 
-/// Replaces every `${NAME}` in `value`; `$${` stands for a literal `${`.
-fn expand(
+/// Replaces every `${NAME}` in `value` by `env(NAME)`; `$${` stands for a literal `${`. The
+/// error names `key`.
+pub fn expand(
     value: &str,
     key: &str,
     env: &dyn Fn(&str) -> Option<String>,
@@ -116,9 +132,66 @@ fn expand(
     Ok(out)
 }
 
+/// `value` written so that [`expand`] gives it back unchanged: every `${` becomes `$${`.
+pub fn escape(value: &str) -> String {
+    value.replace("${", "$${")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_escaped_value_expands_to_itself() {
+        for literal in [
+            "plain",
+            "${SECRET}",
+            "a$${b",
+            "$${",
+            "$",
+            "${",
+            "x${SECRET}y${",
+        ] {
+            let back = expand(&escape(literal), "k", &env).expect("expands");
+            assert_eq!(
+                back,
+                literal,
+                "{literal:?} escaped as {:?}",
+                escape(literal)
+            );
+        }
+    }
+
+    #[test]
+    fn stage_config_keeps_the_written_form_beside_the_expanded_one() {
+        let text = r#"
+            [kafka]
+            brokers = "b:9092"
+            [[pipeline]]
+            name = "p"
+            topics = ["t"]
+            default_route = "r"
+            dead_letter_topic = "d"
+            routes = { r = "out" }
+            [[pipeline.stage]]
+            name = "s"
+            plugin = "Cargo.toml"
+            config = { password = "db:${SECRET}", plain = "x" }
+        "#;
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = super::Config::parse(text, base, &env).expect("parses");
+        let stage = &config.pipelines[0].stages[0];
+        assert_eq!(stage.config["password"], "db:${SECRET}");
+        assert_eq!(stage.config_values["password"], "db:hunter2");
+        assert_eq!(stage.config_values["plain"], "x");
+        let e = super::Config::parse(&text.replace("SECRET", "MISSING"), base, &env)
+            .expect_err("a missing variable")
+            .to_string();
+        assert_eq!(
+            e,
+            "pipeline[0] (p).stage[0] (s).config.password: environment variable MISSING is not set"
+        );
+    }
 
     fn env(name: &str) -> Option<String> {
         (name == "SECRET").then(|| "hunter2".to_string())

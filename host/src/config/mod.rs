@@ -6,8 +6,10 @@
 //! topics, the default route is declared, plugin files exist, limits make sense) is checked
 //! there, and the types say what was decided ([`Subscription`], [`StageCode`],
 //! [`TableSource`]), so no later code handles a case the check ruled out. `${NAME}` in Kafka
-//! client settings and admin tokens is replaced by the environment variable `NAME`, so secrets
-//! need not sit in the file.
+//! client settings, admin tokens and stage config values is replaced by the environment
+//! variable `NAME`, so secrets need not sit in the file. A stage's config keeps both forms
+//! ([`StageConfig::config`] as written, [`StageConfig::config_values`] expanded): the admin
+//! API and the state directory only ever see the written one.
 //!
 //! This module owns the checked types and their defaults. The file as written is in
 //! [`raw`]; reading, parsing, `${NAME}` expansion and path resolution are in `load`
@@ -40,6 +42,8 @@
 mod check;
 mod load;
 mod raw;
+
+pub use load::{escape, expand};
 
 use crate::plugin::StageLimits;
 use serde::Deserialize;
@@ -144,8 +148,12 @@ pub struct StageConfig {
     pub name: String,
     /// What runs it.
     pub code: StageCode,
-    /// Config map given to the plugin's `init` (empty for a JSON Schema stage).
+    /// Config map given to the plugin's `init` (empty for a JSON Schema stage), as written:
+    /// `${NAME}` unexpanded. This is what the admin API shows and the state directory keeps.
     pub config: BTreeMap<String, String>,
+    /// The same map with every `${NAME}` replaced by its environment variable: what `init`
+    /// gets. Kept in memory only.
+    pub config_values: BTreeMap<String, String>,
     /// Resource limits, checked.
     pub limits: StageLimits,
 }
@@ -219,13 +227,19 @@ pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 pub struct AdminConfig {
     /// Serve the API at all (default true).
     pub enabled: bool,
-    /// Address to listen on (default `127.0.0.1:9644`). A non-loopback address needs a token.
+    /// Address to listen on (default `127.0.0.1:9644`). A non-loopback address needs a token,
+    /// and then reads of `/api/v1` need one too.
     pub listen: String,
-    /// Bearer tokens by name (the name appears in audit lines), `${VAR}` expanded. Mutating
-    /// endpoints require one of them, or the one in `SWITCHYARD_ADMIN_TOKEN` (named `env`).
+    /// Bearer tokens by name (the name appears in audit lines), `${VAR}` expanded. Every
+    /// change requires one of them, or the one in `SWITCHYARD_ADMIN_TOKEN` (named `env`).
+    /// None configured: the router makes one (named `local`) in `state_dir/admin-token`.
     pub tokens: BTreeMap<String, String>,
-    /// Where uploaded plugin versions persist (default `.switchyard-state` next to the
-    /// config file).
+    /// `Host` values clients may use besides the listen address, `localhost` and loopback
+    /// addresses, as they send them (`router.internal:9644`): any other is refused, so that a
+    /// web page cannot re-point its own name at the API (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Where uploaded plugin versions and the generated admin token persist (default
+    /// `.switchyard-state` next to the config file).
     pub state_dir: Option<PathBuf>,
     /// Largest plugin upload in bytes (default 64 MiB); a larger one gets 413 before it is
     /// read.
@@ -240,6 +254,7 @@ impl Default for AdminConfig {
             enabled: true,
             listen: DEFAULT_ADMIN_LISTEN.into(),
             tokens: BTreeMap::new(),
+            allowed_hosts: Vec::new(),
             state_dir: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             switch_timeout_ms: DEFAULT_SWITCH_TIMEOUT_MS,

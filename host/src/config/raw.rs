@@ -119,9 +119,12 @@ pub struct RawStage {
     /// Path to a JSON Schema file: the stage is the built-in `json-schema` validator instead
     /// of a plugin (relative to the config file's directory).
     pub json_schema: Option<PathBuf>,
-    /// Config map given to the plugin's `init`.
+    /// Config map given to the plugin's `init`; values may hold `${NAME}`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// `config` with `${NAME}` expanded; filled by loading (never read from the file).
+    #[serde(skip)]
+    pub config_values: BTreeMap<String, String>,
     /// Resource limits; every key optional.
     #[serde(default)]
     pub limits: StageLimits,

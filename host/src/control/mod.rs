@@ -15,4 +15,4 @@ pub mod versions;
 
 pub use reload::{ReloadError, Reloader, Switched};
 pub use switch::{ActiveChain, ChainControl, IDLE_TICK, SwitchError};
-pub use versions::{StageHistory, VersionStore, config_pairs};
+pub use versions::{StageHistory, VersionStore};

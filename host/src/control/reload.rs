@@ -15,7 +15,7 @@
 //! thread.
 
 use crate::config::StageCode;
-use crate::control::{StageHistory, SwitchError, config_pairs};
+use crate::control::{StageHistory, SwitchError};
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::pipeline::PipelineHandle;
 use crate::plugin::{ChainRunner, ChainSpec, LoadError, PluginModule, PluginVersion, StageSpec};
@@ -75,9 +75,13 @@ pub enum ReloadError {
     /// A rollback with no earlier version.
     #[error("no earlier version to roll back to")]
     NothingToRollBack,
-    /// The earlier version's component cannot be had (not kept, unreadable, no longer loads).
+    /// The earlier version's component cannot be had (not kept, unreadable, no longer loads),
+    /// or its config cannot be expanded.
     #[error("{0}")]
     RollbackUnavailable(String),
+    /// The config map cannot be expanded (names the key and the variable).
+    #[error("{0}")]
+    Config(String),
     /// The change runs on every worker but could not be written to the state directory: a
     /// restart would not bring it back.
     #[error("the change runs but cannot be persisted: {0}")]
@@ -164,8 +168,9 @@ impl Reloader {
     }
 
     /// Makes `bytes` the plugin of stage `index`, with `config` as its config map (`None`:
-    /// keep the current one). `history` is the stage's, locked by the caller (which
-    /// serializes changes to a stage).
+    /// keep the current one). An uploaded config is literal: no `${NAME}` in it is expanded
+    /// (an upload cannot read the router's environment). `history` is the stage's, locked by
+    /// the caller (which serializes changes to a stage).
     pub fn upload(
         &self,
         p: &PipelineHandle,
@@ -180,8 +185,15 @@ impl Reloader {
         let result = (|| {
             Self::check_stage(p, index)?;
             let module = p.engine.load(bytes)?;
-            let config = config.unwrap_or_else(|| history.active.config.clone());
-            self.switch_stage(p, index, module.clone(), &config)?;
+            let config = match config {
+                Some(literal) => literal
+                    .into_iter()
+                    .map(|(key, value)| (key, crate::config::escape(&value)))
+                    .collect(),
+                None => history.active.config.clone(),
+            };
+            let values = history.init_config(&config).map_err(ReloadError::Config)?;
+            self.switch_stage(p, index, module.clone(), values)?;
             let previous = history.active.version.clone();
             if let Err(e) = history.activated(module, Some(bytes), config, who) {
                 // Every worker runs it: the answer is still a success.
@@ -214,7 +226,10 @@ impl Reloader {
             let (target, module) = history
                 .rollback_target(&p.engine)
                 .map_err(|e| ReloadError::RollbackUnavailable(format!("{e:#}")))?;
-            self.switch_stage(p, index, module.clone(), &target.config)?;
+            let values = history
+                .init_config(&target.config)
+                .map_err(ReloadError::RollbackUnavailable)?;
+            self.switch_stage(p, index, module.clone(), values)?;
             history
                 .rolled_back(module, who)
                 .map_err(|e| ReloadError::Persist(format!("{e:#}")))?;
@@ -267,7 +282,7 @@ impl Reloader {
         p: &PipelineHandle,
         index: usize,
         module: Arc<PluginModule>,
-        config: &BTreeMap<String, String>,
+        config: Vec<(String, String)>,
     ) -> Result<(), ReloadError> {
         // Another stage's change would otherwise build on the same chain and undo this one
         // (or this one's put-back undo it).
@@ -276,7 +291,7 @@ impl Reloader {
         let mut stages: Vec<StageSpec> = current.spec.stages().to_vec();
         let stage = stages.get_mut(index).ok_or(ReloadError::NoSuchStage)?;
         stage.module = module;
-        stage.config = config_pairs(config);
+        stage.config = config;
         let chain = |stages: Vec<StageSpec>| {
             ChainSpec::new(
                 p.name(),

@@ -10,7 +10,14 @@
 //! file the config names is the one it was uploaded over; an operator who changes that file
 //! and restarts gets the file. Only component bytes are stored, never compiled code: a
 //! restart compiles them like any upload.
+//!
+//! A version's config is kept as written ([`VersionRecord::config`]): `${NAME}` from the
+//! config file stays unexpanded, an uploaded value (always literal) has its `${` written
+//! `$${`. So `state.json` and the admin API never hold a secret that came from the
+//! environment; [`StageHistory::init_config`] expands the written form when a version is
+//! started (the config file's own values, else the process's environment).
 
+use crate::config::StageConfig;
 use crate::kafka::now_ms;
 use crate::plugin::{PluginEngine, PluginModule, PluginVersion};
 use anyhow::Context as _;
@@ -35,7 +42,7 @@ pub struct VersionStore {
 pub struct VersionRecord {
     /// sha256 of the component.
     pub version: String,
-    /// The config map.
+    /// The config map as written: `${NAME}` unexpanded, `$${` for an uploaded `${`.
     pub config: BTreeMap<String, String>,
     /// When it became active (ms since the Unix epoch).
     pub loaded_at_ms: i64,
@@ -81,6 +88,10 @@ pub struct StageHistory {
     store: VersionStore,
     base_version: String,
     base_config: String,
+    /// The config file's map for this stage, as written.
+    file_config: BTreeMap<String, String>,
+    /// The same, expanded as the config was loaded (never persisted).
+    file_values: BTreeMap<String, String>,
     /// The version running now.
     pub active: VersionRecord,
     /// Versions a rollback returns to, the most recent last.
@@ -193,19 +204,11 @@ fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> anyhow::
     written
 }
 
-/// sha256 of a config map (its pairs sorted by key, as JSON).
-fn config_digest(config: &[(String, String)]) -> String {
-    let sorted: BTreeMap<&str, &str> = config
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+/// sha256 of a config map as written (`${NAME}` unexpanded: no secret goes into it), as
+/// JSON with its keys sorted.
+fn config_digest(config: &BTreeMap<String, String>) -> String {
     // A map of strings always serializes.
-    PluginVersion::of(&serde_json::to_vec(&sorted).unwrap_or_default()).0
-}
-
-/// A stage's config map as the chain wants it (sorted pairs).
-pub fn config_pairs(config: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    PluginVersion::of(&serde_json::to_vec(config).unwrap_or_default()).0
 }
 
 /// A stage at start-up: its versions, and the module and config to run.
@@ -213,18 +216,20 @@ pub type Started = (StageHistory, Arc<PluginModule>, Vec<(String, String)>);
 
 impl StageHistory {
     /// The stage's versions at start-up, and the module and config to run: the last
-    /// uploaded version if the config's file is unchanged since, else the config's file.
+    /// uploaded version if the config's file is unchanged since, else the config's file
+    /// (`configured`: the stage as the config file has it; `file_bytes`: its plugin file).
     pub fn start(
         store: &VersionStore,
         engine: &PluginEngine,
         pipeline: &str,
-        stage: &str,
+        configured: &StageConfig,
         file_bytes: &[u8],
-        file_config: Vec<(String, String)>,
         file_module: impl FnOnce() -> anyhow::Result<Arc<PluginModule>>,
     ) -> anyhow::Result<Started> {
+        let stage = configured.name.as_str();
+        let (file_config, file_values) = (&configured.config, &configured.config_values);
         let base_version = PluginVersion::of(file_bytes).0;
-        let base_config = config_digest(&file_config);
+        let base_config = config_digest(file_config);
         let now = now_ms();
         let persisted = store.read(pipeline, stage).unwrap_or_default();
         let mut history = StageHistory {
@@ -233,9 +238,11 @@ impl StageHistory {
             store: store.clone(),
             base_version: base_version.clone(),
             base_config: base_config.clone(),
+            file_config: file_config.clone(),
+            file_values: file_values.clone(),
             active: VersionRecord {
                 version: base_version.clone(),
-                config: file_config.iter().cloned().collect(),
+                config: file_config.clone(),
                 loaded_at_ms: now,
                 by: "config".into(),
                 origin: "config".into(),
@@ -252,6 +259,8 @@ impl StageHistory {
         if file_unchanged && let Some(active) = persisted.active {
             if active.origin == "config" {
                 // Nothing was uploaded: the file's plugin and config, as set above.
+            } else if !history.restorable_config(&active) {
+                // Logged: the config file's version and config run.
             } else if active.version == base_version {
                 // The config's own plugin with an uploaded config.
                 history.active.config = active.config.clone();
@@ -296,8 +305,54 @@ impl StageHistory {
         store.save_plugin(pipeline, stage, file_bytes)?;
         history.log("config", "start", &history.active.version.clone(), "ok");
         history.persist()?;
-        let config = config_pairs(&history.active.config);
+        let config = history
+            .init_config(&history.active.config)
+            .map_err(|e| anyhow::anyhow!("pipeline {pipeline}, stage {stage}: {e}"))?;
         Ok((history, module, config))
+    }
+
+    /// Whether a persisted version's config can be expanded now; if not, it is logged and the
+    /// config file's version runs instead.
+    fn restorable_config(&self, record: &VersionRecord) -> bool {
+        match self.init_config(&record.config) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    pipeline = %self.pipeline, stage = %self.stage, version = %record.version,
+                    error = %e,
+                    "Cannot restore the uploaded version's config; using the config file's version."
+                );
+                false
+            }
+        }
+    }
+
+    /// A config map as `init` gets it (sorted pairs): each value as written, expanded. A value
+    /// the config file has under the same key and in the same words gets the file's value as
+    /// it was loaded; any other is expanded with the process's environment (an uploaded value
+    /// has no `${NAME}` left to expand). The error names the key.
+    pub fn init_config(
+        &self,
+        config: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        config
+            .iter()
+            .map(|(key, written)| {
+                let from_file = self
+                    .file_config
+                    .get(key)
+                    .filter(|w| *w == written)
+                    .and_then(|_| self.file_values.get(key));
+                let value = match from_file {
+                    Some(value) => value.clone(),
+                    None => crate::config::expand(written, &format!("config.{key}"), &|name| {
+                        std::env::var(name).ok()
+                    })
+                    .map_err(|e| e.to_string())?,
+                };
+                Ok((key.clone(), value))
+            })
+            .collect()
     }
 
     /// Pipeline name.

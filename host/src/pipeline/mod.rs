@@ -131,20 +131,8 @@ impl Pipeline {
                             .map_err(|e| anyhow::anyhow!("{}: {e:#}", at())),
                     }
                 };
-                let configured: Vec<(String, String)> = stage
-                    .config
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let (history, module, stage_config) = StageHistory::start(
-                    &store,
-                    &engine,
-                    &config.name,
-                    &stage.name,
-                    &bytes,
-                    configured,
-                    file_module,
-                )?;
+                let (history, module, stage_config) =
+                    StageHistory::start(&store, &engine, &config.name, stage, &bytes, file_module)?;
                 histories.push(Arc::new(tokio::sync::Mutex::new(history)));
                 Ok(StageSpec {
                     name: stage.name.clone(),

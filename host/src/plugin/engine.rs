@@ -31,7 +31,10 @@ pub struct EngineConfig {
     /// Where compiled plugins are cached (`None`: compile every time). Entries are keyed by
     /// a hash of the component's bytes and of the engine's compilation settings and
     /// version, written and read only by this engine: an upload is always compiled here,
-    /// never taken as precompiled code. Default: [`default_cache_dir`].
+    /// never taken as precompiled code. The directory is made with mode 0700; one that
+    /// another user owns, or that its group or others may write, is refused (the engine does
+    /// not start): its entries are machine code the engine would run. Default:
+    /// [`default_cache_dir`].
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
@@ -96,12 +99,18 @@ impl PluginEngine {
             .table_keep_resident(64 * 1024);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &settings.cache_dir {
-            // A cache that cannot be set up costs compile time, never correctness. Its entries
-            // are machine code the engine runs: the directory is private to its owner.
-            if std::fs::create_dir_all(dir).is_ok() {
-                use std::os::unix::fs::PermissionsExt as _;
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            // A cache that cannot be set up costs compile time, never correctness. But its
+            // entries are machine code the engine runs without checking it: a directory
+            // someone else could have written to is refused outright, never used.
+            if let Err(e) = crate::private::create_dir(dir) {
+                tracing::debug!(dir = %dir.display(), error = %e, "Cannot create the compiled-plugin cache.");
             }
+            crate::private::check_dir(dir).map_err(|why| {
+                anyhow::anyhow!(
+                    "refusing the compiled-plugin cache {}: {why} (another user could have put machine code there); use a directory of your own with SWITCHYARD_CACHE_DIR, or set it empty for no cache",
+                    dir.display()
+                )
+            })?;
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
             match wasmtime::Cache::new(cache) {
@@ -223,6 +232,60 @@ pub fn lower_compile_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn engine_on(cache: &std::path::Path) -> anyhow::Result<Arc<PluginEngine>> {
+        PluginEngine::new(&EngineConfig {
+            max_instances: 4,
+            max_memory_bytes: 1 << 20,
+            cache_dir: Some(cache.to_path_buf()),
+        })
+    }
+
+    /// A cache directory others may write, or another user owns, stops the engine with the
+    /// directory and the reason; a private one is used.
+    #[test]
+    fn a_cache_directory_someone_else_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("switchyard-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let shared = base.join("shared");
+        std::fs::create_dir_all(&shared).expect("dir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = format!("{:#}", engine_on(&shared).err().expect("refused"));
+        assert!(
+            e.contains(&shared.display().to_string())
+                && e.contains("may write")
+                && e.contains("0777"),
+            "{e}"
+        );
+        // Not silently repaired: a planted entry could already be there.
+        let mode = std::fs::metadata(&shared)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o777);
+
+        let theirs = base.join("theirs");
+        std::fs::create_dir_all(&theirs).expect("dir");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        match std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)) {
+            Ok(()) => {
+                let e = format!("{:#}", engine_on(&theirs).err().expect("refused"));
+                assert!(
+                    e.contains(&theirs.display().to_string()) && e.contains("owned by uid 65534"),
+                    "{e}"
+                );
+            }
+            // Only root can give a directory away.
+            Err(e) => eprintln!("skipping the other-owner case: chown: {e}"),
+        }
+
+        let own = base.join("own/compiled");
+        assert!(engine_on(&own).is_ok());
+        let mode = std::fs::metadata(&own).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn header_check_names_the_kind_of_file() {
