@@ -118,6 +118,9 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Clock waits end with the call's time budget (epoch interruption cannot stop a
+        // guest blocked in the host).
+        super::host_api::bound_clock_waits(&mut linker)?;
         super::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |state| state,

@@ -4,16 +4,24 @@
 //! Guests built by the Python and JavaScript toolchains import WASI whether they use it or
 //! not, so WASI is linked, but the context grants nothing: no preopened directories, no
 //! sockets, no name lookups, no environment variables or arguments, an empty stdin. Clocks
-//! and random numbers work. Whatever the guest writes to stdout or stderr becomes host log
-//! lines tagged with the pipeline and stage.
+//! and random numbers work, but a wait on the monotonic clock (`std::thread::sleep`, Python's
+//! `time.sleep`) ends when the call's time budget does ([`bound_clock_waits`]). Whatever the
+//! guest writes to stdout or stderr becomes host log lines tagged with the pipeline and stage.
 
 use super::bindings::{self, Level};
+use super::engine::EPOCH_TICK;
 use super::limits::MemoryLimiter;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host as _;
+use wasmtime_wasi::p2::bindings::sync::io::poll::{Host as _, HostPollable as _};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 /// Enrichment tables as plugins see them through `lookup`: `crate::tables::TableSet` (files
@@ -148,6 +156,10 @@ pub(crate) struct HostState {
     pub(crate) tags: Tags,
     pending_counters: HashMap<String, u64>,
     pub(crate) stderr: Arc<Mutex<GuestOutput>>,
+    /// When the running call's time budget ends, a little after the epoch deadline (set by
+    /// [`HostState::start_call`] before `init` and before each `process`). Every clock wait
+    /// the guest asks for ends by then at the latest.
+    deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -169,6 +181,38 @@ impl HostState {
             tags,
             pending_counters: HashMap::new(),
             stderr: stderr_state,
+            deadline: None,
+        }
+    }
+
+    /// A call with this time budget starts now: clock waits end when it does. Two epoch ticks
+    /// past the budget, so that when a wait ends the epoch deadline has passed too and the
+    /// guest is interrupted as soon as it runs again.
+    pub(crate) fn start_call(&mut self, budget: Duration) {
+        self.deadline = Instant::now().checked_add(budget.saturating_add(2 * EPOCH_TICK));
+    }
+
+    /// A trap if the call's budget is spent (checked after a wait in the host, where the
+    /// epoch deadline cannot fire, since the epoch ticker may lag behind the clock).
+    fn check_deadline(&self) -> wasmtime::Result<()> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(wasmtime::Trap::Interrupt.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// `wait`, cut to what is left of the call's budget.
+    fn bounded_wait(&self, wait: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
+            None => wait,
+        }
+    }
+
+    fn clocks(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: self.wasi.clocks(),
+            table: &mut self.table,
         }
     }
 
@@ -202,6 +246,75 @@ impl WasiView for HostState {
             table: &mut self.table,
         }
     }
+}
+
+/// The WASI monotonic clock and polling as wasmtime-wasi links them (components importing
+/// any 0.2.x version resolve to these).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+const POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces the two functions of `wasi:clocks/monotonic-clock` that make a pollable, so that
+/// every clock wait ends by the running call's deadline, and the two of `wasi:io/poll` that
+/// wait, so that a wait that ends past the deadline ends the call.
+///
+/// Epoch interruption only stops a guest while it runs wasm code; a guest blocked in
+/// `pollable.block` or `poll` on a clock waits in the host, where no epoch check happens,
+/// for as long as it asked. In this sandbox a clock is the only thing a pollable can wait
+/// for (stdin is empty, stdout and stderr are always ready, sockets and files are denied),
+/// so bounding the clock's pollables bounds every blocking host call. A wait that ran into
+/// the deadline then traps with an interrupt, as the epoch deadline would (which may not have
+/// passed yet: the ticker thread can lag the clock on a busy machine): the record is
+/// dead-lettered with kind `timeout`, as a busy loop is.
+pub(crate) fn bound_clock_waits(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>,
+         (nanos,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            let state = store.data_mut();
+            let wait = state.bounded_wait(Duration::from_nanos(nanos));
+            let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            Ok((state.clocks().subscribe_duration(nanos)?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>,
+         (when,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            let state = store.data_mut();
+            let now = state.clocks().now()?;
+            let wait = state.bounded_wait(Duration::from_nanos(when.saturating_sub(now)));
+            let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            Ok((state.clocks().subscribe_duration(nanos)?,))
+        },
+    )?;
+    let mut poll = linker.instance(POLL)?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, HostState>,
+         (pollable,): (Resource<DynPollable>,)|
+         -> wasmtime::Result<()> {
+            let state = store.data_mut();
+            state.table.block(pollable)?;
+            state.check_deadline()
+        },
+    )?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, HostState>,
+         (pollables,): (Vec<Resource<DynPollable>>,)|
+         -> wasmtime::Result<(Vec<u32>,)> {
+            let state = store.data_mut();
+            let ready = state.table.poll(pollables)?;
+            state.check_deadline()?;
+            Ok((ready,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn truncate_text(mut s: String) -> String {

@@ -53,6 +53,7 @@ impl StageInstance {
         store.limiter(|state| &mut state.limiter);
         let init_budget = Duration::from_millis(setup.limits.init_timeout_ms);
         store.set_epoch_deadline(deadline_ticks(init_budget));
+        store.data_mut().start_call(init_budget);
 
         let plugin = pre.instantiate(&mut store).map_err(|e| {
             match classify(&store, &e) {
@@ -87,6 +88,7 @@ impl StageInstance {
             StageInstance::JsonSchema(stage) => return Ok(stage.process(batch)),
         };
         store.set_epoch_deadline(deadline_ticks(budget));
+        store.data_mut().start_call(budget);
         store.data().reset_stderr_tail();
         let result = plugin
             .switchyard_plugin_transform()
