@@ -25,6 +25,7 @@ use super::engine::PluginEngine;
 use super::error::{LoadError, RecordError};
 use super::host_api::{HostServices, Tags};
 use super::instance::{InstanceSetup, StageInstance};
+use super::lift::OutputLimits;
 use super::spec::{ChainSpec, StageSpec};
 use std::sync::Arc;
 use verdict::{Meta, Survivors, apply, check_verdicts, dead_letter};
@@ -227,8 +228,9 @@ impl ChainRunner {
         };
 
         let mut out = Survivors::with_capacity(meta.len());
+        let longest_route = spec.routes.iter().map(String::len).max().unwrap_or(0);
         let started = observer.as_ref().map(|_| std::time::Instant::now());
-        let verdicts = slot.call(&engine, &batch)?;
+        let verdicts = slot.call(&engine, &batch, longest_route)?;
         if let (Some(observe), Some(started)) = (observer.as_mut(), started) {
             observe(index, started.elapsed());
         }
@@ -268,7 +270,7 @@ impl ChainRunner {
                 };
                 for (record, meta) in records.into_iter().zip(meta) {
                     single.records.push(record);
-                    let verdict = slot.call(&engine, &single)?.and_then(|mut verdicts| {
+                    let verdict = slot.call(&engine, &single, longest_route)?.and_then(|mut verdicts| {
                         check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
                         verdicts
                             .pop()
@@ -340,6 +342,7 @@ impl StageSlot {
         &mut self,
         engine: &PluginEngine,
         batch: &RecordBatch,
+        longest_route: usize,
     ) -> Result<Result<Vec<Verdict>, RecordError>, StageLoadError> {
         let instance = match &mut self.instance {
             Some(instance) => instance,
@@ -355,6 +358,12 @@ impl StageSlot {
             }
         };
         let budget = self.spec.limits.batch_budget(batch.records.len());
-        Ok(instance.process(batch, budget))
+        let limits = OutputLimits {
+            records: batch.records.len(),
+            max_outputs: self.spec.limits.max_outputs,
+            max_output_bytes: self.spec.limits.max_output_bytes,
+            longest_route,
+        };
+        Ok(instance.process(batch, budget, limits))
     }
 }
