@@ -249,11 +249,19 @@ fn a_blocking_sleep_is_bounded_by_the_time_budget() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the chain returned within 10 s although the plugin asked to sleep 3600 s");
     assert_eq!(out.len(), 3);
-    assert_eq!(route_of(&out[0]), Some(id("standard")), "a short sleep is obeyed");
+    assert_eq!(
+        route_of(&out[0]),
+        Some(id("standard")),
+        "a short sleep is obeyed"
+    );
     let (kind, reason) = dead(&out[1]);
     assert_eq!(*kind, ErrorKind::Timeout, "{reason}");
     assert!(reason.contains("time_per_record_ms"), "{reason}");
-    assert_eq!(route_of(&out[2]), Some(id("standard")), "the next record runs");
+    assert_eq!(
+        route_of(&out[2]),
+        Some(id("standard")),
+        "the next record runs"
+    );
 }
 
 #[test]
@@ -774,8 +782,15 @@ fn over_long_counter_names_are_refused() {
     let long = "n".repeat(8 * 1024 + 1);
     let command = |delta: u64| format!(r#"{{"do":"counter","name":"{long}","delta":{delta}}}"#);
     let (a, b) = (command(3), command(4));
-    run(&mut c, &[a.as_str(), b.as_str(), r#"{"do":"counter","name":"ok"}"#]);
-    let names: Vec<String> = counters.snapshot().into_iter().map(|(k, _)| k.name).collect();
+    run(
+        &mut c,
+        &[a.as_str(), b.as_str(), r#"{"do":"counter","name":"ok"}"#],
+    );
+    let names: Vec<String> = counters
+        .snapshot()
+        .into_iter()
+        .map(|(k, _)| k.name)
+        .collect();
     let lengths: Vec<usize> = names.iter().map(String::len).collect();
     assert_eq!(names, ["ok"], "names of {lengths:?} bytes");
 }

@@ -277,10 +277,7 @@ mod tests {
         assert_eq!(pool_size([(1, 1)]), MIN_POOLED_INSTANCES);
         assert_eq!(pool_size([(256, 100), (256, 100)]), MAX_POOLED_INSTANCES);
         assert_eq!(pool_size([(usize::MAX, usize::MAX)]), MAX_POOLED_INSTANCES);
-        assert_eq!(
-            EngineConfig::for_pipelines([(64, 10)]).max_instances,
-            1984
-        );
+        assert_eq!(EngineConfig::for_pipelines([(64, 10)]).max_instances, 1984);
     }
 
     #[test]

@@ -143,10 +143,7 @@ fn deadline_ticks(budget: Duration) -> u64 {
 /// Turns a failed call into the kind and message a dead-letter record carries.
 fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> RecordError {
     // Output refused while it was lifted (`lift`).
-    if let Some(refused) = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<RecordError>())
-    {
+    if let Some(refused) = error.chain().find_map(|e| e.downcast_ref::<RecordError>()) {
         return refused.clone();
     }
     // wasmtime's own bound on what one lift may copy out of the guest (its error type is

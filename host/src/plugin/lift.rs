@@ -152,7 +152,12 @@ impl Verdicts {
     }
 
     fn from_guest(verdicts: Vec<GuestVerdict>) -> Self {
-        Verdicts(verdicts.into_iter().map(GuestVerdict::into_verdict).collect())
+        Verdicts(
+            verdicts
+                .into_iter()
+                .map(GuestVerdict::into_verdict)
+                .collect(),
+        )
     }
 }
 

@@ -270,12 +270,14 @@ impl ChainRunner {
                 };
                 for (record, meta) in records.into_iter().zip(meta) {
                     single.records.push(record);
-                    let verdict = slot.call(&engine, &single, longest_route)?.and_then(|mut verdicts| {
-                        check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
-                        verdicts
-                            .pop()
-                            .ok_or_else(|| RecordError::bad_output("no verdict"))
-                    });
+                    let verdict =
+                        slot.call(&engine, &single, longest_route)?
+                            .and_then(|mut verdicts| {
+                                check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
+                                verdicts
+                                    .pop()
+                                    .ok_or_else(|| RecordError::bad_output("no verdict"))
+                            });
                     // The call only borrowed the batch: the record is still its one element.
                     let record = single.records.swap_remove(0);
                     match verdict {
