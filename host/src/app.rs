@@ -68,7 +68,17 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
     let engine = match options.engine {
         Some(engine) => engine,
         None => {
-            PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?
+            let settings = EngineConfig::for_pipelines(
+                config
+                    .pipelines
+                    .iter()
+                    .map(|p| (crate::pipeline::worker_count(p.workers), p.stages.len())),
+            );
+            tracing::debug!(
+                instances = settings.max_instances,
+                "Plugin instance pool sized."
+            );
+            PluginEngine::new(&settings).context("cannot start the plugin engine")?
         }
     };
     let metrics = Arc::new(Metrics::new());

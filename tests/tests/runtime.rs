@@ -3,9 +3,10 @@
 //! errors and the sandbox.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard::plugin::{
     ChainRunner, ChainSpec, Delivery, Destination, ErrorKind, Header, HostServices, InputRecord,
-    LoadError, MemoryTables, RouteId, SpecError, StageLimits, StageSpec,
+    LoadError, MemoryTables, RouteId, SpecError, StageLimits, StageSpec, Tables,
 };
 use switchyard_tests::{engine, record, run, stage};
 
@@ -219,6 +220,48 @@ fn time_budget_obeyed_and_violated() {
     assert_eq!(*kind, ErrorKind::Timeout, "{reason}");
     assert!(reason.contains("time_per_record_ms"), "{reason}");
     assert_eq!(route_of(&out[2]), Some(id("standard")));
+}
+
+/// A plugin that blocks in a WASI clock wait (`std::thread::sleep`, Python's `time.sleep`)
+/// sits in the host, where epoch interruption cannot reach it: the host bounds the wait by
+/// the call's remaining budget, so an hour's sleep ends as a `timeout` like a busy loop.
+#[test]
+fn a_blocking_sleep_is_bounded_by_the_time_budget() {
+    let (done, finished) = std::sync::mpsc::channel();
+    // On its own thread, so that a wait the host does not bound fails the test instead of
+    // hanging it for an hour.
+    std::thread::spawn(move || {
+        let mut c = misbehave_with(StageLimits {
+            time_per_record_ms: 200,
+            ..StageLimits::default()
+        });
+        let out = run(
+            &mut c,
+            &[
+                r#"{"do":"block","ms":5}"#,
+                r#"{"do":"block","ms":3600000}"#,
+                r#"{"do":"pass"}"#,
+            ],
+        );
+        let _ = done.send(out);
+    });
+    let out = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the chain returned within 10 s although the plugin asked to sleep 3600 s");
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        route_of(&out[0]),
+        Some(id("standard")),
+        "a short sleep is obeyed"
+    );
+    let (kind, reason) = dead(&out[1]);
+    assert_eq!(*kind, ErrorKind::Timeout, "{reason}");
+    assert!(reason.contains("time_per_record_ms"), "{reason}");
+    assert_eq!(
+        route_of(&out[2]),
+        Some(id("standard")),
+        "the next record runs"
+    );
 }
 
 #[test]
@@ -639,5 +682,254 @@ fn chain_spec_rejects_undeclared_default_route_and_bad_limits() {
     assert!(
         e.to_string().contains("stage s") && e.to_string().contains("limits.memory_mib"),
         "{e}"
+    );
+}
+
+/// Tables whose `init` table answers `fail` with a message on the lookups numbered in
+/// `failing` (counting from 1) and with nothing otherwise: the misbehave plugin configured
+/// with `init_table = "init"` fails its `init` on exactly those instantiations.
+struct FlakyInit {
+    lookups: AtomicUsize,
+    failing: Vec<usize>,
+}
+
+impl Tables for FlakyInit {
+    fn lookup(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        if table != "init" || key != b"fail" {
+            return None;
+        }
+        let n = self.lookups.fetch_add(1, Ordering::SeqCst) + 1;
+        self.failing
+            .contains(&n)
+            .then(|| format!("instantiation {n} refused").into_bytes())
+    }
+}
+
+/// After a trap the stage is instantiated afresh; when that fails (here the plugin's `init`
+/// refuses twice) the runner retries with backoff instead of failing the pipeline: the
+/// trapping record is dead-lettered and the records after it wait for the instance.
+#[test]
+fn a_failed_re_instantiation_is_retried_and_the_next_records_wait() {
+    let tables = Arc::new(FlakyInit {
+        lookups: AtomicUsize::new(0),
+        failing: vec![2, 3],
+    });
+    let services = HostServices {
+        tables: tables.clone(),
+        ..HostServices::default()
+    };
+    let mut c = chain_with(
+        vec![stage("m", "misbehave", &[("init_table", "init")])],
+        services,
+    );
+    let records = [
+        r#"{"do":"panic","message":"poison"}"#,
+        r#"{"do":"pass"}"#,
+        r#"{"do":"route","name":"urgent"}"#,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, v)| record(i as i64, v.as_bytes()))
+    .collect();
+    let out = c
+        .process("events", 0, records)
+        .expect("a failed re-instantiation does not stop the chain");
+    assert_eq!(out.len(), 3);
+    let (kind, reason) = dead(&out[0]);
+    assert_eq!(*kind, ErrorKind::Trap, "{reason}");
+    assert!(reason.contains("poison"), "{reason}");
+    assert_eq!(route_of(&out[1]), Some(id("standard")));
+    assert_eq!(route_of(&out[2]), Some(id("urgent")));
+    // 1 at start, 2 and 3 refused, 4 before the poison record alone, 5 after its trap.
+    assert_eq!(tables.lookups.load(Ordering::SeqCst), 5);
+}
+
+/// Runs `values` through `c`, one call per record (so a per-call limit cannot hide a
+/// per-stage one).
+fn run_one_by_one(c: &mut ChainRunner, values: &[String]) {
+    for v in values {
+        run(c, &[v.as_str()]);
+    }
+}
+
+/// Distinct counter names are bounded per stage over the process's life, not per call:
+/// a plugin counting by user id cannot grow the host's memory or the metrics without bound.
+#[test]
+fn distinct_counter_names_are_bounded_per_stage() {
+    let services = HostServices::default();
+    let counters = services.counters.clone();
+    let mut c = chain_with(vec![stage("m", "misbehave", &[])], services);
+    let values: Vec<String> = (0..150)
+        .map(|i| format!(r#"{{"do":"counter","name":"user-{i}","delta":2}}"#))
+        .collect();
+    run_one_by_one(&mut c, &values);
+    // Names seen before still count once the limit is reached.
+    run_one_by_one(&mut c, &values[..1]);
+    let names: Vec<_> = counters.snapshot();
+    assert_eq!(names.len(), 100, "{names:?}");
+    assert_eq!(counters.get("test", "m", "user-0"), 4);
+    assert_eq!(counters.get("test", "m", "user-99"), 2);
+    assert_eq!(counters.get("test", "m", "user-100"), 0);
+}
+
+/// A name over the length limit is refused whole: it neither replaces nor creates a
+/// counter (it used to be cut, so two of them in one call overwrote each other).
+#[test]
+fn over_long_counter_names_are_refused() {
+    let services = HostServices::default();
+    let counters = services.counters.clone();
+    let mut c = chain_with(vec![stage("m", "misbehave", &[])], services);
+    let long = "n".repeat(8 * 1024 + 1);
+    let command = |delta: u64| format!(r#"{{"do":"counter","name":"{long}","delta":{delta}}}"#);
+    let (a, b) = (command(3), command(4));
+    run(
+        &mut c,
+        &[a.as_str(), b.as_str(), r#"{"do":"counter","name":"ok"}"#],
+    );
+    let names: Vec<String> = counters
+        .snapshot()
+        .into_iter()
+        .map(|(k, _)| k.name)
+        .collect();
+    let lengths: Vec<usize> = names.iter().map(String::len).collect();
+    assert_eq!(names, ["ok"], "names of {lengths:?} bytes");
+}
+
+/// Dropped counter names are logged once per stage, with the name cut short: a plugin
+/// cannot flood the log with its names.
+#[test]
+fn dropped_counter_names_are_logged_once_and_cut_short() {
+    let values: Vec<String> = (0..150)
+        .map(|i| format!(r#"{{"do":"counter","name":"{i:04}{}"}}"#, "y".repeat(4096)))
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let (_, logs) = capture_logs(|| {
+        let mut c = misbehave();
+        run(&mut c, &refs);
+        run(&mut c, &refs);
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("counter")).collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].len() < 1024, "{}", warnings[0]);
+}
+/// A component that returns, for each record of the batch, 100 outputs whose values all
+/// point at one 32 MiB buffer: 32 MiB of guest memory, but 256 x 100 x 32 MiB = 800 GiB of
+/// host memory if the result were copied before being checked.
+const ALIASED_OUTPUTS: &str = r#"
+(component
+  (core module $m
+    (memory (export "memory") 600)
+    ;; The host's arguments are allocated from 1 MiB on; the 32 MiB value is at 4 MiB.
+    (global $bump (mut i32) (i32.const 1048576))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $bump (i32.add (local.get $p) (local.get $size)))
+      (local.get $p))
+    ;; init: ok, a result<_, string> with discriminant 0 at 16.
+    (func (export "init") (param i32 i32) (result i32)
+      (i32.store8 (i32.const 16) (i32.const 0))
+      (i32.const 16))
+    ;; process: as many `emit` verdicts as records ($n), all sharing one list of 100
+    ;; outputs at 8192, each output's value the same 32 MiB at 4 MiB.
+    (func (export "process") (param i32 i32 i32 i32) (param $n i32) (result i32)
+      (local $i i32) (local $at i32)
+      (block $done
+        (loop $outputs
+          (br_if $done (i32.ge_u (local.get $i) (i32.const 100)))
+          (local.set $at (i32.add (i32.const 8192) (i32.mul (local.get $i) (i32.const 44))))
+          (i32.store8 offset=0 (local.get $at) (i32.const 0))          ;; route: none
+          (i32.store8 offset=12 (local.get $at) (i32.const 0))         ;; key: none
+          (i32.store8 offset=24 (local.get $at) (i32.const 1))         ;; value: some
+          (i32.store offset=28 (local.get $at) (i32.const 4194304))    ;; ... at 4 MiB
+          (i32.store offset=32 (local.get $at) (i32.const 33554432))   ;; ... 32 MiB long
+          (i32.store offset=36 (local.get $at) (i32.const 0))          ;; headers: empty
+          (i32.store offset=40 (local.get $at) (i32.const 0))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $outputs)))
+      (local.set $i (i32.const 0))
+      (block $done
+        (loop $verdicts
+          (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+          (local.set $at (i32.add (i32.const 65536) (i32.mul (local.get $i) (i32.const 12))))
+          (i32.store8 (local.get $at) (i32.const 2))                   ;; emit
+          (i32.store offset=4 (local.get $at) (i32.const 8192))
+          (i32.store offset=8 (local.get $at) (i32.const 100))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $verdicts)))
+      (i32.store (i32.const 0) (i32.const 65536))
+      (i32.store (i32.const 4) (local.get $n))
+      (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (alias core export $i "memory" (core memory $memory))
+  (alias core export $i "realloc" (core func $realloc))
+  ;; Types used by exported functions must be exported (named) themselves.
+  (type $header' (record (field "key" string) (field "value" (option (list u8)))))
+  (export $header "header" (type $header'))
+  (type $input' (record
+    (field "offset" s64) (field "timestamp-ms" (option s64))
+    (field "key" (option (list u8))) (field "value" (option (list u8)))
+    (field "headers" (list $header))))
+  (export $input "input-record" (type $input'))
+  (type $batch' (record (field "topic" string) (field "partition" s32) (field "records" (list $input))))
+  (export $batch "record-batch" (type $batch'))
+  (type $output' (record
+    (field "route" (option string)) (field "key" (option (list u8)))
+    (field "value" (option (list u8))) (field "headers" (list $header))))
+  (export $output "output-record" (type $output'))
+  (type $verdict' (variant
+    (case "pass") (case "route" string) (case "emit" (list $output))
+    (case "drop") (case "dead-letter" string)))
+  (export $verdict "verdict" (type $verdict'))
+  (func $init (param "config" (list (tuple string string))) (result (result (error string)))
+    (canon lift (core func $i "init") (memory $memory) (realloc $realloc)))
+  (func $process (param "batch" $batch) (result (list $verdict))
+    (canon lift (core func $i "process") (memory $memory) (realloc $realloc)))
+  (instance $transform (export "init" (func $init)) (export "process" (func $process)))
+  (export "switchyard:plugin/transform@0.1.0" (instance $transform)))
+"#;
+
+/// The process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024
+}
+
+/// Outputs that alias one guest buffer are refused before the host copies them: every
+/// record is dead-lettered as `bad-output` naming `limits.max_output_bytes`, and the host's
+/// memory stays flat (an eager copy would need 800 GiB).
+#[test]
+fn aliased_outputs_are_refused_before_they_are_copied() {
+    let bytes = wat::parse_str(ALIASED_OUTPUTS).expect("wat");
+    let module = engine().load(&bytes).expect("the component loads");
+    let spec = StageSpec {
+        name: "alias".into(),
+        module,
+        config: Vec::new(),
+        limits: StageLimits::default(),
+    };
+    let mut c = chain(vec![spec]);
+    let values: Vec<String> = (0..256).map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let before = peak_rss();
+    let out = run(&mut c, &refs);
+    let grown = peak_rss().saturating_sub(before);
+    assert_eq!(out.len(), 256);
+    for d in &out {
+        let (kind, reason) = dead(d);
+        assert_eq!(*kind, ErrorKind::BadOutput, "{reason}");
+        assert!(reason.contains("limits.max_output_bytes"), "{reason}");
+    }
+    assert!(
+        grown < 1 << 30,
+        "the host's peak memory grew by {grown} bytes while refusing the outputs"
     );
 }

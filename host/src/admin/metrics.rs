@@ -1,5 +1,6 @@
 //! `GET /metrics`: the process's metrics, and the gauges that describe the pipelines' state
-//! now (lag, in-flight records, active plugin versions, pipeline state, plugin counters).
+//! now (lag, in-flight records, active plugin versions, pipeline state, plugin counters and
+//! the counter names dropped).
 //!
 //! Those gauges are read from the pipelines on each scrape by a [`Collector`] and encoded
 //! straight into that scrape's answer: nothing is stored between scrapes, so concurrent
@@ -9,7 +10,8 @@
 
 use super::AdminState;
 use crate::metrics::{
-    Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, StateLabels, VersionLabels,
+    Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, StageLabels, StateLabels,
+    VersionLabels,
 };
 use crate::pipeline::PipelineHandle;
 use axum::extract::State;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -59,6 +62,7 @@ struct Gauges {
     plugin_info: Vec<(VersionLabels, i64)>,
     pipeline_state: Vec<(StateLabels, i64)>,
     plugin_counters: Vec<(PluginCounterLabels, i64)>,
+    counter_names_dropped: Vec<(StageLabels, u64)>,
 }
 
 impl Gauges {
@@ -81,6 +85,10 @@ impl Gauges {
                     };
                     g.plugin_counters
                         .push((labels, i64::try_from(total).unwrap_or(i64::MAX)));
+                }
+                for (pipeline, stage, dropped) in p.services.counters.names_dropped() {
+                    g.counter_names_dropped
+                        .push((StageLabels { pipeline, stage }, dropped));
                 }
             }
             let in_flight = i64::try_from(p.status.tracker.in_flight()).unwrap_or(i64::MAX);
@@ -150,7 +158,20 @@ impl Collector for PipelineGauges {
             "plugin_counter",
             "Running totals of the counters plugins keep with host::counter-add",
             &g.plugin_counters,
-        )
+        )?;
+        if !g.counter_names_dropped.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "plugin_counter_names_dropped",
+                "Counter names plugins passed to host::counter-add that were dropped: new names \
+                 past a stage's limit of distinct names, and over-long names.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, dropped) in &g.counter_names_dropped {
+                ConstCounter::new(*dropped).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

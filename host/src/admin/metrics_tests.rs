@@ -168,3 +168,36 @@ fn concurrent_scrapes_each_see_every_gauge() {
         scraper.join().expect("every scrape saw every gauge");
     }
 }
+
+/// A plugin's counter name is a label value: quotes, newlines and backslashes in it are
+/// escaped, so it cannot end a sample line early or forge another series; names dropped past
+/// a stage's limit are counted in their own family.
+#[test]
+fn plugin_counter_names_cannot_break_the_scrape_and_drops_are_counted() {
+    use crate::plugin::host_api::{MAX_COUNTER_NAMES, PendingCounters, Tags};
+    let st = state();
+    let tags = Tags {
+        pipeline: "events".into(),
+        stage: "schema".into(),
+    };
+    let mut pending = PendingCounters::default();
+    pending.add("quote\"} 1\nforged{x=\"y\\".into(), 2);
+    // 99 more names fill the stage's 100; the last is dropped.
+    for i in 0..MAX_COUNTER_NAMES {
+        pending.add(format!("n{i}"), 1);
+    }
+    st.pipelines[0].services.counters.fold(&tags, &mut pending);
+    let scraped = st.scrape();
+    let escaped = r#"switchyard_plugin_counter{pipeline="events",stage="schema",name="quote\"} 1\nforged{x=\"y\\"} 2"#;
+    assert!(scraped.lines().any(|l| l == escaped), "{scraped}");
+    assert!(
+        !scraped.lines().any(|l| l.starts_with("forged")),
+        "{scraped}"
+    );
+    assert!(
+        scraped.lines().any(|l| l
+            == r#"switchyard_plugin_counter_names_dropped_total{pipeline="events",stage="schema"} 1"#),
+        "{scraped}"
+    );
+    assert!(scraped.contains("# TYPE switchyard_plugin_counter_names_dropped counter"));
+}

@@ -214,9 +214,7 @@ impl Pipeline {
             status.clone(),
             shared.metrics.clone(),
         )?;
-        let workers = config.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
+        let workers = worker_count(config.workers);
         // A lane's buffer is allocated up front; the pause at `max_in_flight` keeps the
         // lanes from filling, so they need not be as large as that bound.
         let (ring, lanes) = Ring::new(workers, config.max_in_flight.min(LANE_CAPACITY));
@@ -448,4 +446,11 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+/// The worker threads of a pipeline configured with `workers` (`None`: one per CPU).
+pub fn worker_count(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
 }

@@ -52,6 +52,46 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     }
 }
 
+/// The fewest instances a pool sized by [`pool_size`] holds.
+const MIN_POOLED_INSTANCES: u32 = 100;
+/// The most: each instance reserves address space for two memories of up to
+/// [`EngineConfig::max_memory_bytes`] (4 GiB by default), and 4,096 of them take a quarter of
+/// the 128 TiB a Linux process can map.
+const MAX_POOLED_INSTANCES: u32 = 4096;
+/// Instances kept for what runs beside the workers: dry runs, the `init` check of an upload.
+const RESERVED_INSTANCES: usize = 64;
+
+/// How many instances the pool needs for pipelines of `(workers, stages)`: each worker keeps
+/// one instance per stage, and twice that during a reload (a worker makes the new version's
+/// instances before it drops the old ones); then half as much again (a fresh instance after
+/// a trap is made while the pool may still be recycling the old slot) and a reserve for dry
+/// runs and uploads. Bounded by [`MIN_POOLED_INSTANCES`] and [`MAX_POOLED_INSTANCES`].
+pub fn pool_size(pipelines: impl IntoIterator<Item = (usize, usize)>) -> u32 {
+    let live = pipelines
+        .into_iter()
+        .fold(0usize, |sum, (workers, stages)| {
+            sum.saturating_add(workers.saturating_mul(stages))
+        });
+    let during_reload = live.saturating_mul(2);
+    let needed = during_reload
+        .saturating_add(during_reload / 2)
+        .saturating_add(RESERVED_INSTANCES);
+    u32::try_from(needed)
+        .unwrap_or(u32::MAX)
+        .clamp(MIN_POOLED_INSTANCES, MAX_POOLED_INSTANCES)
+}
+
+impl EngineConfig {
+    /// The defaults, with the instance pool sized by [`pool_size`] for pipelines of
+    /// `(workers, stages)`.
+    pub fn for_pipelines(pipelines: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        EngineConfig {
+            max_instances: pool_size(pipelines),
+            ..EngineConfig::default()
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -127,6 +167,9 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Clock waits end with the call's time budget (epoch interruption cannot stop a
+        // guest blocked in the host).
+        super::host_api::bound_clock_waits(&mut linker)?;
         super::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |state| state,
@@ -285,6 +328,19 @@ mod tests {
         let mode = std::fs::metadata(&own).expect("made").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn the_pool_is_sized_from_workers_and_stages() {
+        // 2 pipelines: 4 workers x 3 stages and 8 x 2 = 28 live, 56 during a reload, 84
+        // with half again, 148 with the reserve.
+        assert_eq!(pool_size([(4, 3), (8, 2)]), 148);
+        // 64 workers x 10 stages: 640 live -> 1,280 -> 1,920 -> 1,984.
+        assert_eq!(pool_size([(64, 10)]), 1984);
+        assert_eq!(pool_size([(1, 1)]), MIN_POOLED_INSTANCES);
+        assert_eq!(pool_size([(256, 100), (256, 100)]), MAX_POOLED_INSTANCES);
+        assert_eq!(pool_size([(usize::MAX, usize::MAX)]), MAX_POOLED_INSTANCES);
+        assert_eq!(EngineConfig::for_pipelines([(64, 10)]).max_instances, 1984);
     }
 
     #[test]

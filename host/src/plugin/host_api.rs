@@ -4,16 +4,24 @@
 //! Guests built by the Python and JavaScript toolchains import WASI whether they use it or
 //! not, so WASI is linked, but the context grants nothing: no preopened directories, no
 //! sockets, no name lookups, no environment variables or arguments, an empty stdin. Clocks
-//! and random numbers work. Whatever the guest writes to stdout or stderr becomes host log
-//! lines tagged with the pipeline and stage.
+//! and random numbers work, but a wait on the monotonic clock (`std::thread::sleep`, Python's
+//! `time.sleep`) ends when the call's time budget does ([`bound_clock_waits`]). Whatever the
+//! guest writes to stdout or stderr becomes host log lines tagged with the pipeline and stage.
 
 use super::bindings::{self, Level};
+use super::engine::EPOCH_TICK;
 use super::limits::MemoryLimiter;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host as _;
+use wasmtime_wasi::p2::bindings::sync::io::poll::{Host as _, HostPollable as _};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 /// Enrichment tables as plugins see them through `lookup`: `crate::tables::TableSet` (files
@@ -51,11 +59,39 @@ impl Tables for MemoryTables {
 }
 
 /// Plugin-defined counters (`counter-add`), per pipeline, stage and name. Instances add to a
-/// private map during a call and fold it in here after the call, so the hot path takes this
-/// lock once per batch at most.
+/// private [`PendingCounters`] during a call and fold it in here after the call, so the hot
+/// path takes this lock once per batch at most.
+///
+/// A stage may create at most [`MAX_COUNTER_NAMES`] distinct names over the process's life
+/// (all its instances together, across calls and versions): a plugin that names counters
+/// after user ids would otherwise grow the host's memory and the `/metrics` cardinality
+/// without bound. Further new names, and names over [`MAX_COUNTER_NAME_BYTES`], are dropped
+/// and counted ([`PluginCounters::names_dropped`], the
+/// `switchyard_plugin_counter_names_dropped_total` metric); the first drop of each kind is
+/// logged once per stage.
 #[derive(Debug, Default)]
 pub struct PluginCounters {
-    totals: Mutex<HashMap<CounterKey, u64>>,
+    state: Mutex<CounterState>,
+}
+
+#[derive(Debug, Default)]
+struct CounterState {
+    totals: HashMap<CounterKey, u64>,
+    /// Per pipeline, then per stage.
+    stages: HashMap<String, HashMap<String, StageNames>>,
+}
+
+/// One stage's use of counter names.
+#[derive(Debug, Default)]
+struct StageNames {
+    /// Distinct names created.
+    distinct: usize,
+    /// Names dropped: new ones past the limit, and over-long ones.
+    dropped: u64,
+    /// Whether a drop past the limit was logged.
+    logged_full: bool,
+    /// Whether an over-long name was logged.
+    logged_long: bool,
 }
 
 /// Identifies one plugin-defined counter.
@@ -70,10 +106,14 @@ pub struct CounterKey {
 }
 
 impl PluginCounters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CounterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The current totals, sorted by key.
     pub fn snapshot(&self) -> Vec<(CounterKey, u64)> {
-        let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = totals.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let state = self.lock();
+        let mut all: Vec<_> = state.totals.iter().map(|(k, v)| (k.clone(), *v)).collect();
         all.sort();
         all
     }
@@ -85,24 +125,135 @@ impl PluginCounters {
             stage: stage.into(),
             name: name.into(),
         };
-        let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        totals.get(&key).copied().unwrap_or(0)
+        self.lock().totals.get(&key).copied().unwrap_or(0)
     }
 
-    fn fold(&self, tags: &Tags, pending: &mut HashMap<String, u64>) {
+    /// Counter names dropped so far, per (pipeline, stage), sorted; only stages that have
+    /// used counters appear.
+    pub fn names_dropped(&self) -> Vec<(String, String, u64)> {
+        let state = self.lock();
+        let mut all: Vec<_> = state
+            .stages
+            .iter()
+            .flat_map(|(pipeline, stages)| {
+                stages
+                    .iter()
+                    .map(move |(stage, names)| (pipeline.clone(), stage.clone(), names.dropped))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    pub(crate) fn fold(&self, tags: &Tags, pending: &mut PendingCounters) {
         if pending.is_empty() {
             return;
         }
-        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, delta) in pending.drain() {
+        let mut state = self.lock();
+        let CounterState { totals, stages } = &mut *state;
+        let pipeline = match stages.get_mut(&tags.pipeline) {
+            Some(stages) => stages,
+            None => stages.entry(tags.pipeline.clone()).or_default(),
+        };
+        let names = match pipeline.get_mut(&tags.stage) {
+            Some(names) => names,
+            None => pipeline.entry(tags.stage.clone()).or_default(),
+        };
+        for (name, delta) in pending.added.drain() {
             let key = CounterKey {
                 pipeline: tags.pipeline.clone(),
                 stage: tags.stage.clone(),
                 name,
             };
-            let total = totals.entry(key).or_insert(0);
-            *total = total.saturating_add(delta);
+            if let Some(total) = totals.get_mut(&key) {
+                *total = total.saturating_add(delta);
+            } else if names.distinct < MAX_COUNTER_NAMES {
+                names.distinct += 1;
+                totals.insert(key, delta);
+            } else {
+                names.dropped += 1;
+                names.log_full(tags, &key.name);
+            }
         }
+        if let Some(example) = pending.overflow_example.take() {
+            names.dropped = names.dropped.saturating_add(pending.overflow);
+            pending.overflow = 0;
+            names.log_full(tags, &example);
+        }
+        if let Some((example, len)) = pending.too_long_example.take() {
+            names.dropped = names.dropped.saturating_add(pending.too_long);
+            pending.too_long = 0;
+            if !names.logged_long {
+                names.logged_long = true;
+                tracing::warn!(
+                    pipeline = %tags.pipeline,
+                    stage = %tags.stage,
+                    counter = %example,
+                    bytes = len,
+                    limit = MAX_COUNTER_NAME_BYTES,
+                    "Plugin counter dropped: its name is too long; such names are dropped from now on \
+                     (counted in switchyard_plugin_counter_names_dropped_total)."
+                );
+            }
+        }
+    }
+}
+
+impl StageNames {
+    /// Logs, the first time only, that the stage's new counter names are being dropped.
+    fn log_full(&mut self, tags: &Tags, name: &str) {
+        if self.logged_full {
+            return;
+        }
+        self.logged_full = true;
+        tracing::warn!(
+            pipeline = %tags.pipeline,
+            stage = %tags.stage,
+            counter = %preview(name),
+            limit = MAX_COUNTER_NAMES,
+            "Plugin counter dropped: the stage has as many distinct counter names as it may; \
+             new names are dropped from now on (counted in switchyard_plugin_counter_names_dropped_total)."
+        );
+    }
+}
+
+/// The counters one instance added during one call, before they are folded into the
+/// stage's [`PluginCounters`].
+#[derive(Debug, Default)]
+pub(crate) struct PendingCounters {
+    added: HashMap<String, u64>,
+    /// New names refused because this call already has [`MAX_COUNTER_NAMES`] (more than the
+    /// stage may ever keep), and the first one's preview.
+    overflow: u64,
+    overflow_example: Option<String>,
+    /// Names refused for their length, and the first one's preview and length.
+    too_long: u64,
+    too_long_example: Option<(String, usize)>,
+}
+
+impl PendingCounters {
+    pub(crate) fn add(&mut self, name: String, delta: u64) {
+        if name.len() > MAX_COUNTER_NAME_BYTES {
+            self.too_long += 1;
+            if self.too_long_example.is_none() {
+                self.too_long_example = Some((preview(&name), name.len()));
+            }
+            return;
+        }
+        if let Some(total) = self.added.get_mut(&name) {
+            *total = total.saturating_add(delta);
+        } else if self.added.len() < MAX_COUNTER_NAMES {
+            self.added.insert(name, delta);
+        } else {
+            self.overflow += 1;
+            if self.overflow_example.is_none() {
+                self.overflow_example = Some(preview(&name));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.overflow == 0 && self.too_long == 0
     }
 }
 
@@ -131,11 +282,15 @@ pub(crate) struct Tags {
     pub(crate) stage: String,
 }
 
-/// Longest counter name and log message accepted from a guest; longer ones are cut, so a
-/// plugin cannot flood the host's log or metric labels.
+/// Longest log message (and line of stdout or stderr) accepted from a guest; longer ones are
+/// cut, so a plugin cannot flood the host's log.
 const MAX_GUEST_TEXT: usize = 8 * 1024;
-/// How many distinct counter names one stage may create.
-const MAX_COUNTER_NAMES: usize = 1_000;
+/// Longest counter name accepted from a guest; a longer one is dropped (a metric label).
+pub const MAX_COUNTER_NAME_BYTES: usize = 8 * 1024;
+/// How many distinct counter names one stage may create over the process's life.
+pub const MAX_COUNTER_NAMES: usize = 100;
+/// How much of a guest-chosen name a host log line shows.
+const LOG_PREVIEW_CHARS: usize = 64;
 /// How much of a guest's recent stderr is kept to explain a trap (a panic message).
 const STDERR_TAIL: usize = 1024;
 
@@ -146,8 +301,12 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) services: HostServices,
     pub(crate) tags: Tags,
-    pending_counters: HashMap<String, u64>,
+    pending_counters: PendingCounters,
     pub(crate) stderr: Arc<Mutex<GuestOutput>>,
+    /// When the running call's time budget ends, a little after the epoch deadline (set by
+    /// [`HostState::start_call`] before `init` and before each `process`). Every clock wait
+    /// the guest asks for ends by then at the latest.
+    deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -167,8 +326,40 @@ impl HostState {
             limiter: MemoryLimiter { cap: memory_cap },
             services,
             tags,
-            pending_counters: HashMap::new(),
+            pending_counters: PendingCounters::default(),
             stderr: stderr_state,
+            deadline: None,
+        }
+    }
+
+    /// A call with this time budget starts now: clock waits end when it does. Two epoch ticks
+    /// past the budget, so that when a wait ends the epoch deadline has passed too and the
+    /// guest is interrupted as soon as it runs again.
+    pub(crate) fn start_call(&mut self, budget: Duration) {
+        self.deadline = Instant::now().checked_add(budget.saturating_add(2 * EPOCH_TICK));
+    }
+
+    /// A trap if the call's budget is spent (checked after a wait in the host, where the
+    /// epoch deadline cannot fire, since the epoch ticker may lag behind the clock).
+    fn check_deadline(&self) -> wasmtime::Result<()> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(wasmtime::Trap::Interrupt.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// `wait`, cut to what is left of the call's budget.
+    fn bounded_wait(&self, wait: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
+            None => wait,
+        }
+    }
+
+    fn clocks(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: self.wasi.clocks(),
+            table: &mut self.table,
         }
     }
 
@@ -204,6 +395,83 @@ impl WasiView for HostState {
     }
 }
 
+/// The WASI monotonic clock and polling as wasmtime-wasi links them (components importing
+/// any 0.2.x version resolve to these).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+const POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces the two functions of `wasi:clocks/monotonic-clock` that make a pollable, so that
+/// every clock wait ends by the running call's deadline, and the two of `wasi:io/poll` that
+/// wait, so that a wait that ends past the deadline ends the call.
+///
+/// Epoch interruption only stops a guest while it runs wasm code; a guest blocked in
+/// `pollable.block` or `poll` on a clock waits in the host, where no epoch check happens,
+/// for as long as it asked. In this sandbox a clock is the only thing a pollable can wait
+/// for (stdin is empty, stdout and stderr are always ready, sockets and files are denied),
+/// so bounding the clock's pollables bounds every blocking host call. A wait that ran into
+/// the deadline then traps with an interrupt, as the epoch deadline would (which may not have
+/// passed yet: the ticker thread can lag the clock on a busy machine): the record is
+/// dead-lettered with kind `timeout`, as a busy loop is.
+pub(crate) fn bound_clock_waits(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>,
+         (nanos,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            let state = store.data_mut();
+            let wait = state.bounded_wait(Duration::from_nanos(nanos));
+            let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            Ok((state.clocks().subscribe_duration(nanos)?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>,
+         (when,): (u64,)|
+         -> wasmtime::Result<(Resource<DynPollable>,)> {
+            let state = store.data_mut();
+            let now = state.clocks().now()?;
+            let wait = state.bounded_wait(Duration::from_nanos(when.saturating_sub(now)));
+            let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            Ok((state.clocks().subscribe_duration(nanos)?,))
+        },
+    )?;
+    let mut poll = linker.instance(POLL)?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, HostState>,
+         (pollable,): (Resource<DynPollable>,)|
+         -> wasmtime::Result<()> {
+            let state = store.data_mut();
+            state.table.block(pollable)?;
+            state.check_deadline()
+        },
+    )?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, HostState>,
+         (pollables,): (Vec<Resource<DynPollable>>,)|
+         -> wasmtime::Result<(Vec<u32>,)> {
+            let state = store.data_mut();
+            let ready = state.table.poll(pollables)?;
+            state.check_deadline()?;
+            Ok((ready,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The start of a guest-chosen name, for a log line.
+fn preview(name: &str) -> String {
+    match name.char_indices().nth(LOG_PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
 fn truncate_text(mut s: String) -> String {
     if s.len() > MAX_GUEST_TEXT {
         let mut cut = MAX_GUEST_TEXT;
@@ -233,20 +501,7 @@ impl bindings::switchyard::plugin::host::Host for HostState {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) {
-        if let Some(total) = self.pending_counters.get_mut(&name) {
-            *total = total.saturating_add(delta);
-            return;
-        }
-        if self.pending_counters.len() >= MAX_COUNTER_NAMES {
-            tracing::warn!(
-                pipeline = %self.tags.pipeline,
-                stage = %self.tags.stage,
-                counter = %name,
-                "Plugin counter dropped: too many distinct counter names in one call."
-            );
-            return;
-        }
-        self.pending_counters.insert(truncate_text(name), delta);
+        self.pending_counters.add(name, delta);
     }
 }
 

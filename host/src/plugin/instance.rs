@@ -9,12 +9,17 @@ use super::bindings::{Plugin, RecordBatch, Verdict};
 use super::engine::EPOCH_TICK;
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, HostState, Tags};
+use super::lift::{self, OutputLimits, Verdicts};
 use super::limits::{MemoryCapExceeded, StageLimits};
 use super::module::{PluginModule, StageCode};
 use super::schema::JsonSchemaStage;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{Func, Instance, TypedFunc};
 use wasmtime::{Engine, Store, Trap};
+
+/// The interface a plugin exports.
+const TRANSFORM: &str = "switchyard:plugin/transform@0.1.0";
 
 /// Everything needed to make an instance of one stage.
 #[derive(Clone)]
@@ -30,7 +35,9 @@ pub(crate) enum StageInstance {
     /// A component instance in its own store.
     Wasm {
         store: Box<Store<HostState>>,
-        plugin: Plugin,
+        /// `process`, type-checked against [`Verdicts`] when the instance was made: its
+        /// result is lifted with the output limits checked (`lift`).
+        process: Func,
     },
     /// A built-in stage: nothing to instantiate, shared by every worker.
     JsonSchema(Arc<JsonSchemaStage>),
@@ -53,14 +60,18 @@ impl StageInstance {
         store.limiter(|state| &mut state.limiter);
         let init_budget = Duration::from_millis(setup.limits.init_timeout_ms);
         store.set_epoch_deadline(deadline_ticks(init_budget));
+        store.data_mut().start_call(init_budget);
 
-        let plugin = pre.instantiate(&mut store).map_err(|e| {
+        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
             match classify(&store, &e) {
                 // A trap or cap hit while instantiating is the component's own fault.
                 failure if failure.kind != ErrorKind::Trap => LoadError::InitCrashed(failure),
                 _ => LoadError::Instantiate(format!("{e:#}")),
             }
         })?;
+        let world = |e: wasmtime::Error| LoadError::World(format!("{e:#}"));
+        let plugin = Plugin::new(&mut store, &instance).map_err(world)?;
+        let process = process_export(&mut store, &instance).map_err(world)?;
         store.data().reset_stderr_tail();
         let outcome = plugin
             .switchyard_plugin_transform()
@@ -69,31 +80,56 @@ impl StageInstance {
         match outcome {
             Ok(Ok(())) => Ok(StageInstance::Wasm {
                 store: Box::new(store),
-                plugin,
+                process,
             }),
             Ok(Err(message)) => Err(LoadError::Init(message)),
             Err(e) => Err(LoadError::InitCrashed(classify(&store, &e))),
         }
     }
 
-    /// Calls `process` with a time budget. The verdicts are not checked here.
+    /// Calls `process` with a time budget. The verdicts' count, outputs and sizes are
+    /// checked against `limits` while they are lifted, before the host copies them; their
+    /// routes are not checked here.
     pub(crate) fn process(
         &mut self,
         batch: &RecordBatch,
         budget: Duration,
+        limits: OutputLimits,
     ) -> Result<Vec<Verdict>, RecordError> {
-        let (store, plugin) = match self {
-            StageInstance::Wasm { store, plugin } => (store, plugin),
+        let (store, process) = match self {
+            StageInstance::Wasm { store, process, .. } => (store, *process),
             StageInstance::JsonSchema(stage) => return Ok(stage.process(batch)),
         };
+        store.set_hostcall_fuel(lift::hostcall_fuel(&limits));
         store.set_epoch_deadline(deadline_ticks(budget));
+        store.data_mut().start_call(budget);
         store.data().reset_stderr_tail();
-        let result = plugin
-            .switchyard_plugin_transform()
-            .call_process(&mut **store, batch);
+        // SAFETY: `process` was type-checked against exactly these types when the instance
+        // was made (`process_export`), as the generated bindings do before their own
+        // unchecked calls.
+        let process = unsafe { TypedFunc::<(&RecordBatch,), (Verdicts,)>::new_unchecked(process) };
+        let result = lift::with_limits(limits, || process.call(&mut **store, (batch,)));
         store.data_mut().flush_counters();
-        result.map_err(|e| classify(store, &e))
+        result
+            .map(|(Verdicts(verdicts),)| verdicts)
+            .map_err(|e| classify(store, &e))
     }
+}
+
+/// The `process` function of an instance, type-checked against the checked lift.
+fn process_export(store: &mut Store<HostState>, instance: &Instance) -> wasmtime::Result<Func> {
+    let missing = |what: &str| wasmtime::format_err!("the component does not export {what}");
+    let transform = instance
+        .get_export_index(&mut *store, None, TRANSFORM)
+        .ok_or_else(|| missing(TRANSFORM))?;
+    let index = instance
+        .get_export_index(&mut *store, Some(&transform), "process")
+        .ok_or_else(|| missing("process"))?;
+    let func = instance
+        .get_func(&mut *store, index)
+        .ok_or_else(|| missing("process as a function"))?;
+    func.typed::<(&RecordBatch,), (Verdicts,)>(&*store)?;
+    Ok(func)
 }
 
 /// The epoch deadline for a budget: rounded up, plus one tick because the current tick may
@@ -106,6 +142,18 @@ fn deadline_ticks(budget: Duration) -> u64 {
 
 /// Turns a failed call into the kind and message a dead-letter record carries.
 fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> RecordError {
+    // Output refused while it was lifted (`lift`).
+    if let Some(refused) = error.chain().find_map(|e| e.downcast_ref::<RecordError>()) {
+        return refused.clone();
+    }
+    // wasmtime's own bound on what one lift may copy out of the guest (its error type is
+    // private; the message is its interface).
+    if format!("{error:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return RecordError::bad_output(
+            "the plugin handed the host more data in one call than the stage's limits allow \
+             (limits.max_outputs, limits.max_output_bytes)",
+        );
+    }
     if let Some(cap) = error
         .chain()
         .find_map(|e| e.downcast_ref::<MemoryCapExceeded>())

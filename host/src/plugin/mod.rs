@@ -5,6 +5,8 @@
 //!   interruption) and loading: bytes -> compiled, type-checked [`PluginModule`].
 //! - `instance`: one warm instance in its own store; calls with a time budget; classifies
 //!   failures.
+//! - `lift`: a call's verdicts read out of guest memory with the output limits checked
+//!   before anything is copied.
 //! - [`module`]: what a stage runs once loaded ([`PluginModule`]): a component or the
 //!   built-in JSON Schema stage, with its version.
 //! - [`spec`]: a pipeline's chain as configured and checked: routes, default route, stages.
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod host_api;
 mod instance;
+mod lift;
 pub mod limits;
 pub mod module;
 pub mod sample;

@@ -8,6 +8,7 @@
 //! | key         | meaning                                        |
 //! |-------------|------------------------------------------------|
 //! | `fail_init` | if set, `init` fails with this value as message |
+//! | `init_table` | if set, `init` looks up key `fail` in this table and fails with the value found, if any (the host's table decides which instantiation fails) |
 //!
 //! Other keys are accepted and ignored.
 //!
@@ -24,6 +25,7 @@
 //! | `{"do":"route","name":"x"}`                          | route to `x` (default empty)                      |
 //! | `{"do":"loop"}`                                      | loop forever                                      |
 //! | `{"do":"sleep","ms":N}`                              | busy-wait N ms on the monotonic clock, then pass  |
+//! | `{"do":"block","ms":N}`                              | `std::thread::sleep` N ms (a blocking WASI clock wait in the host), then pass |
 //! | `{"do":"alloc","mb":N}`                              | allocate N MiB, touch every page, hold it until the end of the call, then pass |
 //! | `{"do":"panic","message":"x"}`                       | panic with `x` (default `misbehave`)              |
 //! | `{"do":"verdicts","n":N}`                            | N pass verdicts for this record instead of one    |
@@ -52,10 +54,15 @@ pub struct Misbehave;
 
 impl Plugin for Misbehave {
     fn init(config: &Config) -> Result<Self, String> {
-        match config.get("fail_init") {
-            Some(message) => Err(message.to_owned()),
-            None => Ok(Self),
+        if let Some(message) = config.get("fail_init") {
+            return Err(message.to_owned());
         }
+        if let Some(table) = config.get("init_table")
+            && let Some(message) = host::lookup(table, b"fail")
+        {
+            return Err(String::from_utf8_lossy(&message).into_owned());
+        }
+        Ok(Self)
     }
 
     fn process(&mut self, record: &Record) -> Verdict {
@@ -99,6 +106,10 @@ fn obey(batch: &Batch, record: &Record, held: &mut Vec<Vec<u8>>, verdicts: &mut 
         "loop" => spin_forever(),
         "sleep" => {
             busy_wait(Duration::from_millis(number("ms")));
+            Verdict::Pass
+        }
+        "block" => {
+            std::thread::sleep(Duration::from_millis(number("ms")));
             Verdict::Pass
         }
         "alloc" => {
@@ -278,6 +289,10 @@ mod tests {
             "nope"
         );
         assert!(Misbehave::init(&Config::from_pairs([("other", "x")])).is_ok());
+        let from_table = Config::from_pairs([("init_table", "init")]);
+        assert!(Misbehave::init(&from_table).is_ok());
+        testing::set_table("init", "fail", "not now");
+        assert_eq!(Misbehave::init(&from_table).unwrap_err(), "not now");
     }
 
     #[test]
@@ -337,6 +352,9 @@ mod tests {
     fn sleeps_and_allocates() {
         let start = Instant::now();
         assert_eq!(one(r#"{"do":"sleep","ms":20}"#), Verdict::Pass);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        let start = Instant::now();
+        assert_eq!(one(r#"{"do":"block","ms":20}"#), Verdict::Pass);
         assert!(start.elapsed() >= Duration::from_millis(20));
         assert_eq!(one(r#"{"do":"alloc","mb":2}"#), Verdict::Pass);
     }

@@ -25,6 +25,7 @@ use super::engine::PluginEngine;
 use super::error::{LoadError, RecordError};
 use super::host_api::{HostServices, Tags};
 use super::instance::{InstanceSetup, StageInstance};
+use super::lift::OutputLimits;
 use super::spec::{ChainSpec, StageSpec};
 use std::sync::Arc;
 use verdict::{Meta, Survivors, apply, check_verdicts, dead_letter};
@@ -227,8 +228,9 @@ impl ChainRunner {
         };
 
         let mut out = Survivors::with_capacity(meta.len());
+        let longest_route = spec.routes.iter().map(String::len).max().unwrap_or(0);
         let started = observer.as_ref().map(|_| std::time::Instant::now());
-        let verdicts = slot.call(&engine, &batch)?;
+        let verdicts = slot.call(&engine, &batch, longest_route)?;
         if let (Some(observe), Some(started)) = (observer.as_mut(), started) {
             observe(index, started.elapsed());
         }
@@ -268,12 +270,14 @@ impl ChainRunner {
                 };
                 for (record, meta) in records.into_iter().zip(meta) {
                     single.records.push(record);
-                    let verdict = slot.call(&engine, &single)?.and_then(|mut verdicts| {
-                        check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
-                        verdicts
-                            .pop()
-                            .ok_or_else(|| RecordError::bad_output("no verdict"))
-                    });
+                    let verdict =
+                        slot.call(&engine, &single, longest_route)?
+                            .and_then(|mut verdicts| {
+                                check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
+                                verdicts
+                                    .pop()
+                                    .ok_or_else(|| RecordError::bad_output("no verdict"))
+                            });
                     // The call only borrowed the batch: the record is still its one element.
                     let record = single.records.swap_remove(0);
                     match verdict {
@@ -335,26 +339,92 @@ impl StageSlot {
     }
 
     /// Calls the stage's instance, making a fresh one first if the last call failed.
-    /// The outer error means no instance could be made at all.
+    /// The outer error means no instance could be made at all, even after retrying for
+    /// [`REINSTANTIATE_PATIENCE`].
     fn call(
         &mut self,
         engine: &PluginEngine,
         batch: &RecordBatch,
+        longest_route: usize,
     ) -> Result<Result<Vec<Verdict>, RecordError>, StageLoadError> {
-        let instance = match &mut self.instance {
+        let mut instance = match self.instance.take() {
             Some(instance) => instance,
-            empty => {
+            None => {
                 self.stats.restarts += 1;
-                let fresh = StageInstance::new(engine.engine(), &self.spec.module, &self.setup)
-                    .map_err(|error| StageLoadError {
-                        pipeline: self.setup.tags.pipeline.clone(),
-                        stage: self.spec.name.clone(),
-                        error,
-                    })?;
-                empty.insert(fresh)
+                self.reinstantiate(engine)?
             }
         };
         let budget = self.spec.limits.batch_budget(batch.records.len());
-        Ok(instance.process(batch, budget))
+        let limits = OutputLimits {
+            records: batch.records.len(),
+            max_outputs: self.spec.limits.max_outputs,
+            max_output_bytes: self.spec.limits.max_output_bytes,
+            longest_route,
+        };
+        let result = instance.process(batch, budget, limits);
+        self.instance = Some(instance);
+        Ok(result)
+    }
+
+    /// A fresh instance after a failed call. Making it can fail where the first one did not
+    /// (an `init` that is slow or depends on something outside, a full instance pool): it
+    /// is retried with backoff, and the batch waits, rather than failing the pipeline. Only
+    /// after [`REINSTANTIATE_PATIENCE`] of failures does the error stop the chain.
+    fn reinstantiate(&mut self, engine: &PluginEngine) -> Result<StageInstance, StageLoadError> {
+        let started = std::time::Instant::now();
+        let mut delay = REINSTANTIATE_FIRST_DELAY;
+        let mut attempt = 1u32;
+        loop {
+            let error = match StageInstance::new(engine.engine(), &self.spec.module, &self.setup) {
+                Ok(instance) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            pipeline = %self.setup.tags.pipeline,
+                            stage = %self.spec.name,
+                            attempts = attempt,
+                            "Plugin instance made again; the stage goes on."
+                        );
+                    }
+                    return Ok(instance);
+                }
+                Err(error) => error,
+            };
+            if started.elapsed() + delay > REINSTANTIATE_PATIENCE {
+                tracing::error!(
+                    pipeline = %self.setup.tags.pipeline,
+                    stage = %self.spec.name,
+                    attempts = attempt,
+                    error = %error,
+                    "Cannot make a fresh plugin instance; giving up."
+                );
+                return Err(StageLoadError {
+                    pipeline: self.setup.tags.pipeline.clone(),
+                    stage: self.spec.name.clone(),
+                    error,
+                });
+            }
+            tracing::warn!(
+                pipeline = %self.setup.tags.pipeline,
+                stage = %self.spec.name,
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %error,
+                "Cannot make a fresh plugin instance after a failed call; the stage's next \
+                 records wait while it retries."
+            );
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(REINSTANTIATE_MAX_DELAY);
+            attempt += 1;
+        }
     }
 }
+
+/// The first wait before making a fresh instance again, doubled after each failure up to
+/// [`REINSTANTIATE_MAX_DELAY`].
+const REINSTANTIATE_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest wait between two attempts.
+const REINSTANTIATE_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a stage keeps trying to make a fresh instance before the error stops the chain
+/// (and the pipeline with it): long enough to ride out a slow `init` or a pool that is full
+/// during a reload, short enough that a stop does not wait on it for long.
+const REINSTANTIATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
