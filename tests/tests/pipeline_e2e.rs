@@ -8,7 +8,7 @@ use switchyard_tests::event;
 use switchyard_tests::kafka::{Broker, Consumed, TestRecord, event_records};
 use switchyard_tests::pipelines::{
     ROUTING_OUTPUTS, Running, StageDef, create_event_topics, kafka_toml, pipeline_toml,
-    scratch_dir, start, write_file,
+    read_routing_outputs, scratch_dir, start, write_file,
 };
 
 const REQUIRED: &str = "event_id:string,user_id:string,event_type:string,timestamp:number";
@@ -215,6 +215,47 @@ fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
         assert_eq!(c.key.as_deref(), Some(user_key(n).as_bytes()));
         assert_eq!(c.value_str(), event(n));
     }
+}
+
+/// The status shows each partition's committed offset once the broker confirmed it (the
+/// admin API's `committed`), on tansu too: every partition read to its end is committed to
+/// its end while the pipeline runs.
+#[test]
+fn the_status_shows_the_committed_offsets() {
+    let s = setup("committed", &ROUTING_OUTPUTS);
+    let cfg = config(
+        &s,
+        &[
+            ("standard", "events-standard"),
+            ("urgent", "events-urgent"),
+            ("errors", "events-errors"),
+        ],
+        &[("route", "route", &[])],
+        "commit_interval_ms = 100",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    s.broker
+        .produce("events", event_records(0..200, 10_000))
+        .expect("produced");
+    let out = read_routing_outputs(&s.broker, 200, SETTLE);
+    assert_eq!(out.len(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        let partitions = running.status("events").tracker.partitions();
+        let done = partitions
+            .iter()
+            .all(|p| p.position.is_none() || p.committed == p.position);
+        if done || std::time::Instant::now() >= deadline {
+            break partitions;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(partitions.len(), 4, "{partitions:?}");
+    for p in &partitions {
+        assert!(p.position.is_some(), "every partition got records: {p:?}");
+        assert_eq!(p.committed, p.position, "committed to its end: {p:?}");
+    }
+    running.stop().expect("clean stop");
 }
 
 #[test]

@@ -96,6 +96,9 @@ pub struct Consumer<'a> {
     paused: bool,
     last_commit: Instant,
     last_full_commit: Instant,
+    /// When the broker was last asked for the committed offsets (see
+    /// [`confirm_from_broker`]).
+    last_commit_check: Instant,
     last_report: Instant,
     last_watermarks: Instant,
     since_housekeeping: u32,
@@ -131,6 +134,7 @@ impl<'a> Consumer<'a> {
             paused: false,
             last_commit: now,
             last_full_commit: now,
+            last_commit_check: now,
             last_report: now,
             last_watermarks: now,
             since_housekeeping: 0,
@@ -243,6 +247,12 @@ impl<'a> Consumer<'a> {
             self.last_commit = now;
             if again {
                 self.last_full_commit = now;
+            }
+        }
+        if now.duration_since(self.last_commit_check) >= COMMIT_CHECK_INTERVAL {
+            self.last_commit_check = now;
+            if status.tracker.has_unconfirmed_commits() {
+                confirm_from_broker(&self.consumer, self.settings.pipeline, status);
             }
         }
         if now.duration_since(self.last_watermarks) >= WATERMARK_INTERVAL {
@@ -421,6 +431,35 @@ fn commit_async(
         tracing::warn!(pipeline, error = %e, "Cannot send an offset commit; retrying.");
         for (topic, partition, _) in &offsets {
             status.tracker.commit_failed(topic, *partition);
+        }
+    }
+}
+
+/// How often the broker is asked for the committed offsets when commits it took were not
+/// confirmed.
+const COMMIT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Asks the broker for the group's committed offsets of the assigned partitions and records
+/// them as confirmed: the status then shows what is committed even on a broker whose answers
+/// to asynchronous commits never reach the commit callback (tansu). A short blocking request,
+/// made only while some commit is unconfirmed, at most every [`COMMIT_CHECK_INTERVAL`].
+fn confirm_from_broker(
+    consumer: &BaseConsumer<SourceContext>,
+    pipeline: &str,
+    status: &PipelineStatus,
+) {
+    match consumer.committed(Duration::from_secs(2)) {
+        Ok(list) => {
+            for e in list.elements() {
+                if let Offset::Offset(offset) = e.offset() {
+                    status
+                        .tracker
+                        .commit_confirmed(e.topic(), e.partition(), offset);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(pipeline, error = %e, "Cannot read the committed offsets back.");
         }
     }
 }

@@ -236,6 +236,16 @@ impl Tracker {
         }
     }
 
+    /// Whether some partition has a commit sent but not confirmed (some brokers, tansu among
+    /// them, commit without ever answering an asynchronous commit in a way librdkafka reports).
+    pub fn has_unconfirmed_commits(&self) -> bool {
+        let handles: Vec<Arc<PartitionHandle>> = self.lock().values().cloned().collect();
+        handles.iter().any(|h| {
+            let state = h.lock();
+            state.requested.is_some() && state.requested != state.committed
+        })
+    }
+
     /// A commit for the partition failed (whatever offset it carried): the next commit asks
     /// again for everything past the last confirmed offset.
     pub fn commit_failed(&self, topic: &str, partition: i32) {
