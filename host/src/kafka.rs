@@ -14,6 +14,7 @@
 //! | producer | `enable.idempotence` | `true`            | broker retries neither duplicate nor reorder; implies `acks=all` |
 //! | producer | `acks`               | `all`             | an output counts as written only when every in-sync replica has it |
 //! | producer | `linger.ms`          | `1`               | batch for 1 ms at most (librdkafka: 5) |
+//! | producer | `message.timeout.ms` | `0` (no limit)    | a failed write is retried by librdkafka's idempotent producer, in order, until it succeeds (librdkafka: 300000, after which Switchyard re-sends it, and a re-sent record can land after later records of its partition) |
 //! | producer | `partitioner`        | `murmur2_random`  | same key -> same partition as the Java client |
 //!
 //! Set by Switchyard and refused in the config: `bootstrap.servers` (from `kafka.brokers`),
@@ -65,6 +66,7 @@ pub fn producer_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
+        .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random")
         .set("client.id", format!("switchyard-{pipeline}"));
     for (key, value) in &kafka.producer {

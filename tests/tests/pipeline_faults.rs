@@ -23,13 +23,35 @@ fn start_on(broker: &Broker, name: &str) -> Running {
     start(&config).expect("pipeline starts")
 }
 
-/// Every event 0..n was written at least once, to a route topic (never dead-lettered).
+/// Every event 0..n was written at least once, to a route topic (never dead-lettered), and
+/// each key's events are in input order within each output partition.
 fn assert_all_delivered(out: &[Consumed], n: u64) {
     for c in out {
         assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
     }
     let lost = missing(&tally(out), n);
     assert!(lost.is_empty(), "lost (first 10): {lost:?}");
+    assert_key_order(out);
+}
+
+/// Within each output partition, each key's event numbers never go down (in offset order).
+fn assert_key_order(out: &[Consumed]) {
+    let mut sorted: Vec<&Consumed> = out.iter().collect();
+    sorted
+        .sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    let mut last: BTreeMap<(&str, i32, Option<&[u8]>), u64> = BTreeMap::new();
+    for c in sorted {
+        let n = c.event_number();
+        let key = (c.topic.as_str(), c.partition, c.key.as_deref());
+        if let Some(before) = last.insert(key, n) {
+            assert!(
+                before <= n,
+                "{} partition {}: event {n} written after event {before} of the same key",
+                c.topic,
+                c.partition
+            );
+        }
+    }
 }
 
 /// Reads every output of events 0..n, then stops the pipeline cleanly, and asserts that each
@@ -127,6 +149,47 @@ fn a_broker_down_then_up_loses_nothing() {
         .produce("events", event_records(N / 2..N, 10_000))
         .expect("produced");
     assert_all_delivered_then_stop(&broker, running, N);
+}
+
+/// With a finite `message.timeout.ms` (librdkafka's default is 300 s; Switchyard's is no
+/// limit), writes still failing when it passes come back to Switchyard, which writes them
+/// again after a backoff: they are counted as retries and nothing is lost. (Their order
+/// against later records of the partition is not kept: the README says so.)
+#[test]
+fn writes_past_a_short_message_timeout_are_retried_by_switchyard() {
+    const N: u64 = 1_000;
+    let broker = Broker::mock(1).expect("mock cluster");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    // Only the router produces from now on: its produce requests fail 300 times, for far
+    // longer than its 1 s message timeout (librdkafka backs off 100 ms to 1 s between tries).
+    let cluster = broker.mock_cluster().expect("mock");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 300],
+    );
+    let config = routing_config(
+        &broker,
+        "short-timeout",
+        "[kafka.producer]\n\"message.timeout.ms\" = \"1000\"\n",
+        "commit_interval_ms = 100",
+    );
+    let running = start(&config).expect("pipeline starts");
+    let out = read_routing_outputs(&broker, N, SETTLE);
+    let counters = running.counters("events");
+    running.stop().expect("clean stop");
+    for c in &out {
+        assert_ne!(c.topic, "events-dlq", "dead-lettered: {:?}", c.headers);
+    }
+    let lost = missing(&tally(&out), N);
+    assert!(lost.is_empty(), "lost (first 10): {lost:?}");
+    assert!(
+        counters.produce_retries > 0,
+        "Switchyard retried the writes librdkafka gave up on: {counters:?}"
+    );
+    assert_eq!(counters.routed, N, "{counters:?}");
 }
 
 #[test]
