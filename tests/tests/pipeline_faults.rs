@@ -192,6 +192,61 @@ fn writes_past_a_short_message_timeout_are_retried_by_switchyard() {
     assert_eq!(counters.routed, N, "{counters:?}");
 }
 
+/// Offsets are committed only after the outputs are acknowledged, checked while the outputs
+/// are held back: the router's produce requests fail for a while (commits keep working), and
+/// at every moment the committed offsets add up to no more records than were acknowledged
+/// (each record has one output). Committing on processing rather than on acknowledgement
+/// would commit ahead of the acknowledgements during the failures.
+#[test]
+fn offsets_are_committed_only_after_the_outputs_are_acknowledged() {
+    const N: u64 = 2_000;
+    let broker = Broker::mock(1).expect("mock cluster");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    broker
+        .produce("events", event_records(0..N, 10_000))
+        .expect("produced");
+    // Only the router produces from now on; its writes fail 100 times (retried in order by
+    // librdkafka), holding every output back for seconds.
+    let cluster = broker.mock_cluster().expect("mock");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100],
+    );
+    let config = routing_config(&broker, "commit-after-ack", "", "commit_interval_ms = 50");
+    let running = start(&config).expect("pipeline starts");
+    let committed = || -> i64 {
+        broker
+            .committed("switchyard-events", "events")
+            .map(|c| c.values().sum())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut samples = 0;
+    let mut held_back_samples = 0;
+    loop {
+        let c = committed();
+        let acknowledged = running.counters("events").routed;
+        assert!(
+            c <= acknowledged as i64,
+            "committed {c} records with only {acknowledged} outputs acknowledged"
+        );
+        samples += 1;
+        if acknowledged < N {
+            held_back_samples += 1;
+        }
+        if c == N as i64 || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(committed(), N as i64, "everything committed in the end");
+    assert!(
+        held_back_samples >= 5,
+        "sampled while outputs were held back: {held_back_samples} of {samples}"
+    );
+    running.stop().expect("clean stop");
+}
+
 #[test]
 fn slow_round_trips_delay_but_lose_nothing() {
     const N: u64 = 2_000;
