@@ -480,7 +480,7 @@ fn hot_reload_under_load_loses_nothing() {
                 }
             }
             producer
-                .flush(Duration::from_secs(60))
+                .flush(Duration::from_secs(300))
                 .expect("all acknowledged");
         })
     };
