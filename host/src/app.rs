@@ -149,25 +149,10 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
 /// without end. A cluster that does not answer in time is not a refusal: the pipelines then
 /// wait for it as they always do.
 fn check_output_topics(config: &Config) -> anyhow::Result<()> {
-    let mut wanted: Vec<(String, String)> = Vec::new();
-    for p in &config.pipelines {
-        for (route, topic) in &p.routes {
-            wanted.push((
-                topic.clone(),
-                format!("pipeline {}: routes.{route}", p.name),
-            ));
-        }
-        wanted.push((
-            p.dead_letter_topic.clone(),
-            format!("pipeline {}: dead_letter_topic", p.name),
-        ));
-    }
-    let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    let missing = match crate::kafka::missing_topics(
+    let pipelines: Vec<&crate::config::PipelineConfig> = config.pipelines.iter().collect();
+    let missing = match crate::kafka::missing_output_topics(
         &config.kafka,
-        &topics,
+        &pipelines,
         crate::kafka::TOPIC_CHECK_TIMEOUT,
     ) {
         Ok(missing) => missing,
@@ -179,14 +164,9 @@ fn check_output_topics(config: &Config) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let named: Vec<String> = wanted
-        .iter()
-        .filter(|(topic, _)| missing.contains(topic))
-        .map(|(topic, key)| format!("{topic} ({key})"))
-        .collect();
     anyhow::bail!(
         "these output topics do not exist: {}; create them first (Switchyard never creates topics)",
-        named.join(", ")
+        missing.join(", ")
     )
 }
 

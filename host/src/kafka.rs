@@ -211,6 +211,35 @@ pub fn missing_topics(
     Ok(missing)
 }
 
+/// The route and dead-letter topics of `pipelines` that the cluster says do not exist, each
+/// as `topic (pipeline P: routes.R)` or `topic (pipeline P: dead_letter_topic)`. `Err` when
+/// the cluster does not answer within `timeout`.
+pub fn missing_output_topics(
+    kafka: &KafkaConfig,
+    pipelines: &[&PipelineConfig],
+    timeout: std::time::Duration,
+) -> Result<Vec<String>, rdkafka::error::KafkaError> {
+    let mut wanted: Vec<(&str, String)> = Vec::new();
+    for p in pipelines {
+        for (route, topic) in &p.routes {
+            wanted.push((topic, format!("pipeline {}: routes.{route}", p.name)));
+        }
+        wanted.push((
+            &p.dead_letter_topic,
+            format!("pipeline {}: dead_letter_topic", p.name),
+        ));
+    }
+    let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| *t).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let missing = missing_topics(kafka, &topics, timeout)?;
+    Ok(wanted
+        .iter()
+        .filter(|(topic, _)| missing.iter().any(|m| m == topic))
+        .map(|(topic, key)| format!("{topic} ({key})"))
+        .collect())
+}
+
 /// Queues one record, waiting while librdkafka's queue is full (back-pressure, not an
 /// error); any other refusal is returned.
 pub fn send_waiting<C, Part, K, P>(

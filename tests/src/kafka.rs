@@ -302,6 +302,50 @@ impl Broker {
         c
     }
 
+    /// Deletes topics (a real broker's admin API; not the mock cluster) and waits until
+    /// metadata no longer shows them.
+    pub fn delete_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !matches!(self.kind, Kind::Mock(_)),
+            "the mock cluster cannot delete topics"
+        );
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let results = runtime
+            .block_on(admin.delete_topics(topics, &AdminOptions::new()))
+            .context("delete topics request failed")?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("cannot delete topic {topic}: {code}");
+            }
+        }
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("allow.auto.create.topics", "false")
+            .create()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in topics {
+            loop {
+                let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(5))?;
+                let gone = metadata
+                    .topics()
+                    .iter()
+                    .all(|t| t.name() != *name || t.error().is_some() || t.partitions().is_empty());
+                if gone {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "topic {name} still listed after 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates topics and waits until metadata shows every partition.
     pub fn create_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
         if let Kind::Mock(cluster) = &self.kind {

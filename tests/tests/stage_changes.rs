@@ -194,3 +194,40 @@ fn concurrent_uploads_to_two_stages_both_land() {
     }
     running.stop().expect("clean stop");
 }
+
+/// A change while an output topic is missing (deleted since the start) is refused naming the
+/// topic and its key, and the running version stays: the new version would otherwise find it
+/// out one record at a time.
+#[test]
+fn a_change_is_refused_while_an_output_topic_is_missing() {
+    let broker = Broker::tansu().expect("tansu starts");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    let dir = scratch_dir("reload-missing-topic");
+    let config = routing_with(&broker, &dir, "high");
+    let running = start(&config).expect("pipeline starts");
+    let p = running.handles[0].clone();
+    let before = p.control.current().spec.stages()[0]
+        .module
+        .version
+        .0
+        .clone();
+    broker
+        .delete_topics(&["events-errors"])
+        .expect("topic deleted");
+    let reloader = Reloader::new(running.metrics.clone(), Duration::from_secs(60));
+    let bytes = variant(&plugin_bytes("route"), 1);
+    let result = {
+        let mut history = p.stages[0].blocking_lock();
+        reloader.upload(&p, 0, &mut history, &bytes, None, "test")
+    };
+    let error = result.expect_err("refused").to_string();
+    assert!(
+        error.contains("events-errors (pipeline events: routes.errors)"),
+        "{error}"
+    );
+    assert_eq!(
+        p.control.current().spec.stages()[0].module.version.0,
+        before
+    );
+    running.stop().expect("clean stop");
+}

@@ -61,7 +61,8 @@ impl From<ReloadError> for ApiError {
             ReloadError::NoSuchStage => StatusCode::NOT_FOUND,
             ReloadError::BuiltinStage { .. }
             | ReloadError::NothingToRollBack
-            | ReloadError::RollbackUnavailable(_) => StatusCode::CONFLICT,
+            | ReloadError::RollbackUnavailable(_)
+            | ReloadError::MissingTopics(_) => StatusCode::CONFLICT,
             ReloadError::Switch { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ReloadError::Persist(_) => return ApiError::internal("reload", e),
         };
@@ -118,6 +119,13 @@ mod tests {
         );
         assert_eq!(status(ReloadError::NoSuchStage).0, 404);
         assert_eq!(status(ReloadError::NothingToRollBack).0, 409);
+        assert_eq!(
+            status(ReloadError::MissingTopics(vec![
+                "t (pipeline p: routes.r)".into()
+            ]))
+            .0,
+            409
+        );
         assert_eq!(
             status(ReloadError::RollbackUnavailable("gone".into())).0,
             409

@@ -82,6 +82,13 @@ pub enum ReloadError {
     /// The config map cannot be expanded (names the key and the variable).
     #[error("{0}")]
     Config(String),
+    /// An output topic of the pipeline no longer exists (deleted since the start): the
+    /// new version would find it out one record at a time.
+    #[error(
+        "these output topics do not exist: {}; create them, then try again (Switchyard never creates topics)",
+        .0.join(", ")
+    )]
+    MissingTopics(Vec<String>),
     /// The change runs on every worker but could not be written to the state directory: a
     /// restart would not bring it back.
     #[error("the change runs but cannot be persisted: {0}")]
@@ -284,6 +291,7 @@ impl Reloader {
         module: Arc<PluginModule>,
         config: Vec<(String, String)>,
     ) -> Result<(), ReloadError> {
+        check_output_topics(p)?;
         // Another stage's change would otherwise build on the same chain and undo this one
         // (or this one's put-back undo it).
         let _change = p.control.change();
@@ -317,6 +325,25 @@ impl Reloader {
         Ok(())
     }
 }
+
+/// Refuses a change while a route or dead-letter topic of the pipeline is missing; a
+/// cluster that does not answer in time is not a refusal (the change goes on, logged).
+fn check_output_topics(p: &PipelineHandle) -> Result<(), ReloadError> {
+    match crate::kafka::missing_output_topics(&p.kafka, &[&p.config], TOPIC_CHECK_TIMEOUT) {
+        Ok(missing) if missing.is_empty() => Ok(()),
+        Ok(missing) => Err(ReloadError::MissingTopics(missing)),
+        Err(e) => {
+            tracing::warn!(
+                pipeline = %p.name(), error = %e,
+                "Cannot ask the cluster whether the output topics exist; changing anyway."
+            );
+            Ok(())
+        }
+    }
+}
+
+/// How long a change waits for the cluster to say whether the output topics exist.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn switched(
     p: &PipelineHandle,
