@@ -227,23 +227,15 @@ impl Router {
             record,
             ..
         } = dead;
-        let InputRecord {
-            offset,
-            timestamp_ms,
-            key,
-            value,
-            headers,
-        } = record;
-        let why = Why {
-            reason: error.message,
-            kind: error.kind.as_str(),
-            stage: Some((stage_name, version.0)),
-            topic: source.topic,
-            partition: source.partition,
-            offset,
+        let stage = Some((stage_name, version.0));
+        self.dead_record(
+            source,
+            record,
+            error.message,
+            error.kind.as_str(),
+            stage,
             now_ms,
-        };
-        self.dead_letter_record(why, key, value, headers, timestamp_ms)
+        )
     }
 
     /// The dead-letter record for an output the broker would not take (too large, topic
@@ -285,6 +277,19 @@ impl Router {
         reason: String,
         now_ms: i64,
     ) -> Outgoing {
+        self.dead_record(source, record, reason, BAD_INPUT, None, now_ms)
+    }
+
+    /// A source record (as a stage received it) dead-lettered for `reason`.
+    fn dead_record(
+        &self,
+        source: Source<'_>,
+        record: InputRecord,
+        reason: String,
+        kind: &str,
+        stage: Option<(String, String)>,
+        now_ms: i64,
+    ) -> Outgoing {
         let InputRecord {
             offset,
             timestamp_ms,
@@ -294,8 +299,8 @@ impl Router {
         } = record;
         let why = Why {
             reason,
-            kind: BAD_INPUT,
-            stage: None,
+            kind,
+            stage,
             topic: source.topic,
             partition: source.partition,
             offset,
@@ -444,22 +449,38 @@ fn header(key: &str, value: &[u8]) -> Header {
     }
 }
 
-/// The longest dead-letter reason kept (a plugin chooses its reasons); longer ones are cut
-/// at a character boundary and say how much was cut.
+/// The longest dead-letter reason kept (a plugin chooses its reasons; it travels in a Kafka
+/// header and the log); longer ones are cut by [`cut_reason`].
 pub const MAX_REASON_BYTES: usize = 8 * 1024;
 
-fn capped(mut reason: String) -> String {
+/// Room kept after the cut for the note saying how much was cut.
+const CUT_NOTE_ROOM: usize = 64;
+
+/// A reason (UTF-8 text) of `total` bytes, of which `head` is the beginning (at least the
+/// first [`MAX_REASON_BYTES`] bytes, or all of it), at most [`MAX_REASON_BYTES`] long: whole when it
+/// fits, else cut at a character boundary with `... (N more bytes cut)` appended. The plugin
+/// lift reads only `head` from guest memory; the router cuts whole reasons.
+pub fn cut_reason(head: &[u8], total: usize) -> String {
+    if total <= MAX_REASON_BYTES {
+        return String::from_utf8_lossy(head).into_owned();
+    }
+    let mut keep = &head[..head.len().min(MAX_REASON_BYTES - CUT_NOTE_ROOM)];
+    // A character the cut splits is left out whole (other invalid bytes become U+FFFD).
+    if let Err(e) = std::str::from_utf8(keep)
+        && e.error_len().is_none()
+    {
+        keep = &keep[..e.valid_up_to()];
+    }
+    let mut text = String::from_utf8_lossy(keep).into_owned();
+    text.push_str(&format!("... ({} more bytes cut)", total - keep.len()));
+    text
+}
+
+fn capped(reason: String) -> String {
     if reason.len() <= MAX_REASON_BYTES {
         return reason;
     }
-    let mut end = MAX_REASON_BYTES;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = reason.len() - end;
-    reason.truncate(end);
-    reason.push_str(&format!("... ({cut} more bytes cut)"));
-    reason
+    cut_reason(reason.as_bytes(), reason.len())
 }
 
 /// `value_encoding` of an envelope whose value was left out (too large to write).
@@ -796,7 +817,8 @@ mod tests {
         }
     }
 
-    /// A plugin's reason is cut at 8 KiB, at a character boundary, saying how much was cut.
+    /// A plugin's reason is cut to 8 KiB, at a character boundary, saying how much was cut; a
+    /// cut reason is not cut again.
     #[test]
     fn long_reasons_are_cut() {
         let mut dead = dead();
@@ -809,12 +831,20 @@ mod tests {
             .find(|(k, _)| *k == "switchyard-dlq-reason")
             .map(|(_, v)| v.to_owned())
             .unwrap_or_default();
-        assert!(reason.len() < MAX_REASON_BYTES + 40, "{}", reason.len());
+        assert!(reason.len() <= MAX_REASON_BYTES, "{}", reason.len());
         assert!(
-            reason.ends_with("... (11808 more bytes cut)"),
+            reason.ends_with("... (11872 more bytes cut)"),
             "{}",
             &reason[8000..]
         );
+        assert_eq!(
+            capped(reason.clone()),
+            reason,
+            "a cut reason is not cut again"
+        );
+        let ascii = "x".repeat(10_000);
+        let from_head = cut_reason(&ascii.as_bytes()[..MAX_REASON_BYTES], ascii.len());
+        assert_eq!(from_head, capped(ascii), "a head alone cuts the same");
     }
 
     /// A dead letter too large to write loses its value, then its key and own headers; the

@@ -226,6 +226,12 @@ pub fn create_event_topics(broker: &Broker, outputs: &[&str]) {
 /// plugin, sends each event to `events-standard`, `events-urgent` or `events-errors`
 /// ([`ROUTING_OUTPUTS`]); dead letters go to `events-dlq`. `extra` as in [`pipeline_toml`].
 pub fn routing_pipeline_toml(extra: &str) -> String {
+    routing_pipeline_with(&[("route", "route", &[])], extra)
+}
+
+/// The routing pipeline's `[[pipeline]]` block (input, routes and dead-letter topic as in
+/// [`routing_pipeline_toml`]) with other `stages`.
+pub fn routing_pipeline_with(stages: &[StageDef<'_>], extra: &str) -> String {
     pipeline_toml(
         "events",
         "events",
@@ -235,7 +241,7 @@ pub fn routing_pipeline_toml(extra: &str) -> String {
             ("errors", ROUTING_OUTPUTS[2]),
         ],
         ROUTING_OUTPUTS[3],
-        &[("route", "route", &[])],
+        stages,
         extra,
     )
 }

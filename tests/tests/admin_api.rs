@@ -1125,7 +1125,7 @@ fn on_a_non_loopback_address_reads_need_a_token() {
 #[test]
 fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
     use switchyard_tests::pipelines::{
-        kafka_toml, pipeline_toml, scratch_dir, start_parsed, write_file,
+        kafka_toml, routing_pipeline_with, scratch_dir, start_parsed, write_file,
     };
     const SECRET: &str = "s3cret-priority";
     let broker = Broker::mock(1).expect("mock cluster");
@@ -1134,21 +1134,13 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
     let text = format!(
         "{}\n[admin]\ntokens = {{ ops = \"{TOKEN}\" }}\n{}",
         kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", ROUTING_OUTPUTS[0]),
-                ("urgent", ROUTING_OUTPUTS[1]),
-                ("errors", ROUTING_OUTPUTS[2]),
-            ],
-            ROUTING_OUTPUTS[3],
+        routing_pipeline_with(
             &[(
                 "route",
                 "route",
                 &[("urgent_values", "high,${URGENT_EXTRA}")]
             )],
-            "",
+            ""
         )
     );
     write_file(&dir, "switchyard.toml", &text);

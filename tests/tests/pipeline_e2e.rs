@@ -92,6 +92,21 @@ fn config(
     write_file(&s.dir, "switchyard.toml", &text)
 }
 
+/// The config of the routing pipeline: the `route` plugin sending to the standard, urgent
+/// and errors topics.
+fn routing(s: &Setup, extra: &str) -> std::path::PathBuf {
+    config(
+        s,
+        &[
+            ("standard", "events-standard"),
+            ("urgent", "events-urgent"),
+            ("errors", "events-errors"),
+        ],
+        &[("route", "route", &[])],
+        extra,
+    )
+}
+
 /// A broker and a running pipeline whose `stages` write to one route, `events-standard`
 /// (dead letters to `events-dlq`).
 fn start_standard(name: &str, stages: &[StageDef<'_>]) -> (Running, Setup) {
@@ -188,16 +203,7 @@ fn enrichment_joins_the_users_table_and_keeps_unknown_users() {
 #[test]
 fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
     let s = setup("route", &ROUTING_OUTPUTS);
-    let cfg = config(
-        &s,
-        &[
-            ("standard", "events-standard"),
-            ("urgent", "events-urgent"),
-            ("errors", "events-errors"),
-        ],
-        &[("route", "route", &[])],
-        "",
-    );
+    let cfg = routing(&s, "");
     let running = start(&cfg).expect("pipeline starts");
     s.broker
         .produce("events", event_records(0..300, 10_000))
@@ -223,16 +229,7 @@ fn routing_sends_urgent_errors_and_the_rest_to_their_topics() {
 #[test]
 fn the_status_shows_the_committed_offsets() {
     let s = setup("committed", &ROUTING_OUTPUTS);
-    let cfg = config(
-        &s,
-        &[
-            ("standard", "events-standard"),
-            ("urgent", "events-urgent"),
-            ("errors", "events-errors"),
-        ],
-        &[("route", "route", &[])],
-        "commit_interval_ms = 100",
-    );
+    let cfg = routing(&s, "commit_interval_ms = 100");
     let running = start(&cfg).expect("pipeline starts");
     s.broker
         .produce("events", event_records(0..200, 10_000))

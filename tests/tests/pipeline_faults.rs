@@ -151,6 +151,31 @@ fn a_broker_down_then_up_loses_nothing() {
     assert_all_delivered_then_stop(&broker, running, N);
 }
 
+/// Events 0..n on a fresh mock cluster, then the routing pipeline (`tables` and `extra` as in
+/// [`routing_config`]) started with its first `failures` produce requests failing
+/// (`NOT_ENOUGH_REPLICAS`, retriable). The input is written first, so only the router's
+/// writes fail.
+fn start_with_failing_writes(
+    name: &str,
+    n: u64,
+    failures: usize,
+    tables: &str,
+    extra: &str,
+) -> (Broker, Running) {
+    let broker = Broker::mock(1).expect("mock cluster");
+    create_event_topics(&broker, &ROUTING_OUTPUTS);
+    broker
+        .produce("events", event_records(0..n, 10_000))
+        .expect("produced");
+    broker.mock_cluster().expect("mock").request_errors(
+        RDKafkaApiKey::Produce,
+        &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; failures],
+    );
+    let config = routing_config(&broker, name, tables, extra);
+    let running = start(&config).expect("pipeline starts");
+    (broker, running)
+}
+
 /// With a finite `message.timeout.ms` (librdkafka's default is 300 s; Switchyard's is no
 /// limit), writes still failing when it passes come back to Switchyard, which writes them
 /// again after a backoff: they are counted as retries and nothing is lost. (Their order
@@ -158,25 +183,15 @@ fn a_broker_down_then_up_loses_nothing() {
 #[test]
 fn writes_past_a_short_message_timeout_are_retried_by_switchyard() {
     const N: u64 = 1_000;
-    let broker = Broker::mock(1).expect("mock cluster");
-    create_event_topics(&broker, &ROUTING_OUTPUTS);
-    broker
-        .produce("events", event_records(0..N, 10_000))
-        .expect("produced");
-    // Only the router produces from now on: its produce requests fail 300 times, for far
-    // longer than its 1 s message timeout (librdkafka backs off 100 ms to 1 s between tries).
-    let cluster = broker.mock_cluster().expect("mock");
-    cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 300],
-    );
-    let config = routing_config(
-        &broker,
+    // 300 failures last far longer than the 1 s message timeout (librdkafka backs off
+    // 100 ms to 1 s between tries).
+    let (broker, running) = start_with_failing_writes(
         "short-timeout",
+        N,
+        300,
         "[kafka.producer]\n\"message.timeout.ms\" = \"1000\"\n",
         "commit_interval_ms = 100",
     );
-    let running = start(&config).expect("pipeline starts");
     let out = read_routing_outputs(&broker, N, SETTLE);
     let counters = running.counters("events");
     running.stop().expect("clean stop");
@@ -200,20 +215,9 @@ fn writes_past_a_short_message_timeout_are_retried_by_switchyard() {
 #[test]
 fn offsets_are_committed_only_after_the_outputs_are_acknowledged() {
     const N: u64 = 2_000;
-    let broker = Broker::mock(1).expect("mock cluster");
-    create_event_topics(&broker, &ROUTING_OUTPUTS);
-    broker
-        .produce("events", event_records(0..N, 10_000))
-        .expect("produced");
-    // Only the router produces from now on; its writes fail 100 times (retried in order by
-    // librdkafka), holding every output back for seconds.
-    let cluster = broker.mock_cluster().expect("mock");
-    cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100],
-    );
-    let config = routing_config(&broker, "commit-after-ack", "", "commit_interval_ms = 50");
-    let running = start(&config).expect("pipeline starts");
+    // 100 failures (retried in order by librdkafka) hold every output back for seconds.
+    let (broker, running) =
+        start_with_failing_writes("commit-after-ack", N, 100, "", "commit_interval_ms = 50");
     let committed = || -> i64 {
         broker
             .committed("switchyard-events", "events")

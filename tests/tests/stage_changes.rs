@@ -13,7 +13,7 @@ use switchyard::pipeline::PipelineHandle;
 use switchyard::plugin::PluginVersion;
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::pipelines::{
-    ROUTING_OUTPUTS, create_event_topics, kafka_toml, pipeline_toml, scratch_dir, start,
+    ROUTING_OUTPUTS, create_event_topics, kafka_toml, routing_pipeline_with, scratch_dir, start,
     start_with, write_file,
 };
 use switchyard_tests::plugin_bytes;
@@ -56,17 +56,9 @@ fn routing_with(broker: &Broker, dir: &std::path::Path, urgent_values: &str) -> 
     let text = format!(
         "{}\n{}",
         kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", ROUTING_OUTPUTS[0]),
-                ("urgent", ROUTING_OUTPUTS[1]),
-                ("errors", ROUTING_OUTPUTS[2]),
-            ],
-            ROUTING_OUTPUTS[3],
+        routing_pipeline_with(
             &[("route", "route", &[("urgent_values", urgent_values)])],
-            "",
+            ""
         )
     );
     write_file(dir, "switchyard.toml", &text)
@@ -146,17 +138,9 @@ fn concurrent_uploads_to_two_stages_both_land() {
     let text = format!(
         "{}\n{}",
         kafka_toml(broker.bootstrap()),
-        pipeline_toml(
-            "events",
-            "events",
-            &[
-                ("standard", ROUTING_OUTPUTS[0]),
-                ("urgent", ROUTING_OUTPUTS[1]),
-                ("errors", ROUTING_OUTPUTS[2]),
-            ],
-            ROUTING_OUTPUTS[3],
+        routing_pipeline_with(
             &[("first", "route", &[]), ("second", "route", &[])],
-            "workers = 2",
+            "workers = 2"
         )
     );
     let config = write_file(&scratch_dir("reload-races"), "switchyard.toml", &text);

@@ -27,9 +27,7 @@ use wasmtime::ValRaw;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
 use wasmtime::component::{ComponentType, Lift};
 
-/// Longest dead-letter reason kept from a plugin; longer ones are cut (the reason travels in
-/// a Kafka header and the log).
-pub(crate) const MAX_REASON_BYTES: usize = 8 * 1024;
+use crate::router::{MAX_REASON_BYTES, cut_reason};
 
 /// What one `process` call may return.
 #[derive(Clone, Copy, Debug)]
@@ -406,6 +404,22 @@ fn cut(cx: &LiftContext<'_>, ptr: usize, len: usize, keep: usize) -> wasmtime::R
     Ok(text)
 }
 
+impl Reason {
+    /// The reason of `len` bytes at `ptr`, cut by [`cut_reason`] from its first
+    /// [`MAX_REASON_BYTES`] bytes: no more than that is read.
+    fn cut(cx: &LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
+        let memory = cx.memory();
+        let in_bounds = ptr.checked_add(len).is_some_and(|end| end <= memory.len());
+        if !in_bounds {
+            wasmtime::bail!("string pointer/length out of bounds of memory");
+        }
+        Ok(Reason(cut_reason(
+            &memory[ptr..ptr + MAX_REASON_BYTES],
+            len,
+        )))
+    }
+}
+
 // SAFETY: delegates to `String`'s lift, or reads a bounds-checked prefix of memory.
 unsafe impl Lift for Reason {
     fn linear_lift_from_flat(
@@ -415,7 +429,7 @@ unsafe impl Lift for Reason {
     ) -> wasmtime::Result<Self> {
         let len = flat_len(src);
         if len > MAX_REASON_BYTES {
-            return cut(cx, src[0].get_u32() as usize, len, MAX_REASON_BYTES).map(Reason);
+            return Reason::cut(cx, src[0].get_u32() as usize, len);
         }
         String::linear_lift_from_flat(cx, ty, src).map(Reason)
     }
@@ -427,7 +441,7 @@ unsafe impl Lift for Reason {
     ) -> wasmtime::Result<Self> {
         let (ptr, len) = pointer_pair(bytes)?;
         if len > MAX_REASON_BYTES {
-            return cut(cx, ptr, len, MAX_REASON_BYTES).map(Reason);
+            return Reason::cut(cx, ptr, len);
         }
         String::linear_lift_from_memory(cx, ty, bytes).map(Reason)
     }

@@ -251,7 +251,10 @@ impl<'a> Consumer<'a> {
         }
         if now.duration_since(self.last_commit_check) >= COMMIT_CHECK_INTERVAL {
             self.last_commit_check = now;
-            if status.tracker.has_unconfirmed_commits() {
+            if status
+                .tracker
+                .has_commits_unconfirmed_for(COMMIT_CHECK_INTERVAL)
+            {
                 confirm_from_broker(&self.consumer, self.settings.pipeline, status);
             }
         }
@@ -435,14 +438,15 @@ fn commit_async(
     }
 }
 
-/// How often the broker is asked for the committed offsets when commits it took were not
-/// confirmed.
+/// How often the broker is asked for the committed offsets when a commit has waited longer
+/// than this for its confirmation (never on a broker that confirms them, as Kafka does).
 const COMMIT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Asks the broker for the group's committed offsets of the assigned partitions and records
 /// them as confirmed: the status then shows what is committed even on a broker whose answers
 /// to asynchronous commits never reach the commit callback (tansu). A short blocking request,
-/// made only while some commit is unconfirmed, at most every [`COMMIT_CHECK_INTERVAL`].
+/// made only while some commit has waited over [`COMMIT_CHECK_INTERVAL`] for its
+/// confirmation, at most that often.
 fn confirm_from_broker(
     consumer: &BaseConsumer<SourceContext>,
     pipeline: &str,

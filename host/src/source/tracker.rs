@@ -59,6 +59,9 @@ struct PartitionState {
     committed: Option<i64>,
     /// Highest offset a commit was sent for (confirmed or not).
     requested: Option<i64>,
+    /// Since when a commit sent has been waiting for its confirmation (`None`: the broker
+    /// confirmed every commit sent).
+    unconfirmed_since: Option<std::time::Instant>,
     /// Offset of the last record taken.
     last_taken: Option<i64>,
     /// The partition's end (the offset the next produced record gets), as last seen.
@@ -211,6 +214,9 @@ impl Tracker {
                 && (again || state.requested.is_none_or(|r| offset > r))
             {
                 state.requested = Some(offset);
+                state
+                    .unconfirmed_since
+                    .get_or_insert_with(std::time::Instant::now);
                 out.push((handle.topic.clone(), handle.partition, offset));
             }
         }
@@ -233,16 +239,21 @@ impl Tracker {
         if let Some(handle) = self.handle(topic, partition) {
             let mut state = handle.lock();
             state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
+            if state.committed >= state.requested {
+                state.unconfirmed_since = None;
+            }
         }
     }
 
-    /// Whether some partition has a commit sent but not confirmed (some brokers, tansu among
-    /// them, commit without ever answering an asynchronous commit in a way librdkafka reports).
-    pub fn has_unconfirmed_commits(&self) -> bool {
+    /// Whether some partition has waited longer than `age` for a commit's confirmation.
+    /// Kafka confirms within milliseconds; some brokers (tansu) commit without ever
+    /// answering an asynchronous commit in a way librdkafka reports.
+    pub fn has_commits_unconfirmed_for(&self, age: std::time::Duration) -> bool {
         let handles: Vec<Arc<PartitionHandle>> = self.lock().values().cloned().collect();
         handles.iter().any(|h| {
-            let state = h.lock();
-            state.requested.is_some() && state.requested != state.committed
+            h.lock()
+                .unconfirmed_since
+                .is_some_and(|since| since.elapsed() > age)
         })
     }
 
@@ -252,6 +263,7 @@ impl Tracker {
         if let Some(handle) = self.handle(topic, partition) {
             let mut state = handle.lock();
             state.requested = state.committed;
+            state.unconfirmed_since = None;
         }
     }
 
@@ -316,6 +328,7 @@ pub struct PartitionStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn finishes_of_a_revoked_assignment_are_ignored() {
@@ -356,6 +369,31 @@ mod tests {
         t.commit_confirmed("a", 1, 6);
         assert!(t.to_commit(false).is_empty());
         assert_eq!(t.partitions()[0].committed, Some(6));
+    }
+
+    /// A commit counts as unconfirmed for long only while its confirmation is missing: a
+    /// confirmation clears it, and so does a failure (the commit is sent again).
+    #[test]
+    fn a_commit_waits_for_confirmation_until_it_is_confirmed() {
+        let t = Tracker::new();
+        let h = t.assign("a", 0);
+        t.track("a", 0, 0).unwrap();
+        t.finish_many(&h, [0]);
+        assert!(
+            !t.has_commits_unconfirmed_for(Duration::ZERO),
+            "nothing sent"
+        );
+        assert_eq!(t.to_commit(false).len(), 1);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(t.has_commits_unconfirmed_for(Duration::ZERO));
+        assert!(!t.has_commits_unconfirmed_for(Duration::from_secs(3600)));
+        t.commit_confirmed("a", 0, 1);
+        assert!(!t.has_commits_unconfirmed_for(Duration::ZERO));
+        t.track("a", 0, 1).unwrap();
+        t.finish_many(&h, [1]);
+        assert_eq!(t.to_commit(false).len(), 1);
+        t.commit_failed("a", 0);
+        assert!(!t.has_commits_unconfirmed_for(Duration::ZERO));
     }
 
     #[test]
