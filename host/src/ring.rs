@@ -62,16 +62,12 @@ impl Ring {
         (Ring { lanes }, rxs)
     }
 
-    /// The worker a partition belongs to: consecutive partitions of a topic go to
-    /// consecutive workers, so a topic's partitions are spread evenly (a hash of the pair
-    /// could put all four partitions of a topic on one of two workers).
-    pub fn lane_of(&self, topic: &str, partition: i32) -> usize {
-        // FNV-1a: stable, and cheap enough to run for every record.
-        let topic_hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        let slot = topic_hash.wrapping_add(u64::from(partition.unsigned_abs()));
-        (slot % self.lanes.len() as u64) as usize
+    /// The worker a partition belongs to: partition N of every topic goes to worker
+    /// N mod workers. Consecutive partitions go to consecutive workers, so a topic's
+    /// partitions are spread evenly, and partition N of every source topic (one task of a
+    /// stateful stage: its state and watermark) is always run by the same worker.
+    pub fn lane_of(&self, _topic: &str, partition: i32) -> usize {
+        (u64::from(partition.unsigned_abs()) % self.lanes.len() as u64) as usize
     }
 
     /// Hands a record to its partition's worker; blocks while that worker's lane is full.
@@ -153,5 +149,13 @@ mod tests {
     fn a_partition_always_goes_to_the_same_worker() {
         let (ring, _lanes) = Ring::new(4, 1);
         assert_eq!(ring.lane_of("events", 7), ring.lane_of("events", 7));
+    }
+
+    #[test]
+    fn partition_n_of_every_topic_goes_to_the_same_worker() {
+        let (ring, _lanes) = Ring::new(3, 1);
+        for partition in 0..12 {
+            assert_eq!(ring.lane_of("orders", partition), ring.lane_of("payments", partition));
+        }
     }
 }

@@ -115,6 +115,14 @@ pub enum Command {
         /// JSON lines even on a terminal.
         #[arg(long)]
         json: bool,
+        /// Stateful plugins: after the input, move the watermark to this instant (ms since
+        /// the epoch) and fire the event-time timers due then; without it every pending
+        /// timer fires.
+        #[arg(long, value_name = "MS")]
+        advance_to: Option<i64>,
+        /// Stateful plugins: the pipeline's `watermark_delay_ms` (default 0).
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        watermark_delay_ms: u64,
     },
     /// Manage a running router's plugins through its admin API.
     Plugin {
@@ -237,6 +245,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             table,
             route,
             json,
+            advance_to,
+            watermark_delay_ms,
         } => {
             use test_plugin::{TestPluginOptions, parse_table, run};
             let options = TestPluginOptions {
@@ -251,6 +261,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?,
                 routes: route,
                 json,
+                advance_to,
+                watermark_delay_ms,
             };
             run(&options, &mut std::io::stdout().lock())?;
             Ok(())

@@ -19,10 +19,15 @@ use crate::plugin::{
     ChainRunner, ChainSpec, Destination, EngineConfig, HostServices, PluginCounters, PluginEngine,
     StageLimits, StageSpec,
 };
+use crate::plugin::chain::stateful::Origin;
+use crate::plugin::time::EventTime;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The source topic the chain is told when a sample record names none.
+const SAMPLE_TOPIC: &str = "test-plugin";
 
 /// The default route of the one-stage chain.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -42,6 +47,10 @@ pub struct TestPluginOptions {
     pub routes: Vec<String>,
     /// JSON Lines even on a terminal.
     pub json: bool,
+    /// Stateful plugins: the watermark after the input (`None`: every timer fires).
+    pub advance_to: Option<i64>,
+    /// Stateful plugins: the watermark delay.
+    pub watermark_delay_ms: u64,
 }
 
 /// Parses `--table name=path[:key_field]` (key field default `id`).
@@ -60,7 +69,15 @@ pub fn parse_table(spec: &str) -> anyhow::Result<(String, PathBuf, String)> {
 /// One input line as a sample record.
 fn parse_line(line: &str) -> Result<SampleRecord, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    const FIELDS: [&str; 5] = ["key", "value", "value_base64", "headers", "timestamp_ms"];
+    const FIELDS: [&str; 7] = [
+        "key",
+        "value",
+        "value_base64",
+        "headers",
+        "timestamp_ms",
+        "topic",
+        "partition",
+    ];
     let is_record = value.as_object().is_some_and(|o| {
         (o.contains_key("value") || o.contains_key("value_base64"))
             && o.keys().all(|k| FIELDS.contains(&k.as_str()))
@@ -87,12 +104,17 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
         .with_context(|| format!("cannot read {}", options.input.display()))?;
     let mut records = Vec::new();
     let mut lines = Vec::new();
+    let mut places = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
         let record = parse_line(line)
+            .inspect(|r| {
+                let topic = r.topic.clone().unwrap_or_else(|| SAMPLE_TOPIC.to_owned());
+                places.push((topic, r.partition));
+            })
             .and_then(|r| r.into_input(records.len() as i64))
             .map_err(|e| anyhow::anyhow!("{} line {line_no}: {e}", options.input.display()))?;
         records.push(record);
@@ -110,6 +132,7 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
     let services = HostServices {
         tables: Arc::new(crate::tables::TableSet::start(None, &tables)?),
         counters: Arc::new(PluginCounters::default()),
+        states: Default::default(),
     };
     let mut routes = vec![DEFAULT_ROUTE.to_owned()];
     routes.extend(
@@ -120,19 +143,53 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
             .cloned(),
     );
     let name = stage_name(&options.plugin);
-    let spec = Arc::new(ChainSpec::new(
-        "test-plugin",
-        routes,
-        DEFAULT_ROUTE,
-        vec![StageSpec {
-            name: name.clone(),
-            module,
-            config: options.config.clone(),
-            limits: StageLimits::default(),
-        }],
-    )?);
+    let spec = Arc::new(
+        ChainSpec::new(
+            "test-plugin",
+            routes,
+            DEFAULT_ROUTE,
+            vec![StageSpec {
+                name: name.clone(),
+                module,
+                config: options.config.clone(),
+                limits: StageLimits::default(),
+            }],
+        )?
+        .with_event_time(EventTime {
+            watermark_delay_ms: i64::try_from(options.watermark_delay_ms).unwrap_or(i64::MAX),
+            ..EventTime::default()
+        }),
+    );
     let mut runner = ChainRunner::new(engine.clone(), spec.clone(), services.clone())?;
-    let explained = sample::explain(&mut runner, &spec, "test-plugin", 0, records)?;
+    // A stateful plugin gets one record per call, so the watermark and the timers it fires
+    // move record by record, as they would over a partition in offset order; the outputs
+    // of the timers a record made due are listed with it.
+    let mut explained = Vec::with_capacity(records.len());
+    let mut finals = Vec::new();
+    if spec.is_stateful() {
+        let mut last: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+        for (record, (topic, partition)) in records.into_iter().zip(&places) {
+            last.insert((topic.clone(), *partition), record.offset);
+            explained.extend(sample::explain(&mut runner, &spec, topic, *partition, vec![record])?);
+        }
+        let mut tasks: Vec<(i32, String, i64)> = Vec::new();
+        for ((topic, partition), offset) in last {
+            if !tasks.iter().any(|(t, ..)| *t == partition) {
+                tasks.push((partition, topic, offset));
+            }
+        }
+        for (task, topic, offset) in tasks {
+            let origin = Origin {
+                topic: &topic,
+                task,
+                source: 0,
+                offset,
+            };
+            finals.extend(runner.finish_input(&origin, options.advance_to)?);
+        }
+    } else {
+        explained = sample::explain(&mut runner, &spec, SAMPLE_TOPIC, 0, records)?;
+    }
 
     let table = !options.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if table {
@@ -198,6 +255,47 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
                     "line": line, "verdict": verdict, "outputs": outputs,
                     "dead_letter": dead_letter,
                 })
+            )?;
+        }
+    }
+    if spec.is_stateful() {
+        let mut outputs = Vec::new();
+        let mut dead_letters = Vec::new();
+        for d in finals {
+            match d.destination {
+                Destination::Route { route, record } => outputs.push(json!({
+                    "route": spec.route_name(route),
+                    "key": record.key.as_deref().map(sample::bytes_json),
+                    "value": record.value.as_deref().map(sample::bytes_json),
+                    "headers": sample::headers_json(&record.headers),
+                })),
+                Destination::DeadLetter(d) => {
+                    dead += 1;
+                    dead_letters
+                        .push(json!({ "kind": d.error.kind.as_str(), "reason": d.error.message }));
+                }
+            }
+        }
+        if table {
+            for o in &outputs {
+                let value = o["value"].to_string();
+                writeln!(
+                    out,
+                    "{:>5}  {:<12} {:<10} {}",
+                    "end",
+                    "timer",
+                    o["route"].as_str().unwrap_or("?"),
+                    truncate(&value, 100)
+                )?;
+            }
+            for d in &dead_letters {
+                writeln!(out, "{:>5}  {:<12} {:<10} {d}", "end", "dead-letter", "-")?;
+            }
+        } else {
+            writeln!(
+                out,
+                "{}",
+                json!({ "end_of_input": true, "outputs": outputs, "dead_letters": dead_letters })
             )?;
         }
     }

@@ -180,6 +180,12 @@ fn pipeline(at: &str, p: RawPipeline) -> Result<PipelineConfig, ConfigError> {
     if p.commit_interval_ms == 0 {
         return err(format!("{at}.commit_interval_ms must be above 0"));
     }
+    if p.idle_timeout_ms == 0 {
+        return err(format!("{at}.idle_timeout_ms must be above 0"));
+    }
+    if i64::try_from(p.watermark_delay_ms).is_err() {
+        return err(format!("{at}.watermark_delay_ms is too large"));
+    }
     if p.stages.is_empty() {
         return err(format!("{at}: add at least one [[pipeline.stage]]"));
     }
@@ -208,6 +214,8 @@ fn pipeline(at: &str, p: RawPipeline) -> Result<PipelineConfig, ConfigError> {
         max_in_flight: p.max_in_flight,
         drain_timeout_ms: p.drain_timeout_ms,
         commit_interval_ms: p.commit_interval_ms,
+        watermark_delay_ms: p.watermark_delay_ms,
+        idle_timeout_ms: p.idle_timeout_ms,
         stages,
     })
 }

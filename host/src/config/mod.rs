@@ -119,8 +119,28 @@ pub struct PipelineConfig {
     pub drain_timeout_ms: u64,
     /// Interval between offset commits, in milliseconds (above 0).
     pub commit_interval_ms: u64,
+    /// Stateful stages: how far the watermark stays behind the highest timestamp, in
+    /// milliseconds.
+    pub watermark_delay_ms: u64,
+    /// Stateful stages: how long a partition may be silent before it stops holding the
+    /// watermark back, in milliseconds (above 0).
+    pub idle_timeout_ms: u64,
     /// The stage chain, in order; at least one, names unique.
     pub stages: Vec<StageConfig>,
+}
+
+impl PipelineConfig {
+    /// The event-time settings of the pipeline's stateful stages.
+    pub fn event_time(&self) -> crate::plugin::time::EventTime {
+        crate::plugin::time::EventTime {
+            topics: match &self.source {
+                Subscription::Topics(topics) => topics.clone(),
+                Subscription::Pattern(_) => Vec::new(),
+            },
+            watermark_delay_ms: i64::try_from(self.watermark_delay_ms).unwrap_or(i64::MAX),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
 }
 
 /// What runs a stage.

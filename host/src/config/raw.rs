@@ -102,6 +102,14 @@ pub struct RawPipeline {
     /// Interval between offset commits, in milliseconds (default 200).
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// Stateful stages: how far a task's watermark stays behind the highest record
+    /// timestamp seen, in milliseconds (default 0).
+    #[serde(default)]
+    pub watermark_delay_ms: u64,
+    /// Stateful stages: how long a source partition may show no record before it stops
+    /// holding its task's watermark back, in milliseconds (default 60000).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// The stage chain, in order; at least one.
     #[serde(rename = "stage", default)]
     pub stages: Vec<RawStage>,
@@ -153,6 +161,10 @@ fn default_drain_timeout_ms() -> u64 {
 }
 fn default_commit_interval_ms() -> u64 {
     DEFAULT_COMMIT_INTERVAL_MS
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    crate::plugin::time::DEFAULT_IDLE_TIMEOUT_MS
 }
 
 fn default_watch_interval_ms() -> u64 {

@@ -307,6 +307,7 @@ impl Reloader {
                 current.spec.route_name(current.spec.default_route()),
                 stages,
             )
+            .map(|c| c.with_event_time(current.spec.event_time().clone()))
             .map_err(ReloadError::Chain)
         };
         let trial = chain(vec![stage.clone()])?;

@@ -27,6 +27,7 @@ use crate::source::consumer::{Consumer, ConsumerSettings};
 use crate::status::{PipelineStatus, Stop};
 use crate::tables::TableSet;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -145,7 +146,8 @@ impl Pipeline {
         let routes: Vec<String> = config.routes.keys().cloned().collect();
         let spec = Arc::new(
             ChainSpec::new(&config.name, routes, &config.default_route, stages)
-                .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?,
+                .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", config.name))?
+                .with_event_time(config.event_time()),
         );
         let router = router_for(config, &spec)?;
         // One throwaway chain: every stage's init runs now, with its real config.
@@ -250,6 +252,8 @@ impl Pipeline {
                 metrics: shared.metrics.clone(),
                 batch_size: config.batch_size,
                 batch_wait: Duration::from_millis(config.batch_wait_ms),
+                tasks: HashMap::new(),
+                timers_checked: std::time::Instant::now(),
             };
             let (control, status) = (shared.control.clone(), status.clone());
             threads.push(
@@ -364,6 +368,7 @@ impl Shared {
             services: HostServices {
                 tables: tables.clone(),
                 counters: Arc::new(PluginCounters::default()),
+                states: Default::default(),
             },
             tables,
         })

@@ -11,9 +11,10 @@ use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, SourceRecord, Ticket};
 use crate::source::tracker::{InFlight, PartitionHandle};
 use crate::status::{PipelineCounters, PipelineStatus};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One worker thread: runs the chain over its lane's batches and hands the outputs to the
 /// producer.
@@ -30,7 +31,15 @@ pub(super) struct Worker {
     pub(super) metrics: PipelineMetrics,
     pub(super) batch_size: usize,
     pub(super) batch_wait: Duration,
+    /// Stateful chains: per task, the partition and offset of the last record run, for the
+    /// outputs of wall-clock timers.
+    pub(super) tasks: HashMap<i32, (Arc<PartitionHandle>, i64)>,
+    /// When wall-clock timers were last looked at.
+    pub(super) timers_checked: Instant,
 }
+
+/// How often a stateful worker looks for due wall-clock timers.
+const WALL_CLOCK_TICK: Duration = Duration::from_millis(100);
 
 impl Worker {
     pub(super) fn run(mut self) {
@@ -41,6 +50,10 @@ impl Worker {
             // A batch boundary: the batch about to run is run wholly by one version.
             if self.control.generation() != self.generation {
                 self.switch();
+            }
+            if self.timers_checked.elapsed() >= WALL_CLOCK_TICK {
+                self.timers_checked = Instant::now();
+                self.fire_wall_clock();
             }
             let jobs = match next {
                 Next::Batch(jobs) => jobs,
@@ -86,6 +99,52 @@ impl Worker {
             .worker_switched(self.id, active.generation, result);
     }
 
+    /// Fires the wall-clock timers due now; their outputs wait for no source record.
+    fn fire_wall_clock(&mut self) {
+        if self.tasks.is_empty() || self.status.health.fatal().is_some() {
+            return;
+        }
+        self.tasks.retain(|_, (handle, _)| !handle.is_revoked());
+        let tasks = &self.tasks;
+        let fired = self.runner.fire_wall_clock(
+            |task| tasks.get(&task).map(|(h, offset)| (h.topic.to_string(), *offset)),
+            now_ms(),
+        );
+        let fired = match fired {
+            Ok(fired) => fired,
+            Err(e) => {
+                self.status.health.fail(e.to_string());
+                return;
+            }
+        };
+        let now = now_ms();
+        for (task, deliveries) in fired {
+            let Some((handle, offset)) = self.tasks.get(&task).cloned() else {
+                continue;
+            };
+            let source = Source {
+                topic: &handle.topic,
+                partition: handle.partition,
+            };
+            for delivery in deliveries {
+                let route = match &delivery.destination {
+                    Destination::Route { route, .. } => Some(*route),
+                    Destination::DeadLetter(dead) => {
+                        self.metrics
+                            .dead_lettered(&dead.stage_name, dead.error.kind.as_str());
+                        None
+                    }
+                };
+                let owner = SourceRecord::Timer(InFlight {
+                    handle: handle.clone(),
+                    offset,
+                });
+                let (out, provenance) = self.router.route_apart(source, delivery.destination, now);
+                self.sink.send(out, provenance, Ticket::new(owner, route));
+            }
+        }
+    }
+
     /// Dead-letters a record no plugin can be given (kind `bad-input`).
     fn reject(&mut self, handle: Arc<PartitionHandle>, record: InputRecord, problem: String) {
         if handle.revoked.load(Ordering::Acquire) || self.status.health.fatal().is_some() {
@@ -115,6 +174,11 @@ impl Worker {
             return;
         }
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        if self.runner.spec().is_stateful()
+            && let Some(&last) = offsets.last()
+        {
+            self.tasks.insert(handle.partition, (handle.clone(), last));
+        }
         let deliveries = match self
             .runner
             .process(&handle.topic, handle.partition, records)

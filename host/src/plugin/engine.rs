@@ -7,6 +7,7 @@
 //! an admin request, then hand the resulting [`PluginModule`] to the workers.
 
 use super::bindings::PluginPre;
+use super::bindings::stateful::{StatefulPlugin, StatefulPluginPre};
 use super::error::LoadError;
 use super::host_api::HostState;
 use super::module::PluginModule;
@@ -174,6 +175,10 @@ impl PluginEngine {
             &mut linker,
             |state| state,
         )?;
+        StatefulPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state| state,
+        )?;
 
         let this = Arc::new(PluginEngine {
             engine,
@@ -206,6 +211,16 @@ impl PluginEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        // A component exporting the 0.2.0 `stateful-transform` is a stateful plugin; any
+        // other is checked against the 0.1.0 `plugin` world.
+        if component
+            .get_export_index(None, super::instance::STATEFUL_TRANSFORM)
+            .is_some()
+        {
+            let pre = StatefulPluginPre::new(instance_pre)
+                .map_err(|e| LoadError::World(format!("{e:#}")))?;
+            return Ok(PluginModule::stateful(bytes, pre));
+        }
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
         Ok(PluginModule::wasm(bytes, pre))
     }

@@ -22,19 +22,24 @@ pub enum ErrorKind {
     BadOutput,
     /// The plugin itself decided the record is bad (`verdict::dead-letter`).
     Rejected,
+    /// A stateful stage's write would take its state past `limits.max_state_bytes` or
+    /// `limits.max_keys`.
+    StateFull,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Trap,
         ErrorKind::Timeout,
         ErrorKind::Memory,
         ErrorKind::BadOutput,
         ErrorKind::Rejected,
+        ErrorKind::StateFull,
     ];
 
-    /// The stable text form: `trap`, `timeout`, `memory`, `bad-output`, `rejected`.
+    /// The stable text form: `trap`, `timeout`, `memory`, `bad-output`, `rejected`,
+    /// `state-full`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Trap => "trap",
@@ -42,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Memory => "memory",
             ErrorKind::BadOutput => "bad-output",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::StateFull => "state-full",
         }
     }
 }

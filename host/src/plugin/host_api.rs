@@ -264,6 +264,8 @@ pub struct HostServices {
     pub tables: Arc<dyn Tables>,
     /// Where `counter-add` goes.
     pub counters: Arc<PluginCounters>,
+    /// What stateful stages store, per stage.
+    pub states: Arc<super::state::StateRegistry>,
 }
 
 impl Default for HostServices {
@@ -271,6 +273,7 @@ impl Default for HostServices {
         HostServices {
             tables: Arc::new(MemoryTables::empty()),
             counters: Arc::new(PluginCounters::default()),
+            states: Arc::new(super::state::StateRegistry::default()),
         }
     }
 }
@@ -307,6 +310,8 @@ pub(crate) struct HostState {
     /// [`HostState::start_call`] before `init` and before each `process`). Every clock wait
     /// the guest asks for ends by then at the latest.
     deadline: Option<Instant>,
+    /// During a call into a stateful stage: the task's state and the call's writes.
+    pub(crate) state: Option<super::state::StateAccess>,
 }
 
 impl HostState {
@@ -329,6 +334,7 @@ impl HostState {
             pending_counters: PendingCounters::default(),
             stderr: stderr_state,
             deadline: None,
+            state: None,
         }
     }
 

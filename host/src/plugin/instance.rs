@@ -5,7 +5,9 @@
 //! failed call the owner drops it; a trapped component refuses further calls anyway, and a
 //! fresh instance from the pre-instantiated module costs microseconds.
 
+use super::bindings::stateful::{FiredTimer, OutputRecord, StatefulPlugin};
 use super::bindings::{Plugin, RecordBatch, Verdict};
+use super::state::{StageState, StateAccess, StatefulBatch};
 use super::engine::EPOCH_TICK;
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, HostState, Tags};
@@ -20,6 +22,8 @@ use wasmtime::{Engine, Store, Trap};
 
 /// The interface a plugin exports.
 const TRANSFORM: &str = "switchyard:plugin/transform@0.1.0";
+/// The interface a stateful plugin exports.
+pub(crate) const STATEFUL_TRANSFORM: &str = "switchyard:plugin/stateful-transform@0.2.0";
 
 /// Everything needed to make an instance of one stage.
 #[derive(Clone)]
@@ -39,6 +43,13 @@ pub(crate) enum StageInstance {
         /// result is lifted with the output limits checked (`lift`).
         process: Func,
     },
+    /// A stateful component instance in its own store.
+    Stateful {
+        store: Box<Store<HostState>>,
+        /// `process`, type-checked against [`StatefulBatch`] and [`Verdicts`].
+        process: Func,
+        plugin: StatefulPlugin,
+    },
     /// A built-in stage: nothing to instantiate, shared by every worker.
     JsonSchema(Arc<JsonSchemaStage>),
 }
@@ -51,7 +62,8 @@ impl StageInstance {
         setup: &InstanceSetup,
     ) -> Result<Self, LoadError> {
         let pre = match &module.code {
-            StageCode::Wasm(pre) => pre,
+            StageCode::Wasm(pre) => pre.instance_pre(),
+            StageCode::Stateful(pre) => pre.instance_pre(),
             StageCode::JsonSchema(stage) => return Ok(StageInstance::JsonSchema(stage.clone())),
         };
         let cap = usize::try_from(setup.limits.memory_bytes()).unwrap_or(usize::MAX);
@@ -62,7 +74,7 @@ impl StageInstance {
         store.set_epoch_deadline(deadline_ticks(init_budget));
         store.data_mut().start_call(init_budget);
 
-        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
+        let instance = pre.instantiate(&mut store).map_err(|e| {
             match classify(&store, &e) {
                 // A trap or cap hit while instantiating is the component's own fault.
                 failure if failure.kind != ErrorKind::Trap => LoadError::InitCrashed(failure),
@@ -70,6 +82,24 @@ impl StageInstance {
             }
         })?;
         let world = |e: wasmtime::Error| LoadError::World(format!("{e:#}"));
+        if module.is_stateful() {
+            let plugin = StatefulPlugin::new(&mut store, &instance).map_err(world)?;
+            let process = stateful_process_export(&mut store, &instance).map_err(world)?;
+            store.data().reset_stderr_tail();
+            let outcome = plugin
+                .switchyard_plugin_stateful_transform()
+                .call_init(&mut store, &setup.config);
+            store.data_mut().flush_counters();
+            return match outcome {
+                Ok(Ok(())) => Ok(StageInstance::Stateful {
+                    store: Box::new(store),
+                    process,
+                    plugin,
+                }),
+                Ok(Err(message)) => Err(LoadError::Init(message)),
+                Err(e) => Err(LoadError::InitCrashed(classify(&store, &e))),
+            };
+        }
         let plugin = Plugin::new(&mut store, &instance).map_err(world)?;
         let process = process_export(&mut store, &instance).map_err(world)?;
         store.data().reset_stderr_tail();
@@ -99,6 +129,12 @@ impl StageInstance {
         let (store, process) = match self {
             StageInstance::Wasm { store, process, .. } => (store, *process),
             StageInstance::JsonSchema(stage) => return Ok(stage.process(batch)),
+            StageInstance::Stateful { .. } => {
+                return Err(RecordError::new(
+                    ErrorKind::Trap,
+                    "a stateful stage was called without its state",
+                ));
+            }
         };
         store.set_hostcall_fuel(lift::hostcall_fuel(&limits));
         store.set_epoch_deadline(deadline_ticks(budget));
@@ -114,6 +150,145 @@ impl StageInstance {
             .map(|(Verdicts(verdicts),)| verdicts)
             .map_err(|e| classify(store, &e))
     }
+}
+
+impl StageInstance {
+    /// Calls a stateful stage's `process` with a time budget and its task's state. The state
+    /// comes back whatever happens; its writes are kept apart in [`StateAccess::writes`]
+    /// for the caller to apply (on success) or drop.
+    pub(crate) fn process_stateful(
+        &mut self,
+        batch: &StatefulBatch,
+        access: StateAccess,
+        budget: Duration,
+        limits: OutputLimits,
+    ) -> (Result<Vec<Verdict>, RecordError>, StateAccess) {
+        let (store, process) = match self {
+            StageInstance::Stateful { store, process, .. } => (store, *process),
+            _ => {
+                let e = RecordError::new(ErrorKind::Trap, "not a stateful stage");
+                return (Err(e), access);
+            }
+        };
+        store.set_hostcall_fuel(lift::hostcall_fuel(&limits));
+        store.set_epoch_deadline(deadline_ticks(budget));
+        store.data_mut().start_call(budget);
+        store.data().reset_stderr_tail();
+        store.data_mut().state = Some(access);
+        // SAFETY: `process` was type-checked against exactly these types when the instance
+        // was made (`stateful_process_export`).
+        let process =
+            unsafe { TypedFunc::<(&StatefulBatch,), (Verdicts,)>::new_unchecked(process) };
+        let result = lift::with_limits(limits, || process.call(&mut **store, (batch,)));
+        store.data_mut().flush_counters();
+        let result = result
+            .map(|(Verdicts(verdicts),)| verdicts)
+            .map_err(|e| classify(store, &e));
+        let access = take_access(store);
+        (result, access)
+    }
+
+    /// Calls a stateful stage's `on-timers`: one list of outputs per timer.
+    pub(crate) fn on_timers(
+        &mut self,
+        watermark: Option<i64>,
+        fired: &[FiredTimer],
+        access: StateAccess,
+        budget: Duration,
+        limits: OutputLimits,
+    ) -> (Result<Vec<Vec<OutputRecord>>, RecordError>, StateAccess) {
+        let (store, plugin) = match self {
+            StageInstance::Stateful { store, plugin, .. } => (store, plugin),
+            _ => {
+                let e = RecordError::new(ErrorKind::Trap, "not a stateful stage");
+                return (Err(e), access);
+            }
+        };
+        store.set_hostcall_fuel(lift::hostcall_fuel(&limits));
+        store.set_epoch_deadline(deadline_ticks(budget));
+        store.data_mut().start_call(budget);
+        store.data().reset_stderr_tail();
+        store.data_mut().state = Some(access);
+        let result = plugin
+            .switchyard_plugin_stateful_transform()
+            .call_on_timers(&mut **store, watermark, fired);
+        store.data_mut().flush_counters();
+        let result = result.map_err(|e| classify(store, &e)).and_then(|lists| {
+            check_timer_outputs(&lists, fired.len(), &limits)?;
+            Ok(lists)
+        });
+        let access = take_access(store);
+        (result, access)
+    }
+}
+
+/// The state lent to a call, back from its store.
+fn take_access(store: &mut Store<HostState>) -> StateAccess {
+    store.data_mut().state.take().unwrap_or_else(|| {
+        // Never: the state is put in before every call and only taken here.
+        StateAccess::new(Default::default(), StageState::new(0, 0))
+    })
+}
+
+/// One list per timer, each within the stage's output limits.
+fn check_timer_outputs(
+    lists: &[Vec<OutputRecord>],
+    timers: usize,
+    limits: &OutputLimits,
+) -> Result<(), RecordError> {
+    if lists.len() != timers {
+        return Err(RecordError::bad_output(format!(
+            "on-timers returned {} lists of outputs for {timers} timers",
+            lists.len()
+        )));
+    }
+    for list in lists {
+        if list.len() > limits.max_outputs as usize {
+            return Err(RecordError::bad_output(format!(
+                "a timer emitted {} records; the stage allows {} (limits.max_outputs)",
+                list.len(),
+                limits.max_outputs
+            )));
+        }
+        let bytes: u64 = list
+            .iter()
+            .map(|o| {
+                let headers: usize = o
+                    .headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+                    .sum();
+                (o.key.as_ref().map_or(0, Vec::len) + o.value.as_ref().map_or(0, Vec::len) + headers)
+                    as u64
+            })
+            .sum();
+        if bytes > limits.max_output_bytes {
+            return Err(RecordError::bad_output(format!(
+                "a timer emitted {bytes} bytes; the stage allows {} (limits.max_output_bytes)",
+                limits.max_output_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `process` function of a stateful instance, type-checked.
+fn stateful_process_export(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+) -> wasmtime::Result<Func> {
+    let missing = |what: &str| wasmtime::format_err!("the component does not export {what}");
+    let transform = instance
+        .get_export_index(&mut *store, None, STATEFUL_TRANSFORM)
+        .ok_or_else(|| missing(STATEFUL_TRANSFORM))?;
+    let index = instance
+        .get_export_index(&mut *store, Some(&transform), "process")
+        .ok_or_else(|| missing("process"))?;
+    let func = instance
+        .get_func(&mut *store, index)
+        .ok_or_else(|| missing("process as a function"))?;
+    func.typed::<(&StatefulBatch,), (Verdicts,)>(&*store)?;
+    Ok(func)
 }
 
 /// The `process` function of an instance, type-checked against the checked lift.

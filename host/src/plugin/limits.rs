@@ -16,6 +16,11 @@ pub const DEFAULT_MAX_OUTPUTS: u32 = 100;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
 /// Default time budget for instantiating a plugin and running its `init`.
 pub const DEFAULT_INIT_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on a stateful stage's state: the bytes of its keys and values, all tasks of
+/// this process together.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
+/// Default cap on a stateful stage's number of keys, all tasks of this process together.
+pub const DEFAULT_MAX_KEYS: u64 = 5_000_000;
 
 /// Resource limits of one stage. Every field is optional in the config file; a missing one
 /// takes its default.
@@ -36,6 +41,13 @@ pub struct StageLimits {
     pub max_output_bytes: u64,
     /// Time budget for instantiation plus `init`, in milliseconds (default 10000).
     pub init_timeout_ms: u64,
+    /// Stateful stages only: the most bytes (keys plus values) the stage's state may hold,
+    /// all tasks of this process together (default 512 MiB). A write past it ends the call;
+    /// the record is dead-lettered with kind `state-full`.
+    pub max_state_bytes: u64,
+    /// Stateful stages only: the most keys the stage's state may hold, all tasks of this
+    /// process together (default 5,000,000); past it as for `max_state_bytes`.
+    pub max_keys: u64,
 }
 
 impl Default for StageLimits {
@@ -46,6 +58,8 @@ impl Default for StageLimits {
             max_outputs: DEFAULT_MAX_OUTPUTS,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             init_timeout_ms: DEFAULT_INIT_TIMEOUT_MS,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -78,6 +92,12 @@ impl StageLimits {
         }
         if self.init_timeout_ms == 0 {
             return Err("limits.init_timeout_ms must be at least 1".into());
+        }
+        if self.max_state_bytes == 0 {
+            return Err("limits.max_state_bytes must be at least 1".into());
+        }
+        if self.max_keys == 0 {
+            return Err("limits.max_keys must be at least 1".into());
         }
         Ok(())
     }

@@ -32,6 +32,8 @@ pub mod module;
 pub mod sample;
 pub mod schema;
 pub mod spec;
+pub mod state;
+pub mod time;
 
 pub use bindings::{Header, InputRecord, OutputRecord, RecordBatch, Verdict};
 pub use chain::{

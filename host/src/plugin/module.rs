@@ -3,6 +3,7 @@
 //! neither knows the other, and the chain runs both the same way.
 
 use super::bindings::PluginPre;
+use super::bindings::stateful::StatefulPluginPre;
 use super::host_api::HostState;
 use super::schema::JsonSchemaStage;
 use sha2::{Digest, Sha256};
@@ -45,8 +46,10 @@ pub struct PluginModule {
 
 /// What runs a stage: a WebAssembly component, or a built-in stage.
 pub(crate) enum StageCode {
-    /// A component, pre-instantiated.
+    /// A component of the `plugin` world (0.1.0), pre-instantiated.
     Wasm(PluginPre<HostState>),
+    /// A component of the `stateful-plugin` world (0.2.0), pre-instantiated.
+    Stateful(StatefulPluginPre<HostState>),
     /// The built-in `json-schema` validator.
     JsonSchema(Arc<JsonSchemaStage>),
 }
@@ -60,6 +63,30 @@ impl PluginModule {
             loaded_at: SystemTime::now(),
             code: StageCode::Wasm(pre),
         })
+    }
+
+    /// A compiled, type-checked stateful component.
+    pub(crate) fn stateful(bytes: &[u8], pre: StatefulPluginPre<HostState>) -> Arc<Self> {
+        Arc::new(PluginModule {
+            version: PluginVersion::of(bytes),
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            code: StageCode::Stateful(pre),
+        })
+    }
+
+    /// Whether the stage keeps state and timers (a `stateful-plugin` component).
+    pub fn is_stateful(&self) -> bool {
+        matches!(self.code, StageCode::Stateful(_))
+    }
+
+    /// The world the component implements, as `inspect` shows it.
+    pub fn world(&self) -> &'static str {
+        match self.code {
+            StageCode::Wasm(_) => "switchyard:plugin/plugin@0.1.0",
+            StageCode::Stateful(_) => "switchyard:plugin/stateful-plugin@0.2.0",
+            StageCode::JsonSchema(_) => "built-in json-schema",
+        }
     }
 
     /// A `json-schema` stage from a schema file; its version is the sha256 of the file.
@@ -79,7 +106,7 @@ impl PluginModule {
     /// The built-in stage kind this is (`json-schema`), or `None` for a plugin.
     pub fn builtin(&self) -> Option<&'static str> {
         match self.code {
-            StageCode::Wasm(_) => None,
+            StageCode::Wasm(_) | StageCode::Stateful(_) => None,
             StageCode::JsonSchema(_) => Some("json-schema"),
         }
     }

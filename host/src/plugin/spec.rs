@@ -32,6 +32,8 @@ pub struct ChainSpec {
     pub(super) route_ids: HashMap<String, RouteId>,
     pub(super) default_route: RouteId,
     pub(super) stages: Vec<StageSpec>,
+    /// Event-time settings (used by stateful stages).
+    pub(super) time: super::time::EventTime,
 }
 
 /// Why a chain cannot be assembled. Each names the pipeline and the offending route, stage
@@ -138,7 +140,25 @@ impl ChainSpec {
             route_ids,
             default_route,
             stages,
+            time: super::time::EventTime::default(),
         })
+    }
+
+    /// The same chain with these event-time settings (watermark delay, idle timeout, source
+    /// topics).
+    pub fn with_event_time(mut self, time: super::time::EventTime) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// The event-time settings.
+    pub fn event_time(&self) -> &super::time::EventTime {
+        &self.time
+    }
+
+    /// Whether any stage keeps state.
+    pub fn is_stateful(&self) -> bool {
+        self.stages.iter().any(|s| s.module.is_stateful())
     }
 
     /// The pipeline name.

@@ -32,12 +32,15 @@ pub enum SourceRecord {
     Only(InFlight),
     /// One of several writes: finished when the last is acknowledged.
     Shared(Arc<Pending>),
+    /// A write of a wall-clock timer, which no source record waits for: it names the last
+    /// record its task processed, for logs and revocation, and finishes nothing.
+    Timer(InFlight),
 }
 
 impl SourceRecord {
     pub(super) fn record(&self) -> &InFlight {
         match self {
-            SourceRecord::Only(record) => record,
+            SourceRecord::Only(record) | SourceRecord::Timer(record) => record,
             SourceRecord::Shared(pending) => &pending.record,
         }
     }
@@ -46,6 +49,7 @@ impl SourceRecord {
     pub(super) fn acknowledge(&self) -> Option<&InFlight> {
         match self {
             SourceRecord::Only(record) => Some(record),
+            SourceRecord::Timer(_) => None,
             SourceRecord::Shared(pending) => {
                 (pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then_some(&pending.record)
             }

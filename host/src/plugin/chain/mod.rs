@@ -16,6 +16,7 @@
 //! and carried out is in `verdict`.
 
 mod outcome;
+pub mod stateful;
 mod verdict;
 
 pub use outcome::{DeadLetter, Delivery, Destination, StageStats, StageTrace, TraceOutcome};
@@ -27,6 +28,10 @@ use super::host_api::{HostServices, Tags};
 use super::instance::{InstanceSetup, StageInstance};
 use super::lift::OutputLimits;
 use super::spec::{ChainSpec, StageSpec};
+use super::state::{StageState, TaskState};
+use super::time::TaskClock;
+use stateful::BatchTime;
+use std::collections::HashMap;
 use std::sync::Arc;
 use verdict::{Meta, Survivors, apply, check_verdicts, dead_letter};
 
@@ -37,6 +42,10 @@ struct StageSlot {
     stats: StageStats,
     /// What the stage did with each record, when tracing (dry runs).
     trace: Option<Vec<StageTrace>>,
+    /// A stateful stage's usage and limits (shared by every worker).
+    state: Option<Arc<StageState>>,
+    /// A stateful stage's state, per task (source partition number).
+    tasks: HashMap<i32, TaskState>,
 }
 
 /// Called after every plugin call with the stage's index and the call's duration.
@@ -49,6 +58,8 @@ pub struct ChainRunner {
     services: HostServices,
     stages: Vec<StageSlot>,
     observer: Option<CallObserver>,
+    /// Per task, its watermark (stateful chains only).
+    clocks: HashMap<i32, TaskClock>,
 }
 
 /// A chain could not run at all: a stage could not even be instantiated. Records of the
@@ -82,6 +93,7 @@ impl ChainRunner {
             services,
             stages,
             observer: None,
+            clocks: HashMap::new(),
         })
     }
 
@@ -111,6 +123,8 @@ impl ChainRunner {
                     {
                         slot.stats = prev.stats;
                         slot.trace = prev.trace.map(|_| Vec::new());
+                        // A new version reads what the old one wrote.
+                        slot.tasks = prev.tasks;
                     }
                     slot
                 }
@@ -171,6 +185,8 @@ impl ChainRunner {
         partition: i32,
         records: Vec<InputRecord>,
     ) -> Result<Vec<Delivery>, StageLoadError> {
+        let time = self.batch_time(topic, partition, &records);
+        let last = records.last().map(|r| (records.len() - 1, r.offset));
         let mut deliveries = Vec::new();
         let mut survivors = Survivors {
             meta: (0..records.len())
@@ -185,7 +201,8 @@ impl ChainRunner {
             if survivors.records.is_empty() {
                 break;
             }
-            survivors = self.run_stage(index, topic, partition, survivors, &mut deliveries)?;
+            survivors =
+                self.run_stage(index, topic, partition, survivors, &time, &mut deliveries)?;
         }
         // Dead letters were added as they happened; the survivors come after them.
         let needs_sort = !deliveries.is_empty();
@@ -204,6 +221,25 @@ impl ChainRunner {
             // Stable: keeps the plugins' order within one source record.
             deliveries.sort_by_key(|d| d.source);
         }
+        // Event-time timers the batch made due; their outputs belong to its last record.
+        if let (Some(time), Some((source, offset))) = (&time, last) {
+            let watermark = self.clocks.get(&partition).and_then(TaskClock::watermark);
+            if let Some(watermark) = watermark {
+                let origin = stateful::Origin {
+                    topic,
+                    task: time.task,
+                    source,
+                    offset,
+                };
+                self.fire(
+                    &origin,
+                    super::state::Domain::EventTime,
+                    watermark,
+                    Some(watermark),
+                    &mut deliveries,
+                )?;
+            }
+        }
         Ok(deliveries)
     }
 
@@ -213,6 +249,7 @@ impl ChainRunner {
         topic: &str,
         partition: i32,
         inputs: Survivors,
+        time: &Option<BatchTime>,
         deliveries: &mut Vec<Delivery>,
     ) -> Result<Survivors, StageLoadError> {
         let spec = Arc::clone(&self.spec);
@@ -230,7 +267,7 @@ impl ChainRunner {
         let mut out = Survivors::with_capacity(meta.len());
         let longest_route = spec.routes.iter().map(String::len).max().unwrap_or(0);
         let started = observer.as_ref().map(|_| std::time::Instant::now());
-        let verdicts = slot.call(&engine, &batch, longest_route)?;
+        let verdicts = slot.call(&engine, &mut batch, &meta, time, longest_route)?;
         if let (Some(observe), Some(started)) = (observer.as_mut(), started) {
             observe(index, started.elapsed());
         }
@@ -270,9 +307,10 @@ impl ChainRunner {
                 };
                 for (record, meta) in records.into_iter().zip(meta) {
                     single.records.push(record);
-                    let verdict =
-                        slot.call(&engine, &single, longest_route)?
-                            .and_then(|mut verdicts| {
+                    let one = std::slice::from_ref(&meta);
+                    let verdict = slot
+                        .call(&engine, &mut single, one, time, longest_route)?
+                        .and_then(|mut verdicts| {
                                 check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
                                 verdicts
                                     .pop()
@@ -329,12 +367,19 @@ impl StageSlot {
                     error,
                 }
             })?;
+        let state = stage.module.is_stateful().then(|| {
+            services
+                .states
+                .stage(&spec.pipeline, &stage.name, &stage.limits)
+        });
         Ok(StageSlot {
             spec: stage.clone(),
             setup,
             instance: Some(instance),
             stats: StageStats::default(),
             trace: None,
+            state,
+            tasks: HashMap::new(),
         })
     }
 
@@ -344,7 +389,9 @@ impl StageSlot {
     fn call(
         &mut self,
         engine: &PluginEngine,
-        batch: &RecordBatch,
+        batch: &mut RecordBatch,
+        meta: &[Meta],
+        time: &Option<BatchTime>,
         longest_route: usize,
     ) -> Result<Result<Vec<Verdict>, RecordError>, StageLoadError> {
         let mut instance = match self.instance.take() {
@@ -361,7 +408,13 @@ impl StageSlot {
             max_output_bytes: self.spec.limits.max_output_bytes,
             longest_route,
         };
-        let result = instance.process(batch, budget, limits);
+        let result = match (&self.state, time) {
+            (Some(usage), Some(time)) => {
+                let usage = usage.clone();
+                self.call_stateful(&mut instance, batch, meta, time, &usage, budget, limits)
+            }
+            _ => instance.process(batch, budget, limits),
+        };
         self.instance = Some(instance);
         Ok(result)
     }
