@@ -108,6 +108,7 @@ fn main() {
     let services = HostServices {
         tables: Arc::new(tables),
         counters: Arc::new(PluginCounters::default()),
+        states: Default::default(),
     };
     let mut limits_stage = stage("lookup", "misbehave", &[]);
     limits_stage.limits.time_per_record_ms = 60_000;
