@@ -57,7 +57,7 @@ pub fn scan(prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Vec<Entry> {
 }
 
 /// Every entry whose key starts with `prefix`, in ascending key order, read a page at a time
-/// with [`scan`].
+/// with [`scan`]. [`Entries::after`] starts it further on.
 ///
 /// Each page is read when the previous one is used up, starting after the last key returned,
 /// so deleting or rewriting entries already returned is safe. Entries written during the
@@ -81,6 +81,19 @@ pub struct Entries {
     last: Option<Vec<u8>>,
     /// Set once a page came back short: there is nothing after it.
     done: bool,
+}
+
+impl Entries {
+    /// Continues after the key `after` (exclusive): the entries of the prefix whose keys are
+    /// greater. With keys that embed a fixed-width position (a zero-padded time, say), this
+    /// starts a range read: `after` = prefix + the lowest position wanted, since every key of
+    /// that position is longer and so greater.
+    pub fn after(mut self, after: impl Into<Vec<u8>>) -> Self {
+        self.page = Vec::new().into_iter();
+        self.last = Some(after.into());
+        self.done = false;
+        self
+    }
 }
 
 impl Iterator for Entries {
@@ -202,6 +215,31 @@ mod tests {
         }
         assert_eq!(seen, n);
         assert_eq!(testing::state().len(), 1);
+    }
+
+    #[test]
+    fn entries_after_a_key_read_a_range() {
+        testing::clear();
+        for key in ["t/0001/a", "t/0002/a", "t/0002/b", "t/0003/a", "u/0002/a"] {
+            set(key.as_bytes(), b"");
+        }
+        let keys = |entries: Entries| {
+            entries
+                .map(|e| String::from_utf8(e.key).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(entries("t/").after("t/0002")),
+            ["t/0002/a", "t/0002/b", "t/0003/a"]
+        );
+        assert_eq!(keys(entries("t/").after("t/0002/a")), ["t/0002/b", "t/0003/a"]);
+        assert_eq!(keys(entries("t/").after("t/9")), Vec::<String>::new());
+        // Before the prefix: the whole prefix.
+        assert_eq!(keys(entries("t/").after("a")).len(), 4);
+        // Mid-iteration: continues after the new key.
+        let mut iter = entries("t/");
+        assert_eq!(iter.next().unwrap().key, b"t/0001/a");
+        assert_eq!(keys(iter.after("t/0002/b")), ["t/0003/a"]);
     }
 
     #[test]
