@@ -341,8 +341,8 @@ macro_rules! __export_plugin {
                 }
             }
 
-            $crate::__bindings::export!(SwitchyardExport with_types_in $crate::__bindings);
-};
+    $crate::__bindings::export!(SwitchyardExport with_types_in $crate::__bindings);
+        };
     };
 }
 

@@ -232,7 +232,10 @@ mod tests {
             keys(entries("t/").after("t/0002")),
             ["t/0002/a", "t/0002/b", "t/0003/a"]
         );
-        assert_eq!(keys(entries("t/").after("t/0002/a")), ["t/0002/b", "t/0003/a"]);
+        assert_eq!(
+            keys(entries("t/").after("t/0002/a")),
+            ["t/0002/b", "t/0003/a"]
+        );
         assert_eq!(keys(entries("t/").after("t/9")), Vec::<String>::new());
         // Before the prefix: the whole prefix.
         assert_eq!(keys(entries("t/").after("a")).len(), 4);
