@@ -1,8 +1,10 @@
 //! The functions the host gives every plugin: log, lookup, counters.
 //!
-//! On wasm32 these call the component's `host` imports. Natively they use the thread-local
-//! doubles in [`testing`](crate::testing), so a plugin's unit tests can fill lookup tables
-//! and read back what it logged and counted.
+//! On wasm32 these call the component's `host` imports of the contract the plugin was
+//! exported with (`switchyard:plugin/host@0.1.0` for [`export!`](crate::export),
+//! `@0.2.0` for [`export_stateful!`](crate::export_stateful)). Natively they use the
+//! thread-local doubles in [`testing`](crate::testing), so a plugin's unit tests can fill
+//! lookup tables and read back what it logged and counted.
 
 /// Log severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,24 +58,18 @@ pub fn counter_add(name: &str, delta: u64) {
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::Level;
-    use crate::__bindings::switchyard::plugin::host as wit;
+    use crate::__glue::imports;
 
     pub fn log(level: Level, message: &str) {
-        let level = match level {
-            Level::Debug => wit::Level::Debug,
-            Level::Info => wit::Level::Info,
-            Level::Warn => wit::Level::Warn,
-            Level::Error => wit::Level::Error,
-        };
-        wit::log(level, message);
+        (imports().log)(level, message);
     }
 
     pub fn lookup(table: &str, key: &[u8]) -> Option<Vec<u8>> {
-        wit::lookup(table, key)
+        (imports().lookup)(table, key)
     }
 
     pub fn counter_add(name: &str, delta: u64) {
-        wit::counter_add(name, delta);
+        (imports().counter_add)(name, delta);
     }
 }
 

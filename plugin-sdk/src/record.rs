@@ -2,9 +2,11 @@
 //! record's value as text or JSON.
 //!
 //! The field sets of [`Batch`], [`Record`] and [`Header`] mirror the WIT records
-//! `record-batch`, `input-record` and `header` exactly: on wasm32 the generated glue builds
-//! these structs directly from the component's memory, so renaming or adding a field breaks
-//! the build there.
+//! `record-batch`, `input-record` and `header` of the stateful contract (0.2.0) exactly: on
+//! wasm32 the generated glue of a stateful plugin builds these structs directly from the
+//! component's memory, so renaming or adding a field breaks the build there. A 0.1.0 plugin's
+//! batch, which has no watermark and no late flags, is moved into them field by field (no
+//! byte is copied).
 
 use std::fmt;
 
@@ -15,17 +17,26 @@ use crate::json::{self, Field, ScanError};
 pub struct Batch {
     pub(crate) topic: String,
     pub(crate) partition: i32,
+    pub(crate) watermark_ms: Option<i64>,
     pub(crate) records: Vec<Record>,
 }
 
 impl Batch {
-    /// A batch of `records` from `topic`/`partition` (for tests; the host builds real ones).
+    /// A batch of `records` from `topic`/`partition`, without a watermark (for tests; the
+    /// host builds real ones).
     pub fn new(topic: impl Into<String>, partition: i32, records: Vec<Record>) -> Self {
         Self {
             topic: topic.into(),
             partition,
+            watermark_ms: None,
             records,
         }
+    }
+
+    /// Sets the watermark; `None` is no watermark yet.
+    pub fn with_watermark(mut self, watermark_ms: Option<i64>) -> Self {
+        self.watermark_ms = watermark_ms;
+        self
     }
 
     /// Source topic of every record in the batch.
@@ -36,6 +47,16 @@ impl Batch {
     /// Source partition of every record in the batch.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// The task's watermark before the first record of the batch, milliseconds since the Unix
+    /// epoch (stateful plugins only; always `None` for a 0.1.0 [`Plugin`](crate::Plugin)).
+    ///
+    /// `None` until every source partition of the task has shown a record with a timestamp,
+    /// or stayed idle past the pipeline's `idle_timeout_ms`. Event-time timers at or before the
+    /// watermark may have fired already; see [`Record::late`].
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.watermark_ms
     }
 
     /// The records, in offset order.
@@ -85,11 +106,12 @@ pub struct Record {
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Option<Vec<u8>>,
     pub(crate) headers: Vec<Header>,
+    pub(crate) late: bool,
 }
 
 impl Record {
-    /// An empty record at offset 0: no timestamp, null key, null value, no headers. Use the
-    /// `with_*` builders to fill it in tests.
+    /// An empty record at offset 0: no timestamp, null key, null value, no headers, not late.
+    /// Use the `with_*` builders to fill it in tests.
     pub fn new() -> Self {
         Self::default()
     }
@@ -133,14 +155,31 @@ impl Record {
         self
     }
 
+    /// Sets the late flag (see [`Record::late`]).
+    pub fn with_late(mut self, late: bool) -> Self {
+        self.late = late;
+        self
+    }
+
     /// Offset of the source record in its partition.
     pub fn offset(&self) -> i64 {
         self.offset
     }
 
-    /// Timestamp of the source record, milliseconds since the Unix epoch, if it has one.
+    /// Timestamp of the source record (its event time), milliseconds since the Unix epoch, if
+    /// it has one.
     pub fn timestamp_ms(&self) -> Option<i64> {
         self.timestamp_ms
+    }
+
+    /// Whether the record's timestamp was behind the task's watermark when the host read it
+    /// (stateful plugins only; always `false` for a 0.1.0 [`Plugin`](crate::Plugin)).
+    ///
+    /// Event-time timers at or before that watermark may have fired already, so a window or
+    /// join the record belongs to may be gone. The plugin decides what to do with it; the
+    /// examples dead-letter it with a reason starting `late: `.
+    pub fn late(&self) -> bool {
+        self.late
     }
 
     /// The key; `None` is a null key, distinct from an empty one.
@@ -344,10 +383,14 @@ mod tests {
         assert_eq!(record.header("n"), None);
         assert_eq!(record.header("x"), None);
         assert_eq!(Record::new().key(), None);
+        assert!(!record.late());
+        assert!(record.clone().with_late(true).late());
 
         let batch = Batch::new("t", 3, vec![record.clone()]);
         assert_eq!((batch.topic(), batch.partition(), batch.len()), ("t", 3, 1));
         assert_eq!(batch.records()[0], record);
+        assert_eq!(batch.watermark_ms(), None);
+        assert_eq!(batch.with_watermark(Some(7)).watermark_ms(), Some(7));
     }
 
     #[test]

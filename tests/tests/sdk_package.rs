@@ -5,22 +5,29 @@
 use std::path::Path;
 use std::process::Command;
 
-/// The files of `dir`, by name, with their bytes.
+/// The files under `dir`, subdirectories included, by path relative to `dir` (`/`-separated),
+/// with their bytes, sorted by path.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| {
+    fn walk(dir: &Path, prefix: &str, files: &mut Vec<(String, Vec<u8>)>) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+        for entry in entries {
             let path = entry.expect("dir entry").path();
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-            (name, bytes)
-        })
-        .collect();
+            let name = format!(
+                "{prefix}{}",
+                path.file_name().expect("name").to_string_lossy()
+            );
+            if path.is_dir() {
+                walk(&path, &format!("{name}/"), files);
+            } else {
+                let bytes = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                files.push((name, bytes));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, "", &mut files);
     files.sort();
     files
 }
@@ -30,7 +37,9 @@ fn the_sdk_carries_the_repository_wit_byte_for_byte() {
     let root = switchyard_tests::repo_root();
     let contract = files(&root.join("wit"));
     assert!(
-        contract.iter().any(|(name, _)| name == "plugin.wit"),
+        ["plugin.wit", "stateful/plugin.wit"]
+            .iter()
+            .all(|wanted| contract.iter().any(|(name, _)| name == wanted)),
         "{contract:?}"
     );
     let copy = files(&root.join("plugin-sdk/wit"));
@@ -44,7 +53,7 @@ fn the_sdk_carries_the_repository_wit_byte_for_byte() {
     for ((name, ours), (_, theirs)) in copy.iter().zip(&contract) {
         assert!(
             ours == theirs,
-            "plugin-sdk/wit/{name} differs from wit/{name}: copy it over (cp wit/* plugin-sdk/wit/)"
+            "plugin-sdk/wit/{name} differs from wit/{name}: copy it over (cp -r wit/. plugin-sdk/wit/)"
         );
     }
 }
@@ -73,7 +82,13 @@ fn cargo_package(args: &[&str]) -> String {
 fn the_sdk_packages_with_its_wit_and_builds_from_the_package() {
     let listed = cargo_package(&["--list"]);
     let listed: Vec<&str> = listed.lines().collect();
-    for file in ["wit/plugin.wit", "src/lib.rs", "src/glue.rs", "Cargo.toml"] {
+    for file in [
+        "wit/plugin.wit",
+        "wit/stateful/plugin.wit",
+        "src/lib.rs",
+        "src/glue.rs",
+        "Cargo.toml",
+    ] {
         assert!(listed.contains(&file), "{file} is not packaged: {listed:?}");
     }
     // Verified for wasm32-wasip2, the one target that generates the bindings: cargo unpacks
