@@ -155,7 +155,10 @@ mod tests {
     fn partition_n_of_every_topic_goes_to_the_same_worker() {
         let (ring, _lanes) = Ring::new(3, 1);
         for partition in 0..12 {
-            assert_eq!(ring.lane_of("orders", partition), ring.lane_of("payments", partition));
+            assert_eq!(
+                ring.lane_of("orders", partition),
+                ring.lane_of("payments", partition)
+            );
         }
     }
 }

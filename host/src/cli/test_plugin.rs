@@ -14,13 +14,13 @@
 //! another route is reported as a `bad-output` dead letter naming it.
 
 use crate::config::TableConfig;
+use crate::plugin::chain::stateful::Origin;
 use crate::plugin::sample::{self, SampleRecord};
+use crate::plugin::time::EventTime;
 use crate::plugin::{
     ChainRunner, ChainSpec, Destination, EngineConfig, HostServices, PluginCounters, PluginEngine,
     StageLimits, StageSpec,
 };
-use crate::plugin::chain::stateful::Origin;
-use crate::plugin::time::EventTime;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -170,7 +170,13 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
         let mut last: std::collections::BTreeMap<(String, i32), i64> = Default::default();
         for (record, (topic, partition)) in records.into_iter().zip(&places) {
             last.insert((topic.clone(), *partition), record.offset);
-            explained.extend(sample::explain(&mut runner, &spec, topic, *partition, vec![record])?);
+            explained.extend(sample::explain(
+                &mut runner,
+                &spec,
+                topic,
+                *partition,
+                vec![record],
+            )?);
         }
         let mut tasks: Vec<(i32, String, i64)> = Vec::new();
         for ((topic, partition), offset) in last {

@@ -107,7 +107,11 @@ impl Worker {
         self.tasks.retain(|_, (handle, _)| !handle.is_revoked());
         let tasks = &self.tasks;
         let fired = self.runner.fire_wall_clock(
-            |task| tasks.get(&task).map(|(h, offset)| (h.topic.to_string(), *offset)),
+            |task| {
+                tasks
+                    .get(&task)
+                    .map(|(h, offset)| (h.topic.to_string(), *offset))
+            },
             now_ms(),
         );
         let fired = match fired {

@@ -7,7 +7,6 @@
 
 use super::bindings::stateful::{FiredTimer, OutputRecord, StatefulPlugin};
 use super::bindings::{Plugin, RecordBatch, Verdict};
-use super::state::{StageState, StateAccess, StatefulBatch};
 use super::engine::EPOCH_TICK;
 use super::error::{ErrorKind, LoadError, RecordError};
 use super::host_api::{HostServices, HostState, Tags};
@@ -15,6 +14,7 @@ use super::lift::{self, OutputLimits, Verdicts};
 use super::limits::{MemoryCapExceeded, StageLimits};
 use super::module::{PluginModule, StageCode};
 use super::schema::JsonSchemaStage;
+use super::state::{StageState, StateAccess, StatefulBatch};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Func, Instance, TypedFunc};
@@ -258,8 +258,9 @@ fn check_timer_outputs(
                     .iter()
                     .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
                     .sum();
-                (o.key.as_ref().map_or(0, Vec::len) + o.value.as_ref().map_or(0, Vec::len) + headers)
-                    as u64
+                (o.key.as_ref().map_or(0, Vec::len)
+                    + o.value.as_ref().map_or(0, Vec::len)
+                    + headers) as u64
             })
             .sum();
         if bytes > limits.max_output_bytes {

@@ -588,8 +588,11 @@ mod tests {
     #[test]
     fn writes_past_the_limits_are_refused() {
         let mut a = access_with(20, 2);
-        a.set(b"k1".to_vec(), b"12345678".to_vec()).expect("10 bytes");
-        let e = a.set(b"k2".to_vec(), b"123456789".to_vec()).expect_err("21 bytes");
+        a.set(b"k1".to_vec(), b"12345678".to_vec())
+            .expect("10 bytes");
+        let e = a
+            .set(b"k2".to_vec(), b"123456789".to_vec())
+            .expect_err("21 bytes");
         assert_eq!(e.kind, ErrorKind::StateFull);
         assert!(e.message.contains("limits.max_state_bytes"), "{e}");
         a.set(b"k2".to_vec(), b"1".to_vec()).expect("13 bytes");

@@ -164,7 +164,15 @@ mod tests {
         let late = c.observe(
             &s,
             "a",
-            [Some(100), Some(80), Some(69), None, Some(70), Some(200), Some(150)],
+            [
+                Some(100),
+                Some(80),
+                Some(69),
+                None,
+                Some(70),
+                Some(200),
+                Some(150),
+            ],
             now,
         );
         assert_eq!(late, [false, false, true, false, false, false, true]);
@@ -185,7 +193,12 @@ mod tests {
         assert_eq!(c.watermark(), Some(100));
         c.observe(&s, "orders", [Some(900)], t0 + Duration::from_millis(1_500));
         assert_eq!(c.watermark(), Some(900), "payments idle for 1.5 s");
-        c.observe(&s, "payments", [Some(50)], t0 + Duration::from_millis(1_600));
+        c.observe(
+            &s,
+            "payments",
+            [Some(50)],
+            t0 + Duration::from_millis(1_600),
+        );
         assert_eq!(c.watermark(), Some(900), "never backward");
     }
 }

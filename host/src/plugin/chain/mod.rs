@@ -311,11 +311,11 @@ impl ChainRunner {
                     let verdict = slot
                         .call(&engine, &mut single, one, time, longest_route)?
                         .and_then(|mut verdicts| {
-                                check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
-                                verdicts
-                                    .pop()
-                                    .ok_or_else(|| RecordError::bad_output("no verdict"))
-                            });
+                            check_verdicts(&verdicts, 1, &spec, &slot.spec.limits)?;
+                            verdicts
+                                .pop()
+                                .ok_or_else(|| RecordError::bad_output("no verdict"))
+                        });
                     // The call only borrowed the batch: the record is still its one element.
                     let record = single.records.swap_remove(0);
                     match verdict {

@@ -130,7 +130,13 @@ impl ChainRunner {
             };
             let mut deliveries = Vec::new();
             let watermark = self.watermark(task);
-            self.fire(&origin, Domain::WallClock, now_ms, watermark, &mut deliveries)?;
+            self.fire(
+                &origin,
+                Domain::WallClock,
+                now_ms,
+                watermark,
+                &mut deliveries,
+            )?;
             out.push((task, deliveries));
         }
         Ok(out)
@@ -158,8 +164,20 @@ impl ChainRunner {
             }
             None => {
                 let watermark = clock.watermark();
-                self.fire(origin, Domain::EventTime, i64::MAX, watermark, &mut deliveries)?;
-                self.fire(origin, Domain::WallClock, i64::MAX, watermark, &mut deliveries)?;
+                self.fire(
+                    origin,
+                    Domain::EventTime,
+                    i64::MAX,
+                    watermark,
+                    &mut deliveries,
+                )?;
+                self.fire(
+                    origin,
+                    Domain::WallClock,
+                    i64::MAX,
+                    watermark,
+                    &mut deliveries,
+                )?;
             }
         }
         Ok(deliveries)
@@ -199,13 +217,20 @@ impl ChainRunner {
                         tag: t.tag,
                     })
                     .collect();
-                let results =
-                    slot.run_timers(&engine, &fired, watermark, origin.task, &usage, longest_route)?;
+                let results = slot.run_timers(
+                    &engine,
+                    &fired,
+                    watermark,
+                    origin.task,
+                    &usage,
+                    longest_route,
+                )?;
                 for (timer, result) in fired.iter().zip(results) {
                     match result {
                         Ok(outputs) => {
                             for output in outputs {
-                                deliveries.push(timer_output(&spec, slot, index, origin, timer, output));
+                                deliveries
+                                    .push(timer_output(&spec, slot, index, origin, timer, output));
                             }
                         }
                         Err(error) => {

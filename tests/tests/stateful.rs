@@ -1,0 +1,435 @@
+//! Stateful plugins (`switchyard:plugin@0.2.0`): the `window` and `join` examples give the
+//! results a reference computed independently here gives, through `switchyard test-plugin`
+//! and end to end on the tansu broker.
+//!
+//! The reference models the contract, not the plugins: per task (source partition), in offset
+//! order, the watermark is the highest timestamp seen so far minus the delay; a record below
+//! it is late; a tumbling window is final once the watermark reaches its end.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use switchyard_tests::kafka::{Broker, TestRecord};
+use switchyard_tests::pipelines::{kafka_toml, pipeline_toml, scratch_dir, start, write_file};
+use switchyard_tests::plugin_path;
+use switchyard_tests::router_process::run_switchyard;
+
+const WINDOW_MS: i64 = 60_000;
+const DELAY_MS: i64 = 30_000;
+
+/// One event of the window tests: partition, event type, amount, timestamp.
+#[derive(Clone, Debug)]
+struct Event {
+    partition: i32,
+    kind: String,
+    amount: i64,
+    ts: i64,
+}
+
+impl Event {
+    fn json(&self) -> String {
+        format!(
+            r#"{{"event_type":"{}","amount":{}}}"#,
+            self.kind, self.amount
+        )
+    }
+}
+
+/// Events on `partitions` partitions, each partition with its own event types: mostly in
+/// order, some out of order within the delay, and some later than the watermark.
+fn events(partitions: i32, per_partition: i64) -> Vec<Event> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let base = 1_700_000_000_000 - 1_700_000_000_000 % WINDOW_MS;
+        for i in 0..per_partition {
+            let step = i * 1_700;
+            let ts = match i % 11 {
+                // Out of order, within the delay.
+                3 => base + step - 20_000,
+                // Late: far behind the watermark.
+                7 if i > 60 => base + step - 90_000,
+                _ => base + step,
+            };
+            out.push(Event {
+                partition: p,
+                kind: format!("type-{p}-{}", i % 3),
+                amount: (i * 7 + i64::from(p)) % 50,
+                ts,
+            });
+        }
+    }
+    out
+}
+
+/// The window aggregates the contract gives, per (key, window start): (count, sum); the
+/// late events; and the final watermark of each partition.
+struct Reference {
+    windows: BTreeMap<(String, i64), (u64, f64)>,
+    late: usize,
+    watermarks: BTreeMap<i32, i64>,
+}
+
+fn reference(events: &[Event]) -> Reference {
+    let mut windows = BTreeMap::new();
+    let mut late = 0;
+    let mut highest: BTreeMap<i32, i64> = BTreeMap::new();
+    for e in events {
+        let watermark = highest.get(&e.partition).map(|h| h - DELAY_MS);
+        if watermark.is_some_and(|w| e.ts < w) {
+            late += 1;
+        } else {
+            let start = e.ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+            let w = windows
+                .entry((e.kind.clone(), start))
+                .or_insert((0u64, 0f64));
+            w.0 += 1;
+            w.1 += e.amount as f64;
+        }
+        let h = highest.entry(e.partition).or_insert(e.ts);
+        *h = (*h).max(e.ts);
+    }
+    let watermarks = highest
+        .into_iter()
+        .map(|(p, h)| (p, h - DELAY_MS))
+        .collect();
+    Reference {
+        windows,
+        late,
+        watermarks,
+    }
+}
+
+/// An aggregate as the plugin writes it: (key, window start) -> (count, sum, avg), with the
+/// record key and window end checked.
+fn aggregate(key: &[u8], value: &[u8]) -> ((String, i64), (u64, f64, f64)) {
+    let v: Value = serde_json::from_slice(value).expect("aggregate is JSON");
+    let name = v["key"].as_str().expect("key").to_owned();
+    let start = v["window_start"].as_i64().expect("window_start");
+    assert_eq!(v["window_end"].as_i64(), Some(start + WINDOW_MS), "{v}");
+    assert_eq!(
+        key,
+        format!("{name}|{start}").as_bytes(),
+        "record key of {v}"
+    );
+    let count = v["count"].as_u64().expect("count");
+    let sum = v["sum"].as_f64().expect("sum");
+    let avg = v["avg"].as_f64().expect("avg");
+    ((name, start), (count, sum, avg))
+}
+
+/// Runs `switchyard test-plugin --json` and returns its lines.
+fn test_plugin(plugin: &str, input: &str, args: &[&str]) -> Vec<Value> {
+    let dir = scratch_dir("stateful-sample");
+    let input = write_file(&dir, "input.jsonl", input);
+    let plugin = plugin_path(plugin).display().to_string();
+    let input = input.display().to_string();
+    let mut all = vec!["test-plugin", &plugin, "--input", &input, "--json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_switchyard(&all).expect("switchyard runs");
+    assert_eq!(code, Some(0), "test-plugin failed:\n{stderr}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn sample_line(value: &str, ts: i64, topic: Option<&str>) -> String {
+    let topic = topic.map_or(String::new(), |t| format!(r#","topic":"{t}""#));
+    format!(r#"{{"value":{value},"timestamp_ms":{ts}{topic}}}"#)
+}
+
+/// Every output of a test-plugin run, in order (records' outputs, then the end of input's).
+fn outputs(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .flat_map(|l| l["outputs"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// Update mode: each window's last output equals the reference, every earlier output of it
+/// is a smaller state (its count never goes down), and late events are dead-lettered.
+#[test]
+fn window_updates_end_at_the_reference() {
+    let evs = events(1, 300);
+    let input: String = evs
+        .iter()
+        .map(|e| sample_line(&e.json(), e.ts, None) + "\n")
+        .collect();
+    let delay = DELAY_MS.to_string();
+    let lines = test_plugin("window", &input, &["--watermark-delay-ms", &delay]);
+    let want = reference(&evs);
+    let mut last: BTreeMap<(String, i64), (u64, f64, f64)> = BTreeMap::new();
+    for o in outputs(&lines) {
+        let key = o["key"].as_str().expect("key");
+        let value = o["value"].as_str().expect("value");
+        let (window, now) = aggregate(key.as_bytes(), value.as_bytes());
+        if let Some(before) = last.get(&window) {
+            assert!(
+                now.0 == before.0 + 1,
+                "{window:?}: count {} after {}",
+                now.0,
+                before.0
+            );
+        }
+        last.insert(window, now);
+    }
+    let got: BTreeMap<_, _> = last.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
+    assert_eq!(got, want.windows);
+    for (count, sum, avg) in last.values() {
+        assert_eq!(*avg, sum / *count as f64);
+    }
+    let late: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["dead_letter"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("late: "))
+        })
+        .collect();
+    assert_eq!(late.len(), want.late);
+    assert!(want.late > 10, "the input has late events: {}", want.late);
+}
+
+/// Final mode: one output per window once the watermark passes its end; what is still open
+/// at the end of the input comes out when the pending timers fire.
+#[test]
+fn window_final_outputs_equal_the_reference() {
+    let evs = events(1, 200);
+    let input: String = evs
+        .iter()
+        .map(|e| sample_line(&e.json(), e.ts, None) + "\n")
+        .collect();
+    let delay = DELAY_MS.to_string();
+    let lines = test_plugin(
+        "window",
+        &input,
+        &["--watermark-delay-ms", &delay, "--config", "mode=final"],
+    );
+    let want = reference(&evs);
+    let mut got = BTreeMap::new();
+    for o in outputs(&lines) {
+        let key = o["key"].as_str().expect("key");
+        let (window, (count, sum, _)) =
+            aggregate(key.as_bytes(), o["value"].as_str().expect("v").as_bytes());
+        assert!(
+            got.insert(window.clone(), (count, sum)).is_none(),
+            "{window:?} twice"
+        );
+    }
+    assert_eq!(got, want.windows);
+    // Before the end of input, only windows the watermark had passed came out.
+    let end = lines.last().expect("end line");
+    assert_eq!(end["end_of_input"], true);
+    let watermark = want.watermarks[&0];
+    for o in end["outputs"].as_array().expect("outputs") {
+        let (window, _) = aggregate(
+            o["key"].as_str().expect("key").as_bytes(),
+            o["value"].as_str().expect("v").as_bytes(),
+        );
+        assert!(
+            window.1 + WINDOW_MS > watermark,
+            "{window:?} was due before the end"
+        );
+    }
+}
+
+/// Bad input is dead-lettered with a reason naming the problem.
+#[test]
+fn window_bad_input_names_the_problem() {
+    let input = [
+        r#"{"value":{"event_type":"a","amount":1}}"#.to_owned(),
+        sample_line(r#"{"event_type":"a","amount":1}"#, -5, None),
+        sample_line(r#"{"amount":1}"#, 1_000, None),
+        sample_line(r#"{"event_type":"a","amount":"x"}"#, 1_000, None),
+        sample_line(r#""text""#, 1_000, None),
+    ]
+    .join("\n");
+    let lines = test_plugin("window", &input, &[]);
+    let reasons: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["dead_letter"]["reason"].as_str())
+        .collect();
+    // A record without a timestamp gets the sample's default (now), so it is aggregated.
+    assert_eq!(
+        reasons,
+        [
+            "negative timestamp",
+            "missing field event_type",
+            "field amount is not a number",
+            "not a JSON object"
+        ]
+    );
+}
+
+/// The join: payments before and after their order, a duplicate payment, matches at
+/// exactly the bound, one past it, and an unmatched order.
+#[test]
+fn join_results_equal_the_reference() {
+    const HOUR: i64 = 3_600_000;
+    let t0 = 1_700_000_000_000;
+    let order = |id: &str, ts: i64| {
+        sample_line(
+            &format!(r#"{{"order_id":"{id}","total":5}}"#),
+            ts,
+            Some("orders"),
+        )
+    };
+    let payment = |id: &str, n: u32, ts: i64| {
+        sample_line(
+            &format!(r#"{{"order_id":"{id}","paid":{n}}}"#),
+            ts,
+            Some("payments"),
+        )
+    };
+    let input = [
+        payment("early", 1, t0 + 10),
+        order("early", t0),
+        order("a", t0 + 100),
+        payment("a", 1, t0 + 200),
+        payment("a", 1, t0 + 200),
+        order("bound", t0 + 1_000),
+        payment("bound", 1, t0 + 1_000 + HOUR),
+        payment("bound", 2, t0 + 1_000 + HOUR + 1),
+        order("before", t0 + 5_000),
+        payment("before", 1, t0 + 4_999),
+        order("lonely", t0 + 2_000),
+    ]
+    .join("\n");
+    let lines = test_plugin(
+        "join",
+        &input,
+        &[
+            "--config",
+            "left_topic=orders",
+            "--config",
+            "right_topic=payments",
+            "--config",
+            "unmatched_route=unmatched",
+            "--route",
+            "unmatched",
+            // The payment of `early` comes first: within the delay, its order is not late.
+            "--watermark-delay-ms",
+            "60000",
+        ],
+    );
+    let mut matched = Vec::new();
+    let mut unmatched = Vec::new();
+    for o in outputs(&lines) {
+        let v: Value = serde_json::from_str(o["value"].as_str().expect("value")).expect("JSON");
+        let id = v["order"]["order_id"]
+            .as_str()
+            .expect("order id")
+            .to_owned();
+        match o["route"].as_str() {
+            Some("unmatched") => {
+                assert_eq!(v["payment"], Value::Null);
+                unmatched.push(id);
+            }
+            _ => matched.push((id, v["payment"]["paid"].as_u64().expect("paid"))),
+        }
+    }
+    matched.sort();
+    unmatched.sort();
+    assert_eq!(
+        matched,
+        [
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 1),
+            ("bound".to_owned(), 1),
+            ("early".to_owned(), 1)
+        ]
+    );
+    assert_eq!(unmatched, ["before", "lonely"]);
+}
+
+/// End to end on the broker: four partitions, each its own task; final-mode aggregates
+/// written to the route equal the reference for every window the watermark closed, and
+/// every late event is in the dead-letter topic.
+#[test]
+fn window_aggregates_on_the_broker_equal_the_reference() {
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[("events", 4), ("aggregates", 2), ("events-dlq", 2)])
+        .expect("topics");
+    let evs = events(4, 400);
+    let want = reference(&evs);
+    let closed: BTreeMap<(String, i64), (u64, f64)> = want
+        .windows
+        .iter()
+        .filter(|((kind, start), _)| {
+            let p: i32 = kind
+                .split('-')
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("partition");
+            start + WINDOW_MS <= want.watermarks[&p]
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let pipeline = pipeline_toml(
+        "windows",
+        "events",
+        &[("aggregates", "aggregates")],
+        "events-dlq",
+        &[(
+            "window",
+            "window",
+            &[("mode", "final"), ("route", "aggregates")],
+        )],
+        &format!("watermark_delay_ms = {DELAY_MS}\nbatch_size = 64"),
+    );
+    let dir = scratch_dir("stateful-windows");
+    let config = write_file(
+        &dir,
+        "switchyard.toml",
+        &format!("{}\n{pipeline}", kafka_toml(broker.bootstrap())),
+    );
+    let running = start(&config).expect("router starts");
+    broker
+        .produce(
+            "events",
+            evs.iter().map(|e| TestRecord {
+                key: Some(e.kind.clone().into_bytes()),
+                value: Some(e.json().into_bytes()),
+                timestamp_ms: Some(e.ts),
+                partition: Some(e.partition),
+                ..Default::default()
+            }),
+        )
+        .expect("produced");
+    let read = running.stop_after_reading(
+        &broker,
+        &["aggregates", "events-dlq"],
+        closed.len() + want.late,
+        Duration::from_secs(3),
+    );
+    let mut got = BTreeMap::new();
+    let mut late = 0;
+    for r in &read {
+        if r.topic == "events-dlq" {
+            let reason = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "switchyard-dlq-reason")
+                .and_then(|(_, v)| v.clone())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            assert!(
+                reason.starts_with("late: "),
+                "unexpected dead letter: {reason}"
+            );
+            late += 1;
+            continue;
+        }
+        let (window, (count, sum, _)) = aggregate(
+            r.key.as_deref().expect("key"),
+            r.value.as_deref().expect("value"),
+        );
+        assert!(
+            got.insert(window.clone(), (count, sum)).is_none(),
+            "{window:?} twice"
+        );
+    }
+    assert_eq!(late, want.late);
+    assert_eq!(got, closed);
+}
