@@ -144,6 +144,10 @@ pub(crate) fn timer_cancel(domain: Domain, at_ms: i64, tag: &str) {
     STATE.with_borrow_mut(|s| s.timers.remove(&(at_ms, tag.to_owned(), domain)));
 }
 
+/// The most `on_timers` calls one move of a clock makes, so that a plugin whose timers keep
+/// setting due timers cannot hang a test.
+pub const MAX_ROUNDS: usize = 64;
+
 /// A [`StatefulPlugin`] instance and the clocks of its task: runs batches with the task's
 /// watermark, and fires the timers that come due as the watermark or the wall clock moves.
 ///
@@ -237,10 +241,11 @@ impl<P: StatefulPlugin> Task<P> {
 
     /// Fires every due timer: event-time ones at or before the watermark, wall-clock ones at
     /// or before the wall clock. They go to one `on_timers` call, in order of instant, then
-    /// tag; timers set by that call that are due too go to the next one, until none is due.
+    /// tag; timers set by that call that are due too go to the next one, until none is due or
+    /// [`MAX_ROUNDS`] calls were made (as in the host, the rest stay pending until next time).
     pub fn fire_due(&mut self) -> Fired {
         let mut fired = Vec::new();
-        loop {
+        for _ in 0..MAX_ROUNDS {
             let due: Vec<Timer> = STATE.with_borrow_mut(|s| {
                 let due: Vec<_> = s
                     .timers
@@ -257,7 +262,7 @@ impl<P: StatefulPlugin> Task<P> {
                 due.iter().map(timer).collect()
             });
             if due.is_empty() {
-                return fired;
+                break;
             }
             let outputs = self.plugin.on_timers(self.watermark_ms, &due);
             assert_eq!(
@@ -267,6 +272,7 @@ impl<P: StatefulPlugin> Task<P> {
             );
             fired.extend(due.into_iter().zip(outputs));
         }
+        fired
     }
 }
 
@@ -416,6 +422,35 @@ mod tests {
         // The b@17 timer fires on an empty state: the test's plugin would panic, so cancel it.
         timers::cancel(Domain::EventTime, 17, "b");
         assert!(timers().is_empty());
+    }
+
+    /// Sets a due timer from every timer.
+    struct Forever;
+
+    impl StatefulPlugin for Forever {
+        fn init(_: &Config) -> Result<Self, String> {
+            Ok(Forever)
+        }
+
+        fn process(&mut self, _: &Record, _: &Batch) -> Verdict {
+            timers::set(Domain::EventTime, 0, "0");
+            Verdict::Pass
+        }
+
+        fn on_timer(&mut self, timer: &Timer, _: Option<i64>) -> Vec<Output> {
+            let next = timer.tag.parse::<u32>().unwrap() + 1;
+            timers::set(Domain::EventTime, 0, &next.to_string());
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn timers_that_keep_coming_due_fire_in_bounded_rounds() {
+        let mut task = Task::new(Forever);
+        task.process("t", vec![Record::new()]);
+        assert_eq!(task.advance_watermark(0).len(), MAX_ROUNDS);
+        assert_eq!(timers()[0].tag, MAX_ROUNDS.to_string(), "the rest waits");
+        assert_eq!(task.fire_due().len(), MAX_ROUNDS);
     }
 
     #[test]
