@@ -90,6 +90,11 @@ pub fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
     let pipelines = pipeline::load(&config, engine, &metrics, &store, &shared)?;
     check_output_topics(&config)?;
     let handles: Vec<_> = pipelines.iter().map(pipeline::Pipeline::handle).collect();
+    for handle in &handles {
+        if handle.control.current().spec.is_stateful() {
+            check_changelog_topic(&config.kafka, &handle.config)?;
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("admin")
@@ -168,6 +173,114 @@ fn check_output_topics(config: &Config) -> anyhow::Result<()> {
         "these output topics do not exist: {}; create them first (Switchyard never creates topics)",
         missing.join(", ")
     )
+}
+
+/// A stateful pipeline needs its changelog topic (`<group>-changelog`, compacted) with at
+/// least as many partitions as its source topics, which must all have the same number. The
+/// topic is created only when the pipeline sets `create_internal_topics = true`; otherwise
+/// the start is refused with the command that creates it. A cluster that does not answer in
+/// time is not a refusal (the restore then waits for it).
+fn check_changelog_topic(
+    kafka: &crate::config::KafkaConfig,
+    pipeline: &crate::config::PipelineConfig,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let topic = crate::changelog::topic_name(&pipeline.group());
+    let mut client = rdkafka::ClientConfig::new();
+    for (key, value) in &kafka.consumer {
+        client.set(key, value);
+    }
+    let client: BaseConsumer = client
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("allow.auto.create.topics", "false")
+        .set("client.id", "switchyard-topic-check")
+        .create()?;
+    let timeout = crate::kafka::TOPIC_CHECK_TIMEOUT;
+    let partitions = |name: &str| -> anyhow::Result<Option<usize>> {
+        let metadata = client.fetch_metadata(Some(name), timeout)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len()))
+    };
+    let sources: Vec<String> = match &pipeline.source {
+        crate::config::Subscription::Topics(t) => t.clone(),
+        crate::config::Subscription::Pattern(_) => Vec::new(),
+    };
+    let mut counts = Vec::new();
+    for source in &sources {
+        match partitions(source) {
+            Ok(Some(n)) => counts.push((source.clone(), n)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(pipeline = %pipeline.name, error = %e, "Cannot ask the cluster about the source topics; starting anyway.");
+                return Ok(());
+            }
+        }
+    }
+    if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+        let listed: Vec<String> = counts
+            .iter()
+            .map(|(t, n)| format!("{t} ({n} partitions)"))
+            .collect();
+        anyhow::bail!(
+            "pipeline {} keeps state per task (partition N of every source topic), so its source topics must have the same number of partitions: {}",
+            pipeline.name,
+            listed.join(", ")
+        );
+    }
+    let needed = counts.iter().map(|(_, n)| *n).max().unwrap_or(1);
+    match partitions(&topic) {
+        Ok(Some(n)) if n >= needed => Ok(()),
+        Ok(Some(n)) => anyhow::bail!(
+            "pipeline {}: the changelog topic {topic} has {n} partitions, fewer than the {needed} of its source topics; make one with at least {needed}",
+            pipeline.name
+        ),
+        Ok(None) if pipeline.create_internal_topics => {
+            create_changelog(&kafka.brokers, &topic, needed)?;
+            tracing::info!(pipeline = %pipeline.name, topic, partitions = needed, "Changelog topic created (create_internal_topics).");
+            Ok(())
+        }
+        Ok(None) => anyhow::bail!(
+            "pipeline {} keeps state, and its changelog topic {topic} does not exist; create it (compacted, one partition per source partition): kafka-topics.sh --bootstrap-server {} --create --topic {topic} --partitions {needed} --config cleanup.policy=compact; or set create_internal_topics = true in the pipeline to let Switchyard create it",
+            pipeline.name,
+            kafka.brokers
+        ),
+        Err(e) => {
+            tracing::warn!(pipeline = %pipeline.name, error = %e, "Cannot ask the cluster about the changelog topic; starting anyway.");
+            Ok(())
+        }
+    }
+}
+
+/// Creates a compacted changelog topic.
+fn create_changelog(brokers: &str, topic: &str, partitions: usize) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")?;
+    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+    let new = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to create the changelog topic")?;
+    let results = runtime
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .with_context(|| format!("cannot create the changelog topic {topic}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                anyhow::bail!("cannot create the changelog topic {topic}: {code}")
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Running {

@@ -44,6 +44,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod control;

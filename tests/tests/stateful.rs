@@ -376,7 +376,7 @@ fn window_aggregates_on_the_broker_equal_the_reference() {
             "window",
             &[("mode", "final"), ("route", "aggregates")],
         )],
-        &format!("watermark_delay_ms = {DELAY_MS}\nbatch_size = 64"),
+        &format!("watermark_delay_ms = {DELAY_MS}\nbatch_size = 64\ncreate_internal_topics = true"),
     );
     let dir = scratch_dir("stateful-windows");
     let config = write_file(

@@ -216,6 +216,7 @@ fn pipeline(at: &str, p: RawPipeline) -> Result<PipelineConfig, ConfigError> {
         commit_interval_ms: p.commit_interval_ms,
         watermark_delay_ms: p.watermark_delay_ms,
         idle_timeout_ms: p.idle_timeout_ms,
+        create_internal_topics: p.create_internal_topics,
         stages,
     })
 }

@@ -125,6 +125,8 @@ pub struct PipelineConfig {
     /// Stateful stages: how long a partition may be silent before it stops holding the
     /// watermark back, in milliseconds (above 0).
     pub idle_timeout_ms: u64,
+    /// Stateful stages: Switchyard may create the changelog topic.
+    pub create_internal_topics: bool,
     /// The stage chain, in order; at least one, names unique.
     pub stages: Vec<StageConfig>,
 }

@@ -110,6 +110,10 @@ pub struct RawPipeline {
     /// holding its task's watermark back, in milliseconds (default 60000).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Stateful stages: whether Switchyard may create the pipeline's changelog topic
+    /// (default false: it must exist).
+    #[serde(default)]
+    pub create_internal_topics: bool,
     /// The stage chain, in order; at least one.
     #[serde(rename = "stage", default)]
     pub stages: Vec<RawStage>,

@@ -61,6 +61,8 @@ pub struct PipelineHandle {
     pub paused: AtomicBool,
     /// The consumer is running (set by [`Pipeline::run`], cleared when it returns).
     pub consuming: AtomicBool,
+    /// Stateful pipelines: the tasks restored from the changelog (and those being restored).
+    pub restoring: std::sync::Mutex<Option<Arc<crate::changelog::RestoreRegistry>>>,
     /// Each stage's versions, in stage order; the lock also serializes uploads to a stage.
     pub stages: Vec<Arc<tokio::sync::Mutex<StageHistory>>>,
     /// Where uploaded versions persist.
@@ -165,6 +167,7 @@ impl Pipeline {
                 metrics: metrics.pipeline(&config.name, &routes),
                 paused: AtomicBool::new(false),
                 consuming: AtomicBool::new(false),
+                restoring: std::sync::Mutex::new(None),
                 stages: histories,
                 store,
             }),
@@ -217,6 +220,16 @@ impl Pipeline {
             shared.metrics.clone(),
         )?;
         let workers = worker_count(config.workers);
+        // Stateful pipelines: the changelog writer, and the tasks the consumer restores.
+        let durable = if shared.control.current().spec.is_stateful() {
+            let log = crate::changelog::Changelog::start(&shared.kafka, config, status.clone())?;
+            let registry = Arc::new(crate::changelog::RestoreRegistry::default());
+            Some((log, registry))
+        } else {
+            None
+        };
+        *shared.restoring.lock().unwrap_or_else(|p| p.into_inner()) =
+            durable.as_ref().map(|(_, r)| r.clone());
         // A lane's buffer is allocated up front; the pause at `max_in_flight` keeps the
         // lanes from filling, so they need not be as large as that bound.
         let (ring, lanes) = Ring::new(workers, config.max_in_flight.min(LANE_CAPACITY));
@@ -254,6 +267,13 @@ impl Pipeline {
                 batch_wait: Duration::from_millis(config.batch_wait_ms),
                 tasks: HashMap::new(),
                 timers_checked: std::time::Instant::now(),
+                durable: durable.as_ref().map(|(log, registry)| worker::Durable {
+                    log: log.clone(),
+                    registry: registry.clone(),
+                    installed: HashMap::new(),
+                    positions: HashMap::new(),
+                    skip: HashMap::new(),
+                }),
             };
             let (control, status) = (shared.control.clone(), status.clone());
             threads.push(
@@ -275,10 +295,25 @@ impl Pipeline {
         }
         let producer = sink.sink.clone();
         let producer_fatal = move || producer.fatal_error();
+        let mut client = kafka::consumer_config(&shared.kafka, config);
+        let state = durable.as_ref().map(|(log, registry)| {
+            // Partition N of every source topic to the same member: one task, one owner.
+            client.set("partition.assignment.strategy", "range");
+            crate::changelog::StateSource {
+                kafka: shared.kafka.clone(),
+                topic: log.topic().to_owned(),
+                topics: match &config.source {
+                    crate::config::Subscription::Topics(t) => t.clone(),
+                    crate::config::Subscription::Pattern(_) => Vec::new(),
+                },
+                registry: registry.clone(),
+                status: status.clone(),
+            }
+        });
         let consumer = Consumer::open(
             ConsumerSettings {
                 pipeline: &name,
-                client: kafka::consumer_config(&shared.kafka, config),
+                client,
                 subscription: &config.source,
                 start: config.start,
                 drain_timeout: Duration::from_millis(config.drain_timeout_ms),
@@ -288,6 +323,7 @@ impl Pipeline {
                 status: &status,
                 records_in: shared.metrics.records_in.clone(),
                 producer_fatal: &producer_fatal,
+                state,
             },
             ring,
         );
@@ -305,6 +341,9 @@ impl Pipeline {
             }
         }
         sink.close(Duration::from_millis(config.drain_timeout_ms));
+        if let Some((log, _)) = &durable {
+            log.flush(Duration::from_millis(config.drain_timeout_ms));
+        }
         tracing::info!(pipeline = %name, counters = ?status.counters.snapshot(), "Pipeline stopped.");
         result
     }

@@ -2,6 +2,7 @@
 //! chain over each partition's records (in offset order), routes the deliveries and hands
 //! them to the producer. At a batch boundary it moves to a newly published chain version.
 
+use crate::changelog::{self, Changelog, Marker, RestoreRegistry};
 use crate::control::{ChainControl, IDLE_TICK};
 use crate::kafka::now_ms;
 use crate::metrics::PipelineMetrics;
@@ -11,7 +12,7 @@ use crate::router::{Router, Source};
 use crate::sink::{Pending, Sink, SourceRecord, Ticket};
 use crate::source::tracker::{InFlight, PartitionHandle};
 use crate::status::{PipelineCounters, PipelineStatus};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,6 +37,21 @@ pub(super) struct Worker {
     pub(super) tasks: HashMap<i32, (Arc<PartitionHandle>, i64)>,
     /// When wall-clock timers were last looked at.
     pub(super) timers_checked: Instant,
+    /// Stateful pipelines: the changelog writer and the tasks restored on assignment.
+    pub(super) durable: Option<Durable>,
+}
+
+/// A stateful worker's part in making state durable.
+pub(super) struct Durable {
+    pub(super) log: Arc<Changelog>,
+    pub(super) registry: Arc<RestoreRegistry>,
+    /// Per task, the epoch of the restored state installed.
+    pub(super) installed: HashMap<i32, u64>,
+    /// Per task, per source partition: the offset after the last record run.
+    pub(super) positions: HashMap<i32, BTreeMap<(String, i32), i64>>,
+    /// Per source partition: records below this offset were run before a restart; their
+    /// effects are in the restored state and their outputs were written.
+    pub(super) skip: HashMap<(String, i32), i64>,
 }
 
 /// How often a stateful worker looks for due wall-clock timers.
@@ -126,6 +142,14 @@ impl Worker {
             let Some((handle, offset)) = self.tasks.get(&task).cloned() else {
                 continue;
             };
+            if self.durable.is_some() {
+                let first = InFlight {
+                    handle: handle.clone(),
+                    offset,
+                };
+                self.send_gated(task, deliveries, Vec::new(), first, &handle);
+                continue;
+            }
             let source = Source {
                 topic: &handle.topic,
                 partition: handle.partition,
@@ -146,6 +170,134 @@ impl Worker {
                 let (out, provenance) = self.router.route_apart(source, delivery.destination, now);
                 self.sink.send(out, provenance, Ticket::new(owner, route));
             }
+        }
+    }
+
+    /// A stateful pipeline's group: installs the task's restored state on a new assignment,
+    /// skips records whose effects the state already holds, and hands the outputs to the
+    /// changelog's gate: the batch's changelog records are written once its outputs are
+    /// acknowledged, and its source records finish once those are.
+    fn run_group_durably(&mut self, handle: Arc<PartitionHandle>, mut records: Vec<InputRecord>) {
+        let Some(durable) = self.durable.as_mut() else {
+            return;
+        };
+        let task = handle.partition;
+        let installed = durable.installed.get(&task).copied().unwrap_or(0);
+        if let Some((epoch, restored)) = durable.registry.take_newer(task, installed) {
+            durable.log.reset_task(task);
+            let positions: BTreeMap<(String, i32), i64> = restored
+                .marker
+                .iter()
+                .flat_map(|m| m.positions.iter())
+                .map(|(t, p, o)| ((t.clone(), *p), *o))
+                .collect();
+            for (place, offset) in &positions {
+                durable.skip.insert(place.clone(), *offset);
+            }
+            durable.positions.insert(task, positions);
+            durable.installed.insert(task, epoch);
+            self.runner.install_task(task, restored);
+        }
+        let place = (handle.topic.to_string(), handle.partition);
+        if let Some(&below) = durable.skip.get(&place) {
+            let done: Vec<i64> = records
+                .iter()
+                .map(|r| r.offset)
+                .filter(|o| *o < below)
+                .collect();
+            if !done.is_empty() {
+                records.retain(|r| r.offset >= below);
+                self.status.tracker.finish_many(&handle, done);
+            }
+            if records.is_empty() {
+                return;
+            }
+            durable.skip.remove(&place);
+        }
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        let Some(&last) = offsets.last() else {
+            return;
+        };
+        self.tasks.insert(task, (handle.clone(), last));
+        let deliveries = match self
+            .runner
+            .process(&handle.topic, handle.partition, records)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                self.status.health.fail(e.to_string());
+                return;
+            }
+        };
+        let mut written = vec![false; offsets.len()];
+        for d in &deliveries {
+            if let Some(w) = written.get_mut(d.source) {
+                *w = true;
+            }
+        }
+        let dropped = written.iter().filter(|w| !**w).count() as u64;
+        if dropped > 0 {
+            PipelineCounters::add(&self.status.counters.dropped, dropped);
+            self.metrics.records_dropped.inc_by(dropped);
+        }
+        let Some(durable) = self.durable.as_mut() else {
+            return;
+        };
+        durable
+            .positions
+            .entry(task)
+            .or_default()
+            .insert(place, last + 1);
+        let first = InFlight {
+            handle: handle.clone(),
+            offset: offsets[0],
+        };
+        let finish = vec![(handle.clone(), offsets)];
+        self.send_gated(task, deliveries, finish, first, &handle);
+    }
+
+    /// Queues a stateful batch's changelog records behind its outputs, then sends them.
+    fn send_gated(
+        &mut self,
+        task: i32,
+        deliveries: Vec<crate::plugin::Delivery>,
+        finish: Vec<(Arc<PartitionHandle>, Vec<i64>)>,
+        first: InFlight,
+        handle: &PartitionHandle,
+    ) {
+        let Some(durable) = self.durable.as_ref() else {
+            return;
+        };
+        let changes = self.runner.take_changes(task);
+        let marker = Marker {
+            batch: durable.log.next_batch(),
+            positions: durable
+                .positions
+                .get(&task)
+                .map(|p| p.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect())
+                .unwrap_or_default(),
+            watermark: self.runner.watermark(task),
+        };
+        let records = changelog::encode(&changes, &marker);
+        let outputs = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
+        let gated = durable.log.submit(task, outputs, records, finish, first);
+        let now = now_ms();
+        let source = Source {
+            topic: &handle.topic,
+            partition: handle.partition,
+        };
+        for delivery in deliveries {
+            let route = match &delivery.destination {
+                Destination::Route { route, .. } => Some(*route),
+                Destination::DeadLetter(dead) => {
+                    self.metrics
+                        .dead_lettered(&dead.stage_name, dead.error.kind.as_str());
+                    None
+                }
+            };
+            let (out, provenance) = self.router.route_apart(source, delivery.destination, now);
+            let ticket = Ticket::new(SourceRecord::Gated(gated.clone()), route);
+            self.sink.send(out, provenance, ticket);
         }
     }
 
@@ -175,6 +327,10 @@ impl Worker {
         // A revoked partition's records belong to its next owner; a failed pipeline's stay
         // unfinished so they are never committed past.
         if handle.revoked.load(Ordering::Acquire) || self.status.health.fatal().is_some() {
+            return;
+        }
+        if self.durable.is_some() {
+            self.run_group_durably(handle, records);
             return;
         }
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();

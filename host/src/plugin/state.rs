@@ -285,6 +285,42 @@ impl TaskState {
         Changes { entries, timers }
     }
 
+    /// Sets or removes an entry read back from the changelog (no usage counted, nothing
+    /// marked changed: see [`TaskState::count_in`]).
+    pub fn restore_entry(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match value {
+            Some(value) => {
+                self.entries.insert(key, value);
+            }
+            None => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Sets or removes a timer read back from the changelog.
+    pub fn restore_timer(&mut self, timer: TimerKey, set: bool) {
+        if set {
+            self.timers.insert(timer);
+        } else {
+            self.timers.remove(&timer);
+        }
+    }
+
+    /// Adds (`sign` 1) or takes out (`sign` -1) this task's keys, bytes and timers to or
+    /// from the stage's usage: when a restored task is installed, or a task is dropped.
+    pub fn count_in(&self, usage: &StageState, sign: i64) {
+        let bytes: usize = self.entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let n = |x: usize| i64::try_from(x).unwrap_or(i64::MAX) * sign;
+        usage
+            .keys
+            .fetch_add(n(self.entries.len()), Ordering::Relaxed);
+        usage.bytes.fetch_add(n(bytes), Ordering::Relaxed);
+        usage
+            .timers
+            .fetch_add(n(self.timers.len()), Ordering::Relaxed);
+    }
+
     /// Empties the task's state, taking its usage out of the stage's.
     pub fn clear(&mut self, usage: &StageState) {
         let bytes: usize = self.entries.iter().map(|(k, v)| k.len() + v.len()).sum();

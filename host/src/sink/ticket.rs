@@ -35,6 +35,9 @@ pub enum SourceRecord {
     /// A write of a wall-clock timer, which no source record waits for: it names the last
     /// record its task processed, for logs and revocation, and finishes nothing.
     Timer(InFlight),
+    /// An output of a stateful batch: its source records finish only after the batch's
+    /// changelog records, which are written once all its outputs are acknowledged.
+    Gated(Arc<crate::changelog::Gated>),
 }
 
 impl SourceRecord {
@@ -42,6 +45,7 @@ impl SourceRecord {
         match self {
             SourceRecord::Only(record) | SourceRecord::Timer(record) => record,
             SourceRecord::Shared(pending) => &pending.record,
+            SourceRecord::Gated(gated) => &gated.first,
         }
     }
 
@@ -50,6 +54,10 @@ impl SourceRecord {
         match self {
             SourceRecord::Only(record) => Some(record),
             SourceRecord::Timer(_) => None,
+            SourceRecord::Gated(gated) => {
+                gated.output_done();
+                None
+            }
             SourceRecord::Shared(pending) => {
                 (pending.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then_some(&pending.record)
             }

@@ -85,6 +85,8 @@ pub struct ConsumerSettings<'a> {
     pub records_in: Counter,
     /// The producer's fatal error, if any (checked at housekeeping).
     pub producer_fatal: &'a (dyn Fn() -> Option<String> + Sync),
+    /// Stateful pipelines: how assigned tasks are restored.
+    pub state: Option<crate::changelog::StateSource>,
 }
 
 /// The consumer loop of one pipeline.
@@ -111,12 +113,13 @@ impl<'a> Consumer<'a> {
     /// Creates the consumer and subscribes.
     pub fn open(settings: ConsumerSettings<'a>, ring: Ring) -> anyhow::Result<Self> {
         let name = settings.pipeline;
-        let context = SourceContext::new(
+        let mut context = SourceContext::new(
             name,
             settings.status.tracker.clone(),
             settings.start,
             settings.drain_timeout,
         );
+        context.state = settings.state.clone();
         let consumer: BaseConsumer<SourceContext> = settings
             .client
             .create_with_context(context)

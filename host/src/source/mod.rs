@@ -32,6 +32,8 @@ pub struct SourceContext {
     drain_timeout: Duration,
     /// Set by each assignment; the poll loop re-applies a pause to the new partitions.
     pub assignment_changed: AtomicBool,
+    /// Stateful pipelines: restores each assigned task before its records are read.
+    pub state: Option<crate::changelog::StateSource>,
 }
 
 /// How long a metadata request made from a callback may take.
@@ -51,6 +53,7 @@ impl SourceContext {
             start,
             drain_timeout,
             assignment_changed: AtomicBool::new(false),
+            state: None,
         }
     }
 
@@ -284,6 +287,11 @@ impl ConsumerContext for SourceContext {
                     tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot find offsets for the start timestamp; starting from the earliest.");
                 }
                 let partitions = partitions_of(tpl);
+                // Inside the callback no record of the new assignment can be read yet: the
+                // tasks' state is in place before their first record reaches a worker.
+                if let Some(state) = &self.state {
+                    state.on_assign(&self.pipeline, &partitions);
+                }
                 for (topic, partition) in &partitions {
                     self.tracker.assign(topic, *partition);
                 }

@@ -96,6 +96,38 @@ impl ChainRunner {
             .collect()
     }
 
+    /// What every stateful stage changed in `task` since the last call, by stage name.
+    pub fn take_changes(&mut self, task: i32) -> Vec<(String, crate::plugin::state::Changes)> {
+        self.stages
+            .iter_mut()
+            .filter(|s| s.state.is_some())
+            .filter_map(|s| {
+                let changes = s.tasks.get_mut(&task)?.take_changes();
+                let empty = changes.entries.is_empty() && changes.timers.is_empty();
+                (!empty).then(|| (s.spec.name.clone(), changes))
+            })
+            .collect()
+    }
+
+    /// Replaces `task`'s state and watermark with what was restored from the changelog
+    /// (nothing restored: an empty state).
+    pub fn install_task(&mut self, task: i32, mut restored: crate::changelog::Restored) {
+        for slot in &mut self.stages {
+            let Some(usage) = &slot.state else {
+                continue;
+            };
+            if let Some(old) = slot.tasks.remove(&task) {
+                old.count_in(usage, -1);
+            }
+            let state = restored.stages.remove(&slot.spec.name).unwrap_or_default();
+            state.count_in(usage, 1);
+            slot.tasks.insert(task, state);
+        }
+        let mut clock = TaskClock::new(&self.spec.time);
+        clock.restore(restored.marker.and_then(|m| m.watermark));
+        self.clocks.insert(task, clock);
+    }
+
     /// Fires the wall-clock timers due at `now_ms` of every task: the deliveries of each
     /// task, by task.
     pub fn fire_wall_clock(
