@@ -202,11 +202,19 @@ impl Restorer {
 /// Restores every task in `tasks` from the changelog `topic`, reading each partition from
 /// its start to its end (as the end was when the read began). `progress(task, read, end)`
 /// is told how far each has come.
+///
+/// `committed` are the group's committed offsets of the task's source partitions. The log
+/// must hold a marker at or past each (a record is committed only after the changelog
+/// records of its batch are acknowledged): reading goes on past the partition's end as the
+/// broker reports it until it does, for up to [`CATCH_UP`], so that a broker whose reported
+/// end lags its acknowledged writes cannot make the state miss a batch whose input was
+/// committed. A log without any marker starts the state empty.
 pub fn restore(
     kafka: &KafkaConfig,
     pipeline: &str,
     topic: &str,
     tasks: &[i32],
+    committed: &[(String, i32, i64)],
     progress: &dyn Fn(i32, i64, i64),
 ) -> anyhow::Result<HashMap<i32, Restored>> {
     let mut config = rdkafka::ClientConfig::new();
@@ -228,16 +236,47 @@ pub fn restore(
             .fetch_watermarks(topic, task, Duration::from_secs(30))
             .map_err(|e| anyhow::anyhow!("changelog {topic} partition {task}: {e}"))?;
         let mut restorer = Restorer::default();
-        if high > low {
+        let mut gaps = 0u64;
+        let wanted: Vec<&(String, i32, i64)> =
+            committed.iter().filter(|(_, p, _)| *p == task).collect();
+        let covered = |marker: Option<&Marker>| match marker {
+            None => true,
+            Some(m) => wanted.iter().all(|(t, p, o)| {
+                m.positions
+                    .iter()
+                    .any(|(mt, mp, mo)| mt == t && mp == p && mo >= o)
+            }),
+        };
+        let mut caught_up_at: Option<std::time::Instant> = None;
+        if high > low || !wanted.is_empty() {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, task, Offset::Beginning)?;
             consumer.assign(&tpl)?;
             let mut next = low;
             let mut idle = std::time::Instant::now();
-            while next < high {
+            while next < high || !covered(restorer.restored.marker.as_ref()) {
+                if next >= high {
+                    let since = *caught_up_at.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > CATCH_UP {
+                        anyhow::bail!(
+                            "changelog {topic} partition {task} ends (offset {next}) before the committed input {wanted:?}: the effects of committed records are missing from it (was it deleted or truncated?); to start this task's state empty, delete the changelog topic and reset the group's offsets"
+                        );
+                    }
+                }
                 match consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
                         idle = std::time::Instant::now();
+                        if m.offset() != next {
+                            gaps += 1;
+                            tracing::warn!(
+                                pipeline,
+                                topic,
+                                task,
+                                expected = next,
+                                got = m.offset(),
+                                "Changelog offsets skip; records between were not read (compacted, or lost by the broker)."
+                            );
+                        }
                         next = m.offset() + 1;
                         let batch = m.headers().and_then(|h| {
                             h.iter()
@@ -278,7 +317,11 @@ pub fn restore(
             task,
             records = restored.records,
             torn = restored.torn,
+            gaps,
+            low,
+            high,
             stages = restored.stages.len(),
+            marker = ?restored.marker.as_ref().map(|m| &m.positions),
             "Task state restored from the changelog."
         );
         out.insert(task, restored);
@@ -354,7 +397,12 @@ pub struct StateSource {
 impl StateSource {
     /// Restores the tasks of an assignment of `partitions`; any failure, or a task without
     /// partition N of every source topic, stops the pipeline with the reason.
-    pub fn on_assign(&self, pipeline: &str, partitions: &[(String, i32)]) {
+    pub fn on_assign(
+        &self,
+        pipeline: &str,
+        partitions: &[(String, i32)],
+        committed: &[(String, i32, i64)],
+    ) {
         let mut tasks: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
         tasks.sort_unstable();
         tasks.dedup();
@@ -382,7 +430,14 @@ impl StateSource {
         let registry = self.registry.clone();
         let progress =
             move |task: i32, read: i64, total: i64| registry.set_progress(task, read, total);
-        match restore(&self.kafka, pipeline, &self.topic, &tasks, &progress) {
+        match restore(
+            &self.kafka,
+            pipeline,
+            &self.topic,
+            &tasks,
+            committed,
+            &progress,
+        ) {
             Ok(restored) => {
                 for (task, state) in restored {
                     self.registry.put(task, state);
@@ -395,6 +450,10 @@ impl StateSource {
         }
     }
 }
+
+/// How long a restore waits, past the partition's end as the broker reported it, for the
+/// marker that covers the committed input.
+pub const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// A batch of a task waiting for its outputs before its changelog records are written.
 pub struct Gated {

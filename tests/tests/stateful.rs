@@ -433,3 +433,181 @@ fn window_aggregates_on_the_broker_equal_the_reference() {
     assert_eq!(late, want.late);
     assert_eq!(got, closed);
 }
+
+/// The value of header `key`, as text.
+fn header(r: &switchyard_tests::kafka::Consumed, key: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.as_deref())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// SIGKILL the router three times while 100,000 events flow, restarting it each time: the
+/// final aggregates equal the reference exactly (the state restored from the changelog is
+/// the state of the committed input, so nothing is counted twice or missed). An aggregate
+/// may be written more than once (outputs are at least once), and then only as a
+/// byte-identical copy; every late event is dead-lettered, some perhaps twice.
+#[test]
+fn window_aggregates_survive_sigkills() {
+    use switchyard_tests::router_process::RouterProcess;
+    const PARTITIONS: i32 = 4;
+    const PER_PARTITION: i64 = 25_000;
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[("events", PARTITIONS), ("aggregates", 2), ("events-dlq", 2)])
+        .expect("topics");
+    let evs = events(PARTITIONS, PER_PARTITION);
+    let want = reference(&evs);
+    let closed: BTreeMap<(String, i64), (u64, f64)> = want
+        .windows
+        .iter()
+        .filter(|((kind, start), _)| {
+            let p: i32 = kind
+                .split('-')
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("partition");
+            start + WINDOW_MS <= want.watermarks[&p]
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let pipeline = pipeline_toml(
+        "windows",
+        "events",
+        &[("aggregates", "aggregates")],
+        "events-dlq",
+        &[(
+            "window",
+            "window",
+            &[("mode", "final"), ("route", "aggregates")],
+        )],
+        &format!(
+            "watermark_delay_ms = {DELAY_MS}\ncreate_internal_topics = true\nmax_in_flight = 4000\ndrain_timeout_ms = 5000"
+        ),
+    );
+    let dir = scratch_dir("stateful-sigkill");
+    let config = write_file(
+        &dir,
+        "switchyard.toml",
+        &format!(
+            "{}\n{}\n{pipeline}",
+            kafka_toml(broker.bootstrap()),
+            switchyard_tests::pipelines::ADMIN_EPHEMERAL
+        ),
+    );
+    let path = config.to_str().expect("UTF-8 path").to_owned();
+    let start_router = || RouterProcess::start(&["run", "--config", &path]).expect("router starts");
+    let mut router = start_router();
+    let mut logs = String::new();
+    // Events go in round-robin over the partitions, ten chunks; the router is killed after
+    // chunks 2, 5 and 8, a little while into them, and started again.
+    let mut by_partition: Vec<Vec<&Event>> = vec![Vec::new(); PARTITIONS as usize];
+    for e in &evs {
+        by_partition[e.partition as usize].push(e);
+    }
+    let chunk = (PER_PARTITION / 10) as usize;
+    let mut kills = 0;
+    for k in 0..10 {
+        let records: Vec<TestRecord> = by_partition
+            .iter()
+            .flat_map(|p| p[k * chunk..(k + 1) * chunk].iter())
+            .map(|e| TestRecord {
+                key: Some(e.kind.clone().into_bytes()),
+                value: Some(e.json().into_bytes()),
+                timestamp_ms: Some(e.ts),
+                partition: Some(e.partition),
+                ..Default::default()
+            })
+            .collect();
+        broker.produce("events", records).expect("produced");
+        if matches!(k, 2 | 5 | 8) {
+            std::thread::sleep(Duration::from_millis(300 + 400 * k as u64 % 900));
+            router.sigkill().expect("killed");
+            router.wait(Duration::from_secs(10)).expect("dead");
+            kills += 1;
+            logs.push_str(&router.log());
+            router = start_router();
+        }
+    }
+    assert_eq!(kills, 3);
+    let read = broker
+        .consume_all(
+            &["aggregates", "events-dlq"],
+            closed.len() + want.late,
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+        )
+        .expect("consumed");
+    router.stop_cleanly();
+    logs.push_str(&router.log());
+
+    let mut got: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();
+    let mut bytes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut copies = 0;
+    let mut conflicts = Vec::new();
+    let mut late = std::collections::BTreeSet::new();
+    for r in &read {
+        if r.topic == "events-dlq" {
+            let reason = header(r, "switchyard-dlq-reason").unwrap_or_default();
+            assert!(
+                reason.starts_with("late: "),
+                "unexpected dead letter: {reason}"
+            );
+            late.insert((
+                header(r, "switchyard-dlq-source-partition"),
+                header(r, "switchyard-dlq-source-offset"),
+            ));
+            continue;
+        }
+        let key = r.key.clone().expect("key");
+        let value = r.value.clone().expect("value");
+        if let Some(before) = bytes.get(&key) {
+            if before != &value {
+                conflicts.push((
+                    String::from_utf8_lossy(before).into_owned(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                ));
+            }
+            copies += 1;
+            continue;
+        }
+        bytes.insert(key.clone(), value.clone());
+        let (window, (count, sum, _)) = aggregate(&key, &value);
+        got.insert(window, (count, sum));
+    }
+    eprintln!(
+        "3 SIGKILLs: {} windows, {copies} aggregates written twice, {} late events",
+        got.len(),
+        late.len()
+    );
+    let wrong: Vec<_> = closed
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), *v, got.get(k).copied()))
+        .take(10)
+        .collect();
+    if !conflicts.is_empty() || !wrong.is_empty() {
+        let _ = std::fs::write(
+            std::env::temp_dir().join("switchyard-sigkill-logs.txt"),
+            &logs,
+        );
+    }
+    assert!(
+        conflicts.is_empty(),
+        "different aggregates for one window (first, then later): {:?}",
+        conflicts.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        wrong.is_empty() && got.len() == closed.len(),
+        "aggregates differ from the reference ({} got, {} expected): {wrong:?}\nrouter logs:\n{}",
+        got.len(),
+        closed.len(),
+        logs.lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("restored"))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(late.len(), want.late);
+}

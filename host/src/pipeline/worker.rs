@@ -194,6 +194,10 @@ impl Worker {
             for (place, offset) in &positions {
                 durable.skip.insert(place.clone(), *offset);
             }
+            tracing::info!(
+                pipeline = %self.router.pipeline(), task, epoch, positions = ?positions,
+                "Task state installed."
+            );
             durable.positions.insert(task, positions);
             durable.installed.insert(task, epoch);
             self.runner.install_task(task, restored);
@@ -206,6 +210,10 @@ impl Worker {
                 .filter(|o| *o < below)
                 .collect();
             if !done.is_empty() {
+                tracing::info!(
+                    pipeline = %self.router.pipeline(), task, below, skipped = done.len(),
+                    first = done[0], "Records the restored state already holds skipped."
+                );
                 records.retain(|r| r.offset >= below);
                 self.status.tracker.finish_many(&handle, done);
             }

@@ -290,7 +290,22 @@ impl ConsumerContext for SourceContext {
                 // Inside the callback no record of the new assignment can be read yet: the
                 // tasks' state is in place before their first record reaches a worker.
                 if let Some(state) = &self.state {
-                    state.on_assign(&self.pipeline, &partitions);
+                    let committed: Vec<(String, i32, i64)> = consumer
+                        .committed_offsets(tpl.clone(), REQUEST_TIMEOUT)
+                        .map(|c| {
+                            c.elements()
+                                .iter()
+                                .filter_map(|e| match e.offset() {
+                                    Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                                    _ => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot read the committed offsets before restoring state.");
+                            Vec::new()
+                        });
+                    state.on_assign(&self.pipeline, &partitions, &committed);
                 }
                 for (topic, partition) in &partitions {
                     self.tracker.assign(topic, *partition);
