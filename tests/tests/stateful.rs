@@ -611,3 +611,108 @@ fn window_aggregates_survive_sigkills() {
     );
     assert_eq!(late.len(), want.late);
 }
+
+/// The join end to end: `orders` and `payments` (3 partitions each, keyed by order id) are
+/// one task per partition number; every pair within the bound is joined once, whichever
+/// side came first, and nothing else.
+#[test]
+fn join_on_the_broker_equals_the_reference() {
+    const HOUR: i64 = 3_600_000;
+    const ORDERS: u64 = 3_000;
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[
+            ("orders", 3),
+            ("payments", 3),
+            ("joined", 2),
+            ("join-dlq", 2),
+        ])
+        .expect("topics");
+    let t0 = 1_700_000_000_000i64;
+    // Order i at t0 + 10 s * i; its payments: none (every 7th), one 20 minutes later, one
+    // before it (every 5th: no match), one past the bound (every 11th: no match), and a
+    // second identical payment every 13th.
+    let mut orders = Vec::new();
+    let mut payments = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..ORDERS {
+        let ts = t0 + 10_000 * i as i64;
+        let id = format!("o-{i:05}");
+        let partition = (i % 3) as i32;
+        let order = format!(r#"{{"order_id":"{id}","total":{}}}"#, i % 97);
+        orders.push((id.clone(), partition, ts, order.clone()));
+        if i % 7 == 0 {
+            continue;
+        }
+        let paid = |n: u64, at: i64| {
+            (
+                id.clone(),
+                partition,
+                at,
+                format!(r#"{{"order_id":"{id}","paid":{n}}}"#),
+            )
+        };
+        let p = paid(1, ts + 20 * 60_000);
+        want.push(format!(r#"{{"order":{order},"payment":{}}}"#, p.3));
+        payments.push(p.clone());
+        if i % 13 == 0 {
+            want.push(format!(r#"{{"order":{order},"payment":{}}}"#, p.3));
+            payments.push(p);
+        }
+        if i % 5 == 0 {
+            payments.push(paid(2, ts - 1));
+        }
+        if i % 11 == 0 {
+            payments.push(paid(3, ts + HOUR + 1));
+        }
+    }
+    payments.sort_by_key(|p| (p.2, p.3.clone()));
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"join\"\ntopics = [\"orders\", \"payments\"]\ndefault_route = \"joined\"\ndead_letter_topic = \"join-dlq\"\nwatermark_delay_ms = 600000\ncreate_internal_topics = true\n[pipeline.routes]\njoined = \"joined\"\n[[pipeline.stage]]\nname = \"join\"\nplugin = \"{}\"\n[pipeline.stage.config]\nleft_topic = \"orders\"\nright_topic = \"payments\"\n",
+        plugin_path("join").display()
+    );
+    let dir = scratch_dir("stateful-join");
+    let config = write_file(
+        &dir,
+        "switchyard.toml",
+        &format!("{}\n{pipeline}", kafka_toml(broker.bootstrap())),
+    );
+    let running = start(&config).expect("router starts");
+    let record = |(id, partition, ts, value): &(String, i32, i64, String)| TestRecord {
+        key: Some(id.clone().into_bytes()),
+        value: Some(value.clone().into_bytes()),
+        timestamp_ms: Some(*ts),
+        partition: Some(*partition),
+        ..Default::default()
+    };
+    broker
+        .produce("orders", orders.iter().map(record))
+        .expect("orders");
+    broker
+        .produce("payments", payments.iter().map(record))
+        .expect("payments");
+    let read = running.stop_after_reading(
+        &broker,
+        &["joined", "join-dlq"],
+        want.len(),
+        Duration::from_secs(3),
+    );
+    let dead: Vec<String> = read
+        .iter()
+        .filter(|r| r.topic == "join-dlq")
+        .map(|r| header(r, "switchyard-dlq-reason").unwrap_or_default())
+        .collect();
+    assert!(
+        dead.is_empty(),
+        "dead letters: {:?}",
+        &dead[..dead.len().min(5)]
+    );
+    let mut got: Vec<String> = read
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().expect("value")).into_owned())
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "joined pairs differ from the reference");
+}
