@@ -338,6 +338,10 @@ pub struct RestoreRegistry {
     epoch: AtomicU64,
     /// Per task being restored: records read, records to read.
     progress: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// Per task run here: its watermark, as of its last batch.
+    watermarks: Mutex<BTreeMap<i32, Option<i64>>>,
+    /// Records that reached the plugins flagged late.
+    late: AtomicU64,
 }
 
 impl RestoreRegistry {
@@ -365,6 +369,40 @@ impl RestoreRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(task, (read, total));
+    }
+
+    /// A task's watermark after a batch, and the late records of the batch.
+    pub fn note_batch(&self, task: i32, watermark: Option<i64>, late: u64) {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task, watermark);
+        if late > 0 {
+            self.late.fetch_add(late, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the watermarks of tasks no longer assigned (all of them on a new assignment).
+    pub fn forget_watermarks(&self) {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Each task's watermark, as of its last batch.
+    pub fn watermarks(&self) -> Vec<(i32, Option<i64>)> {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, w)| (*t, *w))
+            .collect()
+    }
+
+    /// Records flagged late so far.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Tasks being restored now: (task, records read, records to read).
@@ -424,6 +462,7 @@ impl StateSource {
                 }
             }
         }
+        self.registry.forget_watermarks();
         for task in &tasks {
             self.registry.set_progress(*task, 0, 0);
         }

@@ -37,6 +37,15 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+/// Labels of a per-task metric (stateful pipelines).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Task: the source partition number.
+    pub task: String,
+}
+
 /// Labels of a per-stage, per-error-kind metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {

@@ -397,12 +397,39 @@ fn window_aggregates_on_the_broker_equal_the_reference() {
             }),
         )
         .expect("produced");
-    let read = running.stop_after_reading(
-        &broker,
-        &["aggregates", "events-dlq"],
-        closed.len() + want.late,
-        Duration::from_secs(3),
-    );
+    let read = broker
+        .consume_all(
+            &["aggregates", "events-dlq"],
+            closed.len() + want.late,
+            Duration::from_secs(3),
+            Duration::from_secs(120),
+        )
+        .expect("consumed");
+    // What the admin API shows: four tasks with their watermarks, and a state that holds
+    // only the windows still open (closed ones were evicted).
+    let view = switchyard::admin::views::PipelineView::of(&running.handles[0]);
+    let state = view.stateful.expect("a stateful pipeline shows its state");
+    assert_eq!(state.changelog_topic, "switchyard-windows-changelog");
+    let tasks: Vec<i32> = state.tasks.iter().map(|t| t.task).collect();
+    assert_eq!(tasks, [0, 1, 2, 3]);
+    for t in &state.tasks {
+        assert!(!t.restoring);
+        assert_eq!(
+            t.watermark_ms,
+            Some(want.watermarks[&t.task]),
+            "task {}",
+            t.task
+        );
+        assert!(t.watermark_lag_ms.is_some_and(|lag| lag > 0));
+    }
+    assert_eq!(state.late_records, want.late as u64);
+    let open = want.windows.len() - closed.len();
+    let window = &state.stages[0];
+    assert_eq!(window.stage, "window");
+    assert_eq!(window.keys as usize, open, "only open windows are kept");
+    assert!(window.timers as usize <= open && window.timers > 0);
+    assert_eq!(window.state_full, 0);
+    running.stop().expect("clean stop");
     let mut got = BTreeMap::new();
     let mut late = 0;
     for r in &read {

@@ -37,6 +37,29 @@ pub(super) async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
         if let Some(why) = p.status.health.fatal() {
             problems.push(format!("pipeline {}: {why}", p.name()));
         }
+        if let Some(state) = crate::admin::views::StateView::of(p) {
+            let restoring: Vec<String> = state
+                .tasks
+                .iter()
+                .filter(|t| t.restoring)
+                .map(|t| {
+                    format!(
+                        "{} ({} of {} records)",
+                        t.task,
+                        t.restored_records.unwrap_or(0),
+                        t.restore_total.unwrap_or(0)
+                    )
+                })
+                .collect();
+            if !restoring.is_empty() {
+                problems.push(format!(
+                    "pipeline {}: restoring the state of tasks {} from {}",
+                    p.name(),
+                    restoring.join(", "),
+                    state.changelog_topic
+                ));
+            }
+        }
         if p.status.health.dead_letter_failing.load(Ordering::Acquire) {
             problems.push(format!(
                 "pipeline {}: dead-letter writes are failing",

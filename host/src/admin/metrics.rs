@@ -11,7 +11,7 @@
 use super::AdminState;
 use crate::metrics::{
     Metrics, PartitionLabels, PipelineLabels, PluginCounterLabels, StageLabels, StateLabels,
-    VersionLabels,
+    TaskLabels, VersionLabels,
 };
 use crate::pipeline::PipelineHandle;
 use axum::extract::State;
@@ -63,6 +63,13 @@ struct Gauges {
     pipeline_state: Vec<(StateLabels, i64)>,
     plugin_counters: Vec<(PluginCounterLabels, i64)>,
     counter_names_dropped: Vec<(StageLabels, u64)>,
+    state_keys: Vec<(StageLabels, i64)>,
+    state_bytes: Vec<(StageLabels, i64)>,
+    state_timers: Vec<(StageLabels, i64)>,
+    state_full: Vec<(StageLabels, u64)>,
+    watermark_lag: Vec<(TaskLabels, f64)>,
+    restore_remaining: Vec<(TaskLabels, i64)>,
+    late: Vec<(PipelineLabels, u64)>,
 }
 
 impl Gauges {
@@ -116,6 +123,39 @@ impl Gauges {
                 };
                 g.plugin_info.push((labels, 1));
             }
+            if let Some(view) = crate::admin::views::StateView::of(p) {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                for st in view.stages {
+                    let labels = StageLabels {
+                        pipeline: pipeline.clone(),
+                        stage: st.stage,
+                    };
+                    g.state_keys.push((labels.clone(), n(st.keys)));
+                    g.state_bytes.push((labels.clone(), n(st.bytes)));
+                    g.state_timers.push((labels.clone(), n(st.timers)));
+                    g.state_full.push((labels, st.state_full));
+                }
+                for task in view.tasks {
+                    let labels = TaskLabels {
+                        pipeline: pipeline.clone(),
+                        task: task.task.to_string(),
+                    };
+                    if let Some(lag) = task.watermark_lag_ms {
+                        g.watermark_lag.push((labels.clone(), lag as f64 / 1000.0));
+                    }
+                    if task.restoring {
+                        let left =
+                            task.restore_total.unwrap_or(0) - task.restored_records.unwrap_or(0);
+                        g.restore_remaining.push((labels, left.max(0)));
+                    }
+                }
+                g.late.push((
+                    PipelineLabels {
+                        pipeline: pipeline.clone(),
+                    },
+                    view.late_records,
+                ));
+            }
             let state = StateLabels {
                 pipeline,
                 state: p.state().into(),
@@ -159,6 +199,66 @@ impl Collector for PipelineGauges {
             "Running totals of the counters plugins keep with host::counter-add",
             &g.plugin_counters,
         )?;
+        gauge_family(
+            &mut encoder,
+            "state_keys",
+            "Keys a stateful stage holds in this process",
+            &g.state_keys,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "state_bytes",
+            "Bytes of keys and values a stateful stage holds in this process",
+            &g.state_bytes,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "state_timers",
+            "Timers a stateful stage has pending in this process",
+            &g.state_timers,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "state_restore_remaining_records",
+            "Changelog records a task still has to read before its records are processed",
+            &g.restore_remaining,
+        )?;
+        if !g.watermark_lag.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "watermark_lag_seconds",
+                "Wall clock minus a task's watermark, as of its last batch.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, lag) in &g.watermark_lag {
+                ConstGauge::new(*lag).encode(family.encode_family(labels)?)?;
+            }
+        }
+        for (name, help, series) in [(
+            "state_full",
+            "Records dead-lettered because a write would have taken a stage's state past \
+                 limits.max_state_bytes or limits.max_keys.",
+            &g.state_full,
+        )] {
+            if series.is_empty() {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, n) in series {
+                ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
+            }
+        }
+        if !g.late.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "late_records",
+                "Records that reached a stateful stage flagged late (below the watermark).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, n) in &g.late {
+                ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
+            }
+        }
         if !g.counter_names_dropped.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "plugin_counter_names_dropped",

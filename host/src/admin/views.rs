@@ -57,6 +57,124 @@ pub struct PipelineView {
     pub in_flight: usize,
     /// Assigned partitions.
     pub partitions: Vec<PartitionView>,
+    /// Stateful pipelines: the state per stage and the tasks of this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful: Option<StateView>,
+}
+
+/// What a stateful pipeline keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateView {
+    /// The changelog topic.
+    pub changelog_topic: String,
+    /// Per stateful stage: keys, bytes and timers held by this process, and the records
+    /// dead-lettered as `state-full`.
+    pub stages: Vec<StageStateView>,
+    /// The tasks this process runs or restores.
+    pub tasks: Vec<TaskView>,
+    /// Records that reached the plugins flagged late.
+    pub late_records: u64,
+}
+
+/// One stateful stage's state in this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStateView {
+    /// Stage name.
+    pub stage: String,
+    /// Keys stored.
+    pub keys: u64,
+    /// Bytes of keys and values stored.
+    pub bytes: u64,
+    /// Timers pending.
+    pub timers: u64,
+    /// Records dead-lettered because a write would have passed `limits.max_state_bytes` or
+    /// `limits.max_keys`.
+    pub state_full: u64,
+}
+
+/// One task (partition N of every source topic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Its partition number.
+    pub task: i32,
+    /// Being restored from the changelog: no record of it is read until this is done.
+    pub restoring: bool,
+    /// Changelog records read so far (while restoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_records: Option<i64>,
+    /// Changelog records to read (while restoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_total: Option<i64>,
+    /// Its watermark (ms since the epoch), as of its last batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    /// Wall clock minus the watermark, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_lag_ms: Option<i64>,
+}
+
+impl StateView {
+    /// The state of a stateful pipeline; `None` for a stateless one.
+    pub fn of(p: &PipelineHandle) -> Option<Self> {
+        if !p.control.current().spec.is_stateful() {
+            return None;
+        }
+        let stages = p
+            .services
+            .states
+            .snapshot()
+            .into_iter()
+            .filter(|(pipeline, _, _)| pipeline == p.name())
+            .map(|(_, stage, s)| StageStateView {
+                stage,
+                keys: s.keys(),
+                bytes: s.bytes(),
+                timers: s.timers(),
+                state_full: s.refused.load(Ordering::Relaxed),
+            })
+            .collect();
+        let registry = p
+            .restoring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = crate::kafka::now_ms();
+        let mut tasks: Vec<TaskView> = Vec::new();
+        let mut late_records = 0;
+        if let Some(registry) = registry {
+            late_records = registry.late();
+            for (task, read, total) in registry.restoring() {
+                tasks.push(TaskView {
+                    task,
+                    restoring: true,
+                    restored_records: Some(read),
+                    restore_total: Some(total),
+                    watermark_ms: None,
+                    watermark_lag_ms: None,
+                });
+            }
+            for (task, watermark) in registry.watermarks() {
+                if tasks.iter().any(|t| t.task == task) {
+                    continue;
+                }
+                tasks.push(TaskView {
+                    task,
+                    restoring: false,
+                    restored_records: None,
+                    restore_total: None,
+                    watermark_ms: watermark,
+                    watermark_lag_ms: watermark.map(|w| now.saturating_sub(w)),
+                });
+            }
+        }
+        tasks.sort_by_key(|t| t.task);
+        Some(StateView {
+            changelog_topic: crate::changelog::topic_name(&p.config.group()),
+            stages,
+            tasks,
+            late_records,
+        })
+    }
 }
 
 /// One stage of a live chain.
@@ -204,6 +322,7 @@ impl PipelineView {
             counters: p.status.counters.snapshot(),
             in_flight: p.status.tracker.in_flight(),
             partitions: p.status.tracker.partitions(),
+            stateful: StateView::of(p),
         }
     }
 }

@@ -252,6 +252,9 @@ impl Worker {
             return;
         };
         durable
+            .registry
+            .note_batch(task, self.runner.watermark(task), self.runner.take_late());
+        durable
             .positions
             .entry(task)
             .or_default()

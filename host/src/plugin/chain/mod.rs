@@ -60,6 +60,8 @@ pub struct ChainRunner {
     observer: Option<CallObserver>,
     /// Per task, its watermark (stateful chains only).
     clocks: HashMap<i32, TaskClock>,
+    /// Records flagged late since [`ChainRunner::take_late`] last ran.
+    late: u64,
 }
 
 /// A chain could not run at all: a stage could not even be instantiated. Records of the
@@ -94,6 +96,7 @@ impl ChainRunner {
             stages,
             observer: None,
             clocks: HashMap::new(),
+            late: 0,
         })
     }
 

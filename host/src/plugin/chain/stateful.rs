@@ -71,11 +71,17 @@ impl ChainRunner {
             records.iter().map(|r| r.timestamp_ms.filter(|ts| *ts >= 0)),
             Instant::now(),
         );
+        self.late += late.iter().filter(|l| **l).count() as u64;
         Some(BatchTime {
             task: partition,
             watermark,
             late,
         })
+    }
+
+    /// Records flagged late since the last call.
+    pub fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
     }
 
     /// The watermark of a task, if it has one.
