@@ -743,3 +743,91 @@ fn join_on_the_broker_equals_the_reference() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "joined pairs differ from the reference");
 }
+
+/// A new version of a stateful stage reads what the old one wrote; a reload with
+/// `reset_state` starts it empty.
+#[test]
+fn a_reload_keeps_the_state_and_reset_state_empties_it() {
+    use switchyard::control::Reloader;
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[("events", 1), ("aggregates", 1), ("events-dlq", 1)])
+        .expect("topics");
+    let pipeline = pipeline_toml(
+        "windows",
+        "events",
+        &[("aggregates", "aggregates")],
+        "events-dlq",
+        &[("window", "window", &[("window_ms", "3600000")])],
+        "create_internal_topics = true",
+    );
+    let dir = scratch_dir("stateful-reload");
+    let config = write_file(
+        &dir,
+        "switchyard.toml",
+        &format!("{}\n{pipeline}", kafka_toml(broker.bootstrap())),
+    );
+    let running = start(&config).expect("router starts");
+    let p = running.handles[0].clone();
+    let reloader = Reloader::new(running.metrics.clone(), Duration::from_secs(60));
+    let t0 = 1_700_000_000_000i64 - 1_700_000_000_000i64 % 3_600_000;
+    let send = |from: i64, n: i64| {
+        broker
+            .produce(
+                "events",
+                (from..from + n).map(|i| TestRecord {
+                    key: Some(b"a".to_vec()),
+                    value: Some(br#"{"event_type":"a","amount":1}"#.to_vec()),
+                    timestamp_ms: Some(t0 + i),
+                    ..Default::default()
+                }),
+            )
+            .expect("produced");
+    };
+    // The count the last aggregate written says, once `n` aggregates are there.
+    let last_count = |n: usize| -> u64 {
+        let read = broker
+            .consume_all(
+                &["aggregates"],
+                n,
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            )
+            .expect("consumed");
+        assert_eq!(read.len(), n);
+        let last = read.iter().max_by_key(|r| r.offset).expect("one");
+        let v: Value = serde_json::from_slice(last.value.as_deref().expect("value")).expect("JSON");
+        v["count"].as_u64().expect("count")
+    };
+    send(0, 50);
+    assert_eq!(last_count(50), 50);
+
+    // Another version (the same code with a custom section: another sha256).
+    let mut bytes = switchyard_tests::plugin_bytes("window");
+    bytes.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
+    {
+        let mut history = p.stages[0].blocking_lock();
+        reloader
+            .upload(&p, 0, &mut history, &bytes, None, "test")
+            .expect("upload");
+    }
+    send(50, 1);
+    assert_eq!(
+        last_count(51),
+        51,
+        "the new version counts on from the old one's state"
+    );
+
+    bytes.extend_from_slice(&[0, 5, 4, b'm', b'o', b'r', b'e']);
+    {
+        let mut history = p.stages[0].blocking_lock();
+        reloader
+            .upload_with(&p, 0, &mut history, &bytes, None, "test", true)
+            .expect("upload with reset_state");
+    }
+    send(51, 1);
+    assert_eq!(last_count(52), 1, "reset_state starts the state empty");
+    let view = switchyard::admin::views::PipelineView::of(&p);
+    assert_eq!(view.stateful.expect("stateful").stages[0].keys, 1);
+    running.stop().expect("clean stop");
+}

@@ -180,6 +180,9 @@ fn set_paused(
 pub(super) struct UploadQuery {
     /// A JSON object of string values: the new config map. Absent: keep the current one.
     config: Option<String>,
+    /// A stateful stage starts the new version with empty state (audited).
+    #[serde(default)]
+    reset_state: bool,
 }
 
 pub(super) async fn upload(
@@ -236,7 +239,9 @@ pub(super) async fn upload(
     let mut history = p.stages[index].clone().lock_owned().await;
     let reloader = st.reloader.clone();
     blocking("upload", move || {
-        let switched = reloader.upload(&p, index, &mut history, &bytes, config, &who)?;
+        let reset = query.reset_state;
+        let switched =
+            reloader.upload_with(&p, index, &mut history, &bytes, config, &who, reset)?;
         Ok(Json(switched.into()))
     })
     .await

@@ -84,13 +84,15 @@ impl Client {
         self.finish(&format!("POST {path}"), response)
     }
 
-    /// Uploads a plugin to a stage; `config` replaces the stage's config map if given.
+    /// Uploads a plugin to a stage; `config` replaces the stage's config map if given;
+    /// `reset_state` starts a stateful stage's state empty.
     pub fn push(
         &self,
         pipeline: &str,
         stage: &str,
         plugin: &Path,
         config: Option<&BTreeMap<String, String>>,
+        reset_state: bool,
     ) -> anyhow::Result<SwitchedView> {
         let bytes =
             std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
@@ -100,6 +102,9 @@ impl Client {
             .header("Content-Type", "application/wasm");
         if let Some(config) = config {
             request = request.query("config", serde_json::to_string(config)?);
+        }
+        if reset_state {
+            request = request.query("reset_state", "true");
         }
         let response = request.send(&bytes[..]);
         self.finish(&format!("PUT {path}"), response)

@@ -178,6 +178,10 @@ pub enum PluginAction {
         /// Replace the stage's config map (repeat for each key); without it the config is kept.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
+        /// A stateful stage starts the new version with empty state (its state is deleted in
+        /// every task and from the changelog).
+        #[arg(long)]
+        reset_state: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -308,6 +312,7 @@ fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
             stage,
             plugin,
             config,
+            reset_state,
             api,
         } => {
             let config = if config.is_empty() {
@@ -315,9 +320,9 @@ fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
             } else {
                 Some(client::parse_pairs(&config, "--config")?)
             };
-            let answer = api
-                .client()?
-                .push(&pipeline, &stage, &plugin, config.as_ref())?;
+            let answer =
+                api.client()?
+                    .push(&pipeline, &stage, &plugin, config.as_ref(), reset_state)?;
             print_json(&answer)
         }
         PluginAction::Rollback {

@@ -187,6 +187,23 @@ impl Reloader {
         config: Option<BTreeMap<String, String>>,
         who: &str,
     ) -> Result<Switched, ReloadError> {
+        self.upload_with(p, index, history, bytes, config, who, false)
+    }
+
+    /// [`Reloader::upload`]; with `reset_state`, a stateful stage starts the new version
+    /// with empty state in every task (the old state is deleted from the changelog too),
+    /// and the audit line says so (`upload+reset-state`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_with(
+        &self,
+        p: &PipelineHandle,
+        index: usize,
+        history: &mut StageHistory,
+        bytes: &[u8],
+        config: Option<BTreeMap<String, String>>,
+        who: &str,
+        reset_state: bool,
+    ) -> Result<Switched, ReloadError> {
         let started = Instant::now();
         let version = PluginVersion::of(bytes).0;
         let result = (|| {
@@ -200,7 +217,7 @@ impl Reloader {
                 None => history.active.config.clone(),
             };
             let values = history.init_config(&config).map_err(ReloadError::Config)?;
-            self.switch_stage(p, index, module.clone(), values)?;
+            self.switch_stage(p, index, module.clone(), values, reset_state)?;
             let previous = history.active.version.clone();
             if let Err(e) = history.activated(module, Some(bytes), config, who) {
                 // Every worker runs it: the answer is still a success.
@@ -211,7 +228,12 @@ impl Reloader {
             }
             Ok(previous)
         })();
-        self.record(history, who, "upload", &version, &result);
+        let action = if reset_state {
+            "upload+reset-state"
+        } else {
+            "upload"
+        };
+        self.record(history, who, action, &version, &result);
         result.map(|previous| switched(p, history, version, previous, started))
     }
 
@@ -236,7 +258,7 @@ impl Reloader {
             let values = history
                 .init_config(&target.config)
                 .map_err(ReloadError::RollbackUnavailable)?;
-            self.switch_stage(p, index, module.clone(), values)?;
+            self.switch_stage(p, index, module.clone(), values, false)?;
             history
                 .rolled_back(module, who)
                 .map_err(|e| ReloadError::Persist(format!("{e:#}")))?;
@@ -290,6 +312,7 @@ impl Reloader {
         index: usize,
         module: Arc<PluginModule>,
         config: Vec<(String, String)>,
+        reset_state: bool,
     ) -> Result<(), ReloadError> {
         check_output_topics(p)?;
         // Another stage's change would otherwise build on the same chain and undo this one
@@ -300,6 +323,7 @@ impl Reloader {
         let stage = stages.get_mut(index).ok_or(ReloadError::NoSuchStage)?;
         stage.module = module;
         stage.config = config;
+        let reset = reset_state.then(|| stage.name.clone());
         let chain = |stages: Vec<StageSpec>| {
             ChainSpec::new(
                 p.name(),
@@ -313,7 +337,7 @@ impl Reloader {
         let trial = chain(vec![stage.clone()])?;
         ChainRunner::new(p.engine.clone(), Arc::new(trial), p.services.clone())
             .map_err(|e| ReloadError::Init(e.error))?;
-        let spec = Arc::new(chain(stages)?);
+        let spec = Arc::new(chain(stages)?.with_reset(reset));
         let router = p.router_for(&spec)?;
         let generation = p.control.publish(spec, router);
         if let Err(error) = p.control.wait_for(generation, self.switch_timeout) {

@@ -34,6 +34,9 @@ pub struct ChainSpec {
     pub(super) stages: Vec<StageSpec>,
     /// Event-time settings (used by stateful stages).
     pub(super) time: super::time::EventTime,
+    /// A stateful stage whose state this version starts empty (a reload with
+    /// `reset_state`).
+    pub(super) reset: Option<String>,
 }
 
 /// Why a chain cannot be assembled. Each names the pipeline and the offending route, stage
@@ -141,7 +144,14 @@ impl ChainSpec {
             default_route,
             stages,
             time: super::time::EventTime::default(),
+            reset: None,
         })
+    }
+
+    /// The same chain, starting `stage`'s state empty when workers switch to it.
+    pub fn with_reset(mut self, stage: Option<String>) -> Self {
+        self.reset = stage;
+        self
     }
 
     /// The same chain with these event-time settings (watermark delay, idle timeout, source

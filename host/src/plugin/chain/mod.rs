@@ -143,6 +143,16 @@ impl ChainRunner {
             };
             self.stages.push(slot);
         }
+        if let Some(reset) = &spec.reset {
+            for slot in self.stages.iter_mut().filter(|s| &s.spec.name == reset) {
+                if let Some(usage) = &slot.state {
+                    // Every key and timer becomes a deletion in the next changelog batch.
+                    for task in slot.tasks.values_mut() {
+                        task.clear(usage);
+                    }
+                }
+            }
+        }
         self.spec = spec;
         Ok(())
     }
