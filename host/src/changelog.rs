@@ -757,6 +757,30 @@ impl Changelog {
 mod tests {
     use super::*;
 
+    /// A task assigned without partition N of every source topic stops the pipeline,
+    /// naming the topics (unequal partition counts, or another assignor than range).
+    #[test]
+    fn a_task_missing_a_topic_stops_the_pipeline() {
+        let status = Arc::new(PipelineStatus::default());
+        let source = StateSource {
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:1".into(),
+                consumer: Default::default(),
+                producer: Default::default(),
+            },
+            topic: "g-changelog".into(),
+            topics: vec!["orders".into(), "payments".into()],
+            registry: Arc::default(),
+            status: status.clone(),
+        };
+        source.on_assign("p", &[("orders".into(), 2)], &[]);
+        let why = status.health.fatal().expect("stopped");
+        assert!(
+            why.contains("task 2") && why.contains("without partition 2 of payments"),
+            "{why}"
+        );
+    }
+
     fn read_all(restorer: &mut Restorer, batch: &str, records: Vec<LogRecord>) {
         for r in records {
             restorer.read(Some(batch), r);

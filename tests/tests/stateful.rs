@@ -923,3 +923,58 @@ fn a_reload_keeps_the_state_and_reset_state_empties_it() {
     assert_eq!(view.stateful.expect("stateful").stages[0].keys, 1);
     running.stop().expect("clean stop");
 }
+
+/// A stateful pipeline does not start without its changelog topic (unless allowed to
+/// create it), nor over source topics with different partition counts; each error names
+/// the topics and what to do.
+#[test]
+fn a_stateful_pipeline_needs_its_changelog_and_equal_partitions() {
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[
+            ("orders", 3),
+            ("payments", 2),
+            ("events", 2),
+            ("out", 1),
+            ("dlq", 1),
+        ])
+        .expect("topics");
+    let config = |name: &str, topics: &str, stage: &str| {
+        let text = format!(
+            "{}\n[[pipeline]]\nname = \"{name}\"\ntopics = [{topics}]\ndefault_route = \"out\"\ndead_letter_topic = \"dlq\"\n[pipeline.routes]\nout = \"out\"\n{stage}",
+            kafka_toml(broker.bootstrap())
+        );
+        write_file(&scratch_dir(name), "switchyard.toml", &text)
+    };
+    let window = format!(
+        "[[pipeline.stage]]\nname = \"window\"\nplugin = \"{}\"\n",
+        plugin_path("window").display()
+    );
+    let join = format!(
+        "[[pipeline.stage]]\nname = \"join\"\nplugin = \"{}\"\n[pipeline.stage.config]\nleft_topic = \"orders\"\nright_topic = \"payments\"\n",
+        plugin_path("join").display()
+    );
+    let e = format!(
+        "{:#}",
+        start(&config("agg", "\"events\"", &window))
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        e.contains("switchyard-agg-changelog")
+            && e.contains("does not exist")
+            && e.contains("--partitions 2 --config cleanup.policy=compact")
+            && e.contains("create_internal_topics"),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        start(&config("pay", "\"orders\", \"payments\"", &join))
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        e.contains("orders (3 partitions)") && e.contains("payments (2 partitions)"),
+        "{e}"
+    );
+}

@@ -59,6 +59,7 @@ fn pipeline() -> PipelineView {
             high_watermark: None,
             lag: None,
         }],
+        stateful: None,
     }
 }
 
