@@ -16,6 +16,11 @@ fi
 mkdir -p "$out"
 for plugin in "$here"/*/; do
   name="$(basename "$plugin")"
-  (cd "$plugin" && "$venv/bin/componentize-py" -d "$repo/wit" -w plugin componentize app -o "$out/$name.wasm")
+  # The contract each plugin implements: the stateful ones are listed, the rest are 0.1.0.
+  case "$name" in
+    window) wit="$repo/wit/stateful" world=stateful-plugin ;;
+    *) wit="$repo/wit" world=plugin ;;
+  esac
+  (cd "$plugin" && "$venv/bin/componentize-py" -d "$wit" -w "$world" componentize app -o "$out/$name.wasm")
   echo "$out/$name.wasm"
 done
