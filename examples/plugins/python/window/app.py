@@ -37,6 +37,7 @@ componentize-py makes a new `StatefulTransform` object for every call from the h
 """
 
 import json
+import math
 import re
 from typing import List, Optional, Tuple
 
@@ -146,7 +147,7 @@ def _process(record: types.InputRecord, watermark_ms: Optional[int]) -> types.Ve
             return types.Verdict_DeadLetter(f"bad state entry {lossy}: {e}")
     count += 1
     total += value
-    if total in (_INF, -_INF) or total != total:
+    if not math.isfinite(total):
         return types.Verdict_DeadLetter(f"the sum of field {_value_field} overflows")
     state.set(state_key, f'{{"count":{count},"sum":{_float_text(total)}}}'.encode("utf-8"))
     timers.set(types.TimeDomain.EVENT_TIME, window_start + _window_ms, TAG)
@@ -264,9 +265,6 @@ def _output(key: str, window_start: int, count: int, total: float) -> types.Outp
         value=value.encode("utf-8"),
         headers=[],
     )
-
-
-_INF = float("inf")
 
 
 def _float_text(x: float) -> str:
