@@ -74,3 +74,54 @@ fn the_demo_accounts_for_every_generated_event() {
     assert!(stderr.contains("switchyard plugin push"), "{stderr}");
     assert!(stderr.contains("kcat -b"), "{stderr}");
 }
+
+/// `--scenario windows` adds a stateful pipeline over the same events: it writes window
+/// aggregates while the routing pipeline's accounting still adds up.
+#[test]
+fn the_windows_scenario_writes_aggregates() {
+    let dir = scratch_dir("demo-windows");
+    let summary_path = dir.join("summary.json");
+    let plugins = switchyard_tests::plugin_path("window")
+        .parent()
+        .expect("plugin dir")
+        .to_path_buf();
+    let out = std::process::Command::new(switchyard_binary().expect("switchyard binary"))
+        .args([
+            "demo",
+            "--scenario",
+            "windows",
+            "--rate",
+            "400",
+            "--duration",
+            "3",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let s: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary"))
+        .expect("summary JSON");
+    assert_eq!(s["all_accounted"], true, "{s}");
+    let w = &s["windows"];
+    let aggregates = w["aggregates"].as_u64().expect("aggregates");
+    let windows = w["windows"].as_u64().expect("windows");
+    assert!(windows > 10 && aggregates > windows, "{s}");
+    for a in w["busiest"].as_array().expect("busiest") {
+        let count = a["count"].as_f64().expect("count");
+        let sum = a["sum"].as_f64().expect("sum");
+        assert_eq!(a["avg"].as_f64(), Some(sum / count), "{a}");
+        assert_eq!(
+            a["window_end"].as_i64().expect("end") - a["window_start"].as_i64().expect("start"),
+            10_000
+        );
+    }
+    assert!(stdout.contains("demo-aggregates"), "{stdout}");
+}

@@ -93,6 +93,11 @@ pub enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// `routing` (the default), or `windows`: also a stateful pipeline over the same
+        /// events, 10-second windows per user (count, sum and average of `amount`) written
+        /// to `demo-aggregates` each time they change.
+        #[arg(long, default_value = "routing", value_parser = ["routing", "windows"])]
+        scenario: String,
     },
     /// Run a plugin over sample records locally, with no Kafka, and print each record's
     /// verdict and outputs (JSON lines; a table on a terminal).
@@ -279,6 +284,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             admin_listen,
             work_dir,
             summary_json,
+            scenario,
         } => {
             let summary = demo::run(&demo::DemoOptions {
                 brokers,
@@ -288,6 +294,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 admin_listen,
                 work_dir,
                 summary_json,
+                windows: scenario == "windows",
             })?;
             anyhow::ensure!(
                 summary.all_accounted,

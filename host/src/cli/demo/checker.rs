@@ -252,3 +252,45 @@ pub(super) fn summarize(seen: &Seen, expected: &[&'static str], seconds: f64) ->
     summary.all_accounted = summary.missing == 0 && summary.split == 0;
     summary
 }
+
+/// Reads every aggregate the windows pipeline wrote (until nothing new comes for a second)
+/// and keeps the last one of each window.
+pub(super) fn read_aggregates(client: &ClientConfig) -> anyhow::Result<super::WindowsSummary> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Message as _, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", "switchyard-demo-aggregates-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create the aggregates reader")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..super::PARTITIONS {
+        tpl.add_partition_offset(super::AGGREGATES, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut last: std::collections::BTreeMap<Vec<u8>, serde_json::Value> = Default::default();
+    let mut aggregates = 0u64;
+    let mut quiet = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(1) && started.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            quiet = std::time::Instant::now();
+            aggregates += 1;
+            let value = m
+                .payload()
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or(serde_json::Value::Null);
+            last.insert(m.key().unwrap_or_default().to_vec(), value);
+        }
+    }
+    let windows = last.len() as u64;
+    let mut busiest: Vec<serde_json::Value> = last.into_values().collect();
+    busiest.sort_by_key(|v| std::cmp::Reverse(v["count"].as_u64().unwrap_or(0)));
+    busiest.truncate(5);
+    Ok(super::WindowsSummary {
+        aggregates,
+        windows,
+        busiest,
+    })
+}

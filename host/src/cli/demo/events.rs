@@ -154,6 +154,34 @@ plugin = "{route}"
     )
 }
 
+/// The stateful pipeline of `--scenario windows`: the same events, 10-second windows per
+/// user (the events are keyed by user, so a user's events stay in one partition: one task).
+pub(super) fn windows_config_text(plugins: &Path) -> String {
+    let window = plugins.join("window.wasm").display().to_string();
+    format!(
+        r#"
+[[pipeline]]
+name = "demo-windows"
+topics = ["{INPUT}"]
+default_route = "aggregates"
+dead_letter_topic = "{dead}"
+watermark_delay_ms = 2000
+[pipeline.routes]
+aggregates = "{aggregates}"
+[[pipeline.stage]]
+name = "window"
+plugin = "{window}"
+[pipeline.stage.config]
+key_field = "user_id"
+value_field = "amount"
+window_ms = "10000"
+mode = "update"
+"#,
+        dead = super::WINDOWS_DEAD_LETTER,
+        aggregates = super::AGGREGATES,
+    )
+}
+
 /// What the generator wrote: the topic each event must end up in, by event number.
 pub(super) struct Generated {
     pub(super) expected: Vec<&'static str>,

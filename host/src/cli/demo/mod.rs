@@ -62,6 +62,8 @@ pub struct DemoOptions {
     pub work_dir: Option<PathBuf>,
     /// Write the summary as JSON here too.
     pub summary_json: Option<PathBuf>,
+    /// Also run the stateful windows pipeline (`--scenario windows`).
+    pub windows: bool,
 }
 
 /// How the run ended, as counted by the checker.
@@ -88,7 +90,28 @@ pub struct Summary {
     pub latency_ms: BTreeMap<String, f64>,
     /// Every generated event is in exactly one output or the dead-letter topic.
     pub all_accounted: bool,
+    /// `--scenario windows`: what the windows pipeline wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowsSummary>,
 }
+
+/// What the stateful windows pipeline of `--scenario windows` wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WindowsSummary {
+    /// Aggregates written (one each time a window changed).
+    pub aggregates: u64,
+    /// Distinct (user, window) pairs.
+    pub windows: u64,
+    /// The last aggregate of the five busiest windows.
+    pub busiest: Vec<serde_json::Value>,
+}
+
+/// The windows pipeline's output topic.
+pub const AGGREGATES: &str = "demo-aggregates";
+/// The windows pipeline's dead-letter topic (its own: the routing pipeline's is accounted).
+pub const WINDOWS_DEAD_LETTER: &str = "demo-windows-dlq";
+/// The windows pipeline's changelog topic.
+pub const WINDOWS_CHANGELOG: &str = "switchyard-demo-windows-changelog";
 
 /// Where the example plugins are by default: `$SWITCHYARD_PLUGINS_TARGET_DIR` or
 /// `plugins/target`, under `wasm32-wasip2/release`.
@@ -99,8 +122,12 @@ pub fn default_plugins_dir() -> PathBuf {
     target.join("wasm32-wasip2").join("release")
 }
 
-fn check_plugins(dir: &Path) -> anyhow::Result<()> {
-    for name in ["validate", "enrich", "transform", "route"] {
+fn check_plugins(dir: &Path, windows: bool) -> anyhow::Result<()> {
+    let stateful = windows.then_some("window");
+    for name in ["validate", "enrich", "transform", "route"]
+        .into_iter()
+        .chain(stateful)
+    {
         let path = dir.join(format!("{name}.wasm"));
         anyhow::ensure!(
             path.is_file(),
@@ -121,10 +148,16 @@ struct Broker {
 
 impl Broker {
     /// Starts the embedded broker (or connects to `brokers`) and creates the demo's topics.
-    fn start(brokers: Option<&str>) -> anyhow::Result<Broker> {
+    fn start(brokers: Option<&str>, windows: bool) -> anyhow::Result<Broker> {
+        let stateful: &[&str] = if windows {
+            &[AGGREGATES, WINDOWS_DEAD_LETTER, WINDOWS_CHANGELOG]
+        } else {
+            &[]
+        };
         let topics: Vec<&str> = std::iter::once(INPUT)
             .chain(ROUTES.iter().map(|(_, t)| *t))
             .chain([DEAD_LETTER])
+            .chain(stateful.iter().copied())
             .collect();
         match brokers {
             Some(bootstrap) => {
@@ -160,13 +193,15 @@ fn start_router(
     brokers: &str,
     plugins: &Path,
     admin_listen: &str,
+    windows: bool,
 ) -> anyhow::Result<(crate::app::Running, PathBuf)> {
     std::fs::write(work.join("users.jsonl"), events::users_table())?;
     let config_path = work.join("switchyard.toml");
-    std::fs::write(
-        &config_path,
-        events::config_text(brokers, plugins, admin_listen),
-    )?;
+    let mut text = events::config_text(brokers, plugins, admin_listen);
+    if windows {
+        text.push_str(&events::windows_config_text(plugins));
+    }
+    std::fs::write(&config_path, text)?;
     let config = Config::load(&config_path)?;
     let running = crate::app::start(config, crate::app::StartOptions::default())?;
     Ok((running, config_path))
@@ -189,7 +224,7 @@ fn wait_until_assigned(running: &crate::app::Running) {
 
 /// Runs the demo; prints live progress to stderr and the summary to stdout.
 pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
-    check_plugins(&options.plugins)?;
+    check_plugins(&options.plugins, options.windows)?;
     anyhow::ensure!(options.rate > 0, "--rate must be above 0");
     let work = match &options.work_dir {
         Some(dir) => dir.clone(),
@@ -199,9 +234,14 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
     let plugins = std::fs::canonicalize(&options.plugins)
         .with_context(|| format!("cannot resolve {}", options.plugins.display()))?;
 
-    let broker = Broker::start(options.brokers.as_deref())?;
-    let (running, config_path) =
-        start_router(&work, &broker.bootstrap, &plugins, &options.admin_listen)?;
+    let broker = Broker::start(options.brokers.as_deref(), options.windows)?;
+    let (running, config_path) = start_router(
+        &work,
+        &broker.bootstrap,
+        &plugins,
+        &options.admin_listen,
+        options.windows,
+    )?;
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &broker.bootstrap)
@@ -224,11 +264,14 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Summary> {
     checked?;
     ran?;
 
-    let summary = checker::summarize(
+    let mut summary = checker::summarize(
         &seen.lock().unwrap_or_else(|p| p.into_inner()),
         &generated.expected,
         generated.seconds,
     );
+    if options.windows {
+        summary.windows = Some(checker::read_aggregates(&client)?);
+    }
     print_summary(&summary);
     if let Some(path) = &options.summary_json {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
@@ -325,6 +368,15 @@ fn print_summary(s: &Summary) {
         s.duplicates,
         if s.all_accounted { "OK" } else { "FAILED" }
     );
+    if let Some(w) = &s.windows {
+        println!(
+            "\nwindows (stateful pipeline demo-windows, 10 s windows per user): {} aggregates for {} windows in {AGGREGATES}; the busiest:",
+            w.aggregates, w.windows
+        );
+        for a in &w.busiest {
+            println!("  {a}");
+        }
+    }
     if s.rerouted > 0 {
         println!(
             "       {} events went elsewhere than the stock plugins send them (a plugin was changed during the run)",
