@@ -8,9 +8,10 @@
 //!    `event_type` (100 values, also the record key) and `amount`, timestamps 1 ms apart; the
 //!    window is the plugin's default 1 minute, the watermark 1 s behind. The join reads
 //!    `orders` and `payments` as two topics of one task, one batch of 256 orders then one of
-//!    their 256 payments (each 1 ms after its order), `bound_ms` 60,000. Each stateful batch is
-//!    also turned into its changelog records (`take_changes` + `changelog::encode`, what the
-//!    worker does before producing them), timed apart. The cases take turns within each round
+//!    their 256 payments (each 1 ms after its order), `bound_ms` 60,000 (`JOIN_BOUND_MS`; an
+//!    order every 2 ms of event time, so it holds about 30,000). Each stateful batch is also
+//!    turned into its changelog records (`take_changes` + `changelog::encode`, what the worker
+//!    does before producing them), timed apart. The cases take turns within each round
 //!    (`ROUNDS`, default 5, of `BATCHES`, default 1,000, batches each) so that the machine's
 //!    drift hits them alike.
 //! 2. **State calls** (`calls`): the `statebench` plugin making `CALLS` (default 16) gets or
@@ -31,7 +32,8 @@
 //!    plugin, one with `window` in update mode (its changelog on). Latency is each output's
 //!    arrival at one checker minus its Kafka timestamp, which the generator sets to the
 //!    event's creation time in ms and both routers keep (the ms truncation adds 0-1 ms to
-//!    both); p50/p99/p999 over the `SECS` (default 30) after `WARMUP_S` (default 5).
+//!    both); p50/p99/p999 over the `SECS` (default 30) after `WARMUP_S` (default 5), and the
+//!    same for the input topic itself (the one hop: the broker's own floor).
 //!
 //! ```sh
 //! cargo bench -p switchyard-tests --bench stateful
@@ -67,8 +69,8 @@ const BATCH: usize = 256;
 const BASE_MS: i64 = 1_700_000_000_000;
 /// How far the watermark trails the records.
 const WATERMARK_DELAY_MS: i64 = 1_000;
-/// The join's `bound_ms`.
-const JOIN_BOUND_MS: &str = "60000";
+/// The join's `bound_ms` unless `JOIN_BOUND_MS` says otherwise.
+const JOIN_BOUND_MS: u64 = 60_000;
 /// Keys `statebench` goes round, and the size of what it sets.
 const STATE_KEYS: &str = "10000";
 const VALUE_BYTES: &str = "64";
@@ -324,6 +326,7 @@ fn throughput(rounds: u64, batches: u64) {
             &[("op", "none"), ("calls", calls)],
         )
     };
+    let join_bound = env_u64("JOIN_BOUND_MS", JOIN_BOUND_MS).to_string();
     let mut cases = vec![
         Case::new("route", vec![stage("route", "route", &[])], Input::Events),
         Case::new("noop", vec![stage("noop", "noop", &[])], Input::Events),
@@ -346,7 +349,7 @@ fn throughput(rounds: u64, batches: u64) {
                 &[
                     ("left_topic", "orders"),
                     ("right_topic", "payments"),
-                    ("bound_ms", JOIN_BOUND_MS),
+                    ("bound_ms", &join_bound),
                 ],
             )],
             Input::OrdersAndPayments,
@@ -839,6 +842,7 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut differences = Vec::new();
+    let mut broker_cpu = Vec::new();
     for run in 1..=runs {
         let broker = Broker::tansu().expect("tansu starts");
         let b = broker.bootstrap().to_owned();
@@ -861,7 +865,7 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
                 .create()
                 .expect("checker");
             let mut tpl = rdkafka::TopicPartitionList::new();
-            for t in ["sl-out", "sf-out", "sl-dlq", "sf-dlq"] {
+            for t in ["sl-out", "sf-out", "in", "sl-dlq", "sf-dlq"] {
                 for p in 0..PARTITIONS {
                     tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning)
                         .expect("partition");
@@ -870,7 +874,7 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
             consumer.assign(&tpl).expect("assign");
             std::thread::spawn(move || {
                 // Per path: latencies in µs; dead letters.
-                let mut latencies = [Vec::new(), Vec::new()];
+                let mut latencies = [Vec::new(), Vec::new(), Vec::new()];
                 let mut dead = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
@@ -883,7 +887,11 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
                             continue;
                         };
                         if ts >= from_ms.load(Ordering::Acquire) {
-                            let path = usize::from(m.topic() == "sf-out");
+                            let path = match m.topic() {
+                                "sl-out" => 0,
+                                "sf-out" => 1,
+                                _ => 2,
+                            };
                             latencies[path].push(now - ts * 1000);
                         }
                     }
@@ -896,7 +904,8 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
         let start = Instant::now();
         let mut sent = 0u64;
         let mut window: Option<(Instant, Vec<f64>)> = None;
-        let pids: Vec<u32> = routers.iter().map(RouterProcess::pid).collect();
+        let mut pids: Vec<u32> = routers.iter().map(RouterProcess::pid).collect();
+        pids.extend(broker.pid());
         let total = Duration::from_secs(warmup + secs);
         while start.elapsed() < total {
             if window.is_none() && start.elapsed() >= Duration::from_secs(warmup) {
@@ -934,31 +943,43 @@ fn end_to_end(runs: u64, rate: u64, warmup: u64, secs: u64) {
             let _ = router.sigterm();
             let _ = router.wait(Duration::from_secs(30));
         }
-        let mut p99 = [0.0; 2];
-        for (i, name) in ["stateless `route`", "`window`, update mode"]
-            .iter()
-            .enumerate()
+        let mut p99 = [0.0; 3];
+        for (i, name) in [
+            "stateless `route`",
+            "`window`, update mode",
+            "one hop (the input itself)",
+        ]
+        .iter()
+        .enumerate()
         {
             let mut ms: Vec<f64> = latencies[i].iter().map(|us| *us as f64 / 1000.0).collect();
             ms.sort_by(f64::total_cmp);
             p99[i] = quantile(&ms, 0.99);
             println!(
-                "| {run} | {name} | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {:.0} |",
+                "| {run} | {name} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
                 quantile(&ms, 0.5),
                 p99[i],
                 quantile(&ms, 0.999),
                 ms.len(),
-                cpu[i] * 100.0,
-                rss[i]
+                if i < 2 {
+                    format!("{:.0}%", cpu[i] * 100.0)
+                } else {
+                    "-".into()
+                },
+                rss.get(i)
+                    .filter(|_| i < 2)
+                    .map_or("-".into(), |r| format!("{r:.0}"))
             );
         }
+        broker_cpu.extend(cpu.get(2).copied());
         assert_eq!(dead, 0, "dead letters in run {run}");
         differences.push(p99[1] - p99[0]);
     }
     println!(
-        "\np99 of `window` minus p99 of `route`, per run: {} ms (median {:+.1} ms); {warmup} s warm-up and {secs} s measured per run, a fresh broker each; load average after: {}",
+        "\np99 of `window` minus p99 of `route`, per run: {} ms (median {:+.1} ms); tansu's CPU per run: {}; {warmup} s warm-up and {secs} s measured per run, a fresh broker each; load average after: {}",
         list(&differences, |d| format!("{d:+.1}")),
         median(&differences),
+        list(&broker_cpu, |c| format!("{:.0}%", c * 100.0)),
         load_average(),
     );
 }
