@@ -121,6 +121,11 @@ impl PluginEngine {
         // guest stuck in `loop {}` is interrupted all the same.
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
+        // For profiling plugins with `perf`: SWITCHYARD_PERF_MAP=1 writes
+        // /tmp/perf-<pid>.map, which names the compiled guest functions in `perf report`.
+        if std::env::var_os("SWITCHYARD_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // Pooling: every instance slot (memories, tables, instance state) is reserved once
         // up front and recycled, so making a fresh instance after a trap costs microseconds
         // and memory stays flat however often plugins crash.
