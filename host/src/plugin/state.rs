@@ -212,16 +212,29 @@ impl TaskState {
         self.timers.iter()
     }
 
+    /// Whether a timer of `domain` is due at `now`.
+    pub fn has_due(&self, domain: Domain, now: i64) -> bool {
+        self.due(domain, now).next().is_some()
+    }
+
+    /// The timers of `domain` due at `now`, in order. Timers are ordered by clock, then
+    /// instant: the due ones of a clock are a range at its start, found without walking the
+    /// timers that are not due.
+    fn due(&self, domain: Domain, now: i64) -> impl Iterator<Item = &TimerKey> {
+        let first = TimerKey {
+            domain,
+            at_ms: i64::MIN,
+            tag: String::new(),
+        };
+        self.timers
+            .range(first..)
+            .take_while(move |t| t.domain == domain && t.at_ms <= now)
+    }
+
     /// Removes and returns the timers of `domain` due at `now` (instant at or before it),
     /// in order; at most `limit`.
     pub fn take_due(&mut self, domain: Domain, now: i64, limit: usize) -> Vec<TimerKey> {
-        let due: Vec<TimerKey> = self
-            .timers
-            .iter()
-            .filter(|t| t.domain == domain && t.at_ms <= now)
-            .take(limit)
-            .cloned()
-            .collect();
+        let due: Vec<TimerKey> = self.due(domain, now).take(limit).cloned().collect();
         for timer in &due {
             self.timers.remove(timer);
             self.changed_timers.insert(timer.clone());
