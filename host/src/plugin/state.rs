@@ -400,7 +400,15 @@ impl StateAccess {
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RecordError> {
-        let old = self.current_len(&key);
+        use std::collections::btree_map::Entry as Slot;
+        // One search of the call's writes finds both the current value and the place of
+        // the new one.
+        let slot = self.writes.entries.entry(key);
+        let old = match &slot {
+            Slot::Occupied(written) => written.get().as_ref().map(Vec::len),
+            Slot::Vacant(new) => self.task.entries.get(new.key()).map(Vec::len),
+        };
+        let key = slot.key();
         let keys_delta = i64::from(old.is_none());
         let new_bytes = i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX);
         let old_bytes = old.map_or(0, |len| i64::try_from(key.len() + len).unwrap_or(0));
@@ -426,7 +434,14 @@ impl StateAccess {
         }
         self.writes.keys_delta += keys_delta;
         self.writes.bytes_delta += bytes_delta;
-        self.writes.entries.insert(key, Some(value));
+        match slot {
+            Slot::Occupied(mut written) => {
+                written.insert(Some(value));
+            }
+            Slot::Vacant(new) => {
+                new.insert(Some(value));
+            }
+        }
         Ok(())
     }
 
