@@ -70,11 +70,17 @@ impl Language {
                 ("src/lib.rs", include_str!("templates/rust/lib.rs")),
             ],
             Language::Python => vec![
-                ("pyproject.toml", include_str!("templates/python/pyproject.toml.in")),
+                (
+                    "pyproject.toml",
+                    include_str!("templates/python/pyproject.toml.in"),
+                ),
                 ("app.py", include_str!("templates/python/app.py")),
             ],
             Language::Javascript => vec![
-                ("package.json", include_str!("templates/javascript/package.json.in")),
+                (
+                    "package.json",
+                    include_str!("templates/javascript/package.json.in"),
+                ),
                 ("plugin.js", include_str!("templates/javascript/plugin.js")),
             ],
         }
@@ -116,8 +122,24 @@ impl Language {
 pub fn check_name(name: &str) -> Result<(), String> {
     /// Names cargo refuses for a package (keywords, and the crates every build links).
     const RESERVED: [&str; 18] = [
-        "test", "std", "core", "alloc", "proc_macro", "self", "super", "crate", "fn", "mod",
-        "struct", "enum", "impl", "trait", "type", "use", "let", "match",
+        "test",
+        "std",
+        "core",
+        "alloc",
+        "proc_macro",
+        "self",
+        "super",
+        "crate",
+        "fn",
+        "mod",
+        "struct",
+        "enum",
+        "impl",
+        "trait",
+        "type",
+        "use",
+        "let",
+        "match",
     ];
     let mut chars = name.chars();
     let well_formed = name.len() <= 64
@@ -397,7 +419,9 @@ fn build_rust(project: &Project, wasm: &Path) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .find(|f| f.extension().is_some_and(|e| e == "wasm"))
-        .context("cargo built no .wasm: is `crate-type` in Cargo.toml's [lib] missing \"cdylib\"?")?;
+        .context(
+            "cargo built no .wasm: is `crate-type` in Cargo.toml's [lib] missing \"cdylib\"?",
+        )?;
     std::fs::copy(&built, wasm)
         .with_context(|| format!("cannot copy {} to {}", built.display(), wasm.display()))?;
     Ok(())

@@ -376,11 +376,7 @@ pub fn compare(
         "{differ} of {total} results differ from {}",
         expected.display()
     );
-    writeln!(
-        out,
-        "{total} results as expected ({})",
-        expected.display()
-    )?;
+    writeln!(out, "{total} results as expected ({})", expected.display())?;
     Ok(())
 }
 
@@ -410,7 +406,12 @@ mod tests {
         let file = dir.join(format!("expected-{}.jsonl", expected.len()));
         std::fs::write(&file, expected).expect("write");
         let mut out = Vec::new();
-        let result = compare(results.as_bytes(), &file, Path::new("samples.jsonl"), &mut out);
+        let result = compare(
+            results.as_bytes(),
+            &file,
+            Path::new("samples.jsonl"),
+            &mut out,
+        );
         let _ = std::fs::remove_file(&file);
         (result, String::from_utf8_lossy(&out).into_owned())
     }
@@ -433,8 +434,14 @@ mod tests {
         );
         let error = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.starts_with("2 of 3 results differ from"), "{error}");
-        assert!(out.contains("samples.jsonl line 3:\n  expected: {\"line\":3,\"verdict\":\"pass\"}"), "{out}");
-        assert!(out.contains("samples.jsonl line 4:\n  expected: {\"line\":4}\n  got:      (nothing)"), "{out}");
+        assert!(
+            out.contains("samples.jsonl line 3:\n  expected: {\"line\":3,\"verdict\":\"pass\"}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("samples.jsonl line 4:\n  expected: {\"line\":4}\n  got:      (nothing)"),
+            "{out}"
+        );
     }
 
     #[test]
