@@ -2,7 +2,8 @@
 //! new, build, test, push"), run as written for each language in a directory outside the
 //! repository, but for `push` (it needs a running router; the admin API tests cover it): the
 //! project builds, and `test-plugin --expect` finds the expected results, which the test also
-//! checks itself against `test-plugin --json`. Then the errors: a bad name or language, a
+//! checks itself against `test-plugin --json`; the Rust project's own `cargo test` passes
+//! natively. Then the errors: a bad name or language, a
 //! non-empty directory, no project, each toolchain missing.
 //!
 //! The Rust project builds from crates.io like a user's, into a target directory under the
@@ -179,6 +180,28 @@ fn lifecycle(language: &str) {
         assert!(
             results.contains(&format!("\"verdict\":\"{verdict}\"")),
             "{results}"
+        );
+    }
+
+    // The Rust project's README says `cargo test` runs the rule natively: it does.
+    if language == "rust" {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .arg("test")
+            .current_dir(&project)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env(
+                "CARGO_TARGET_DIR",
+                switchyard_tests::plugins_target_dir().join("plugin-new-native"),
+            )
+            .output()
+            .expect("cargo test runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok. 3 passed"),
+            "cargo test in the project:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 

@@ -178,8 +178,10 @@ impl ApiArgs {
 /// `switchyard plugin ...`.
 #[derive(Subcommand)]
 pub enum PluginAction {
-    /// Make a plugin project: the source with a working example rule, the contract (WIT) it
-    /// builds against, sample records, the verdicts expected for them, and a README with the
+    /// Make a plugin project in Rust, Python or JavaScript that builds on its own.
+    ///
+    /// The project holds the source with a working example rule, the contract (WIT) it
+    /// builds against, sample records, the results expected for them, and a README with the
     /// commands to build, test and push it. It needs nothing from Switchyard's repository.
     New {
         /// The plugin's name: lowercase letters, digits, `-` and `_`, starting with a letter.
@@ -193,9 +195,10 @@ pub enum PluginAction {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Build a plugin project (its language found from Cargo.toml, pyproject.toml or
-    /// package.json) with its toolchain into DIR/NAME.wasm, check it against the contract
-    /// (as `inspect` does) and print its version (sha256). Toolchains: cargo with the
+    /// Build a plugin project into DIR/NAME.wasm and check it against the contract.
+    ///
+    /// The language is found from Cargo.toml, pyproject.toml or package.json; the component
+    /// is checked as `inspect` does, and its version (sha256) printed. Toolchains: cargo with the
     /// wasm32-wasip2 target (CARGO, RUSTC or the PATH); componentize-py
     /// (SWITCHYARD_COMPONENTIZE_PY or the PATH); componentize-js (SWITCHYARD_COMPONENTIZE_JS,
     /// the project's node_modules/.bin, or the PATH).

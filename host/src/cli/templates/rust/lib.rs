@@ -64,15 +64,39 @@ pub fn decide(value: Option<&[u8]>) -> Verdict {
     }
 }
 
+// The exports exist only in the component: natively (`cargo test`) the platform's linker
+// refuses their symbol names, which hold `:` and `#`.
+#[cfg(target_arch = "wasm32")]
 export!(Plugin);
 
-// `cargo test` runs these natively: the rule is plain Rust.
+// `cargo test` runs these natively: the bindings' types are plain Rust.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard::plugin::types::InputRecord;
 
     fn verdict(value: &str) -> Verdict {
         decide(Some(value.as_bytes()))
+    }
+
+    #[test]
+    fn one_verdict_per_record_in_order() {
+        let record = |offset, value: Option<&str>| InputRecord {
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: value.map(|v| v.as_bytes().to_vec()),
+            headers: Vec::new(),
+        };
+        let batch = RecordBatch {
+            topic: "events".to_owned(),
+            partition: 0,
+            records: vec![record(0, Some(r#"{"priority":"high"}"#)), record(1, None)],
+        };
+        let verdicts = Plugin::process(batch);
+        assert!(matches!(verdicts.as_slice(), [Verdict::Route(_), Verdict::DeadLetter(_)]));
+        assert!(Plugin::init(Vec::new()).is_ok());
+        assert!(Plugin::init(vec![("typo".to_owned(), "1".to_owned())]).is_err());
     }
 
     #[test]
