@@ -203,6 +203,17 @@ fn lifecycle(language: &str) {
             "cargo test in the project:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The code a user starts from is formatted as rustfmt would.
+        let fmt = Command::new("rustfmt")
+            .args(["--edition", "2024", "--check", "src/lib.rs"])
+            .current_dir(&project)
+            .output()
+            .expect("rustfmt runs");
+        assert!(
+            fmt.status.success(),
+            "src/lib.rs is not formatted:\n{}",
+            String::from_utf8_lossy(&fmt.stdout)
+        );
     }
 
     // Self-contained: the contract is this repository's, nothing points back at it, and the

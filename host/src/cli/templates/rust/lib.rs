@@ -27,7 +27,9 @@ impl Guest for Plugin {
     /// the key, instead of being ignored. An `Err` is the reason the host reports.
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         match config.first() {
-            Some((key, _)) => Err(format!("unknown config key `{key}`: this plugin takes none")),
+            Some((key, _)) => Err(format!(
+                "unknown config key `{key}`: this plugin takes none"
+            )),
             None => Ok(()),
         }
     }
@@ -94,7 +96,10 @@ mod tests {
             records: vec![record(0, Some(r#"{"priority":"high"}"#)), record(1, None)],
         };
         let verdicts = Plugin::process(batch);
-        assert!(matches!(verdicts.as_slice(), [Verdict::Route(_), Verdict::DeadLetter(_)]));
+        assert!(matches!(
+            verdicts.as_slice(),
+            [Verdict::Route(_), Verdict::DeadLetter(_)]
+        ));
         assert!(Plugin::init(Vec::new()).is_ok());
         assert!(Plugin::init(vec![("typo".to_owned(), "1".to_owned())]).is_err());
     }
