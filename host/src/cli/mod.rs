@@ -2,12 +2,14 @@
 //!
 //! - [`run`]: `switchyard run`, a router until a signal.
 //! - [`test_plugin`]: a plugin over sample records, no Kafka.
+//! - [`scaffold`]: `plugin new` and `plugin build`, a plugin project outside this repository.
 //! - [`demo`]: a live stream on an embedded broker.
 //! - [`client`]: the admin API's client (`plugin push|rollback|versions`, `pipelines`).
 
 pub mod client;
 pub mod demo;
 pub mod run;
+pub mod scaffold;
 pub mod test_plugin;
 
 use crate::admin::views::{PipelineView, PipelinesView, SwitchedView, VersionsView};
@@ -19,7 +21,7 @@ use crate::plugin::{EngineConfig, PluginEngine};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use client::Client;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Kafka-to-Kafka stream router that runs WebAssembly plugins on every record.
@@ -128,8 +130,14 @@ pub enum Command {
         /// Stateful plugins: the pipeline's `watermark_delay_ms` (default 0).
         #[arg(long, value_name = "MS", default_value_t = 0)]
         watermark_delay_ms: u64,
+        /// Compare the results with this file (the JSON lines `--json` prints, one per line,
+        /// compared as JSON) instead of printing them: prints the lines that differ and
+        /// exits non-zero if any does.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
     },
-    /// Manage a running router's plugins through its admin API.
+    /// Make and build plugin projects (`new`, `build`), and manage a running router's
+    /// plugins through its admin API (`push`, `rollback`, `versions`).
     Plugin {
         #[command(subcommand)]
         action: PluginAction,
@@ -170,6 +178,35 @@ impl ApiArgs {
 /// `switchyard plugin ...`.
 #[derive(Subcommand)]
 pub enum PluginAction {
+    /// Make a plugin project in Rust, Python or JavaScript that builds on its own.
+    ///
+    /// The project holds the source with a working example rule, the contract (WIT) it
+    /// builds against, sample records, the results expected for them, and a README with the
+    /// commands to build, test and push it. It needs nothing from Switchyard's repository.
+    New {
+        /// The plugin's name: lowercase letters, digits, `-` and `_`, starting with a letter.
+        /// Names the directory, the package and the component (NAME.wasm).
+        name: String,
+        /// The language.
+        #[arg(long, short)]
+        lang: scaffold::Language,
+        /// Where to write the project (default: ./NAME). It must not exist or be empty: a
+        /// non-empty directory is refused and nothing in it is touched.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin project into DIR/NAME.wasm and check it against the contract.
+    ///
+    /// The language is found from Cargo.toml, pyproject.toml or package.json; the component
+    /// is checked as `inspect` does, and its version (sha256) printed. Toolchains: cargo with the
+    /// wasm32-wasip2 target (CARGO, RUSTC or the PATH); componentize-py
+    /// (SWITCHYARD_COMPONENTIZE_PY or the PATH); componentize-js (SWITCHYARD_COMPONENTIZE_JS,
+    /// the project's node_modules/.bin, or the PATH).
+    Build {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Upload a new version of a stage's plugin; prints its version once every worker runs it.
     Push {
         /// The pipeline.
@@ -217,15 +254,7 @@ pub enum PluginAction {
 /// Runs a subcommand.
 pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Inspect { plugin } => {
-            let engine = PluginEngine::new(&EngineConfig::default())
-                .context("cannot start the plugin engine")?;
-            let module = engine.load_file(&plugin)?;
-            println!("{}: ok", plugin.display());
-            println!("version (sha256): {}", module.version);
-            println!("size: {} bytes", module.size);
-            Ok(())
-        }
+        Command::Inspect { plugin } => inspect(&plugin, &mut std::io::stdout().lock()),
         Command::Check { config } => {
             let parsed = Config::load(&config)?;
             let engine = PluginEngine::new(&EngineConfig::default())
@@ -256,6 +285,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             json,
             advance_to,
             watermark_delay_ms,
+            expect,
         } => {
             use test_plugin::{TestPluginOptions, parse_table, run};
             let options = TestPluginOptions {
@@ -269,12 +299,19 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                     .map(|t| parse_table(t))
                     .collect::<anyhow::Result<_>>()?,
                 routes: route,
-                json,
+                json: json || expect.is_some(),
                 advance_to,
                 watermark_delay_ms,
             };
-            run(&options, &mut std::io::stdout().lock())?;
-            Ok(())
+            let mut stdout = std::io::stdout().lock();
+            match expect {
+                None => run(&options, &mut stdout).map(drop),
+                Some(expected) => {
+                    let mut results = Vec::new();
+                    run(&options, &mut results)?;
+                    test_plugin::compare(&results, &expected, &options.input, &mut stdout)
+                }
+            }
         }
         Command::Demo {
             brokers,
@@ -312,8 +349,27 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Loads a component as the router would (compile, type-check against the contract) and
+/// prints its path, version (sha256) and size.
+fn inspect(plugin: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let engine =
+        PluginEngine::new(&EngineConfig::default()).context("cannot start the plugin engine")?;
+    let module = engine.load_file(plugin)?;
+    writeln!(out, "{}: ok", plugin.display())?;
+    writeln!(out, "version (sha256): {}", module.version)?;
+    writeln!(out, "size: {} bytes", module.size)?;
+    Ok(())
+}
+
 fn plugin_command(action: PluginAction) -> anyhow::Result<()> {
     match action {
+        PluginAction::New { name, lang, dir } => {
+            scaffold::new_project(&name, lang, dir.as_deref(), &mut std::io::stdout().lock())
+                .map(drop)
+        }
+        PluginAction::Build { dir } => {
+            scaffold::build(&dir, &mut std::io::stdout().lock()).map(drop)
+        }
         PluginAction::Push {
             pipeline,
             stage,

@@ -12,6 +12,10 @@
 //! value. Blank lines and lines starting with `#` are skipped. The plugin runs as a one-stage
 //! chain whose routes are `default` (the default route) and every `--route`; a verdict naming
 //! another route is reported as a `bad-output` dead letter naming it.
+//!
+//! With `--expect FILE` the results are compared with a file of the JSON lines `--json`
+//! prints ([`compare`]): a plugin project's test that says only whether it still decides as
+//! expected.
 
 use crate::config::TableConfig;
 use crate::plugin::chain::stateful::Origin;
@@ -315,6 +319,67 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
     Ok(dead)
 }
 
+/// `--expect FILE`: compares the JSON lines [`run`] wrote (`results`) with the expected ones,
+/// line by line as JSON values (so spacing and key order do not matter; blank and `#` lines
+/// of the file are skipped). Prints each difference, naming the sample's line, and a summary
+/// when all are equal; an error says how many differ.
+pub fn compare(
+    results: &[u8],
+    expected: &Path,
+    input: &Path,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(expected)
+        .with_context(|| format!("cannot read {}", expected.display()))?;
+    let mut want = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: not JSON (it holds what `test-plugin --json` prints)",
+                expected.display(),
+                i + 1
+            )
+        })?;
+        want.push(value);
+    }
+    let got = String::from_utf8_lossy(results)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()
+        .context("test-plugin's own output is not JSON lines")?;
+    let total = want.len().max(got.len());
+    let mut differ = 0;
+    for i in 0..total {
+        let (w, g) = (want.get(i), got.get(i));
+        if w == g {
+            continue;
+        }
+        differ += 1;
+        let place = g
+            .or(w)
+            .and_then(|v| v["line"].as_u64())
+            .map(|l| format!("{} line {l}", input.display()))
+            .unwrap_or_else(|| format!("result {}", i + 1));
+        let show = |v: Option<&Value>| v.map_or_else(|| "(nothing)".to_owned(), Value::to_string);
+        writeln!(
+            out,
+            "{place}:\n  expected: {}\n  got:      {}",
+            show(w),
+            show(g)
+        )?;
+    }
+    anyhow::ensure!(
+        differ == 0,
+        "{differ} of {total} results differ from {}",
+        expected.display()
+    );
+    writeln!(out, "{total} results as expected ({})", expected.display())?;
+    Ok(())
+}
+
 fn stage_name(plugin: &Path) -> String {
     plugin
         .file_stem()
@@ -328,5 +393,61 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compare_with(results: &str, expected: &str) -> (anyhow::Result<()>, String) {
+        let dir = std::env::temp_dir().join(format!("switchyard-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join(format!("expected-{}.jsonl", expected.len()));
+        std::fs::write(&file, expected).expect("write");
+        let mut out = Vec::new();
+        let result = compare(
+            results.as_bytes(),
+            &file,
+            Path::new("samples.jsonl"),
+            &mut out,
+        );
+        let _ = std::fs::remove_file(&file);
+        (result, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn equal_as_json_whatever_the_spacing_and_order() {
+        let (result, out) = compare_with(
+            "{\"line\":2,\"verdict\":\"pass\"}\n",
+            "# comment\n\n{ \"verdict\": \"pass\", \"line\": 2 }\n",
+        );
+        assert!(result.is_ok(), "{result:?}");
+        assert!(out.starts_with("1 results as expected"), "{out}");
+    }
+
+    #[test]
+    fn a_difference_names_the_sample_line_and_counts() {
+        let (result, out) = compare_with(
+            "{\"line\":2,\"verdict\":\"pass\"}\n{\"line\":3,\"verdict\":\"drop\"}\n",
+            "{\"line\":2,\"verdict\":\"pass\"}\n{\"line\":3,\"verdict\":\"pass\"}\n{\"line\":4}\n",
+        );
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.starts_with("2 of 3 results differ from"), "{error}");
+        assert!(
+            out.contains("samples.jsonl line 3:\n  expected: {\"line\":3,\"verdict\":\"pass\"}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("samples.jsonl line 4:\n  expected: {\"line\":4}\n  got:      (nothing)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn an_expected_line_that_is_not_json_is_named() {
+        let (result, _) = compare_with("", "{\"line\":2}\nnot json\n");
+        let error = result.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("line 2: not JSON"), "{error}");
     }
 }
