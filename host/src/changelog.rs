@@ -218,6 +218,10 @@ pub fn restore(
     progress: &dyn Fn(i32, i64, i64),
 ) -> anyhow::Result<HashMap<i32, Restored>> {
     let mut config = rdkafka::ClientConfig::new();
+    // librdkafka prefetches up to 64 MiB per consumer by default; during a restore that
+    // memory comes on top of the state being rebuilt. 16 MiB still keeps a fetch in flight
+    // while the last one is applied. A `[kafka.consumer]` setting of it wins.
+    config.set("queued.max.messages.kbytes", "16384");
     for (key, value) in &kafka.consumer {
         config.set(key, value);
     }
