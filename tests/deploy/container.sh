@@ -38,9 +38,8 @@ assert sum(s["per_topic"].values()) == s["generated"], s
 EOF
 
 # --- run: a config mounted read-only, tansu on the host network -----------------------------
-need_packages kcat
 start_tansu
-for t in in out-standard out-urgent out-errors dlq; do create_topic "$t" 2; done
+for t in in out-standard out-urgent out-errors dlq; do create_topic "$t" 1; done
 admin_port=$(free_port)
 plugins=/usr/share/switchyard/plugins-target/wasm32-wasip2/release
 mkdir "$work/config"
@@ -91,11 +90,11 @@ check_eq "the router process runs as uid 10001" 10001 "$(ps -o uid= -p "$pid" | 
 
 # 40 urgent, 50 standard, 5 error events, 5 invalid (no priority): each to its topic.
 {
-  for i in $(seq 1 40); do printf 'k%d\t{"id":"u%d","priority":"high"}\n' "$i" "$i"; done
-  for i in $(seq 1 50); do printf 'k%d\t{"id":"s%d","priority":"low"}\n' "$i" "$i"; done
-  for i in $(seq 1 5); do printf 'k%d\t{"id":"e%d","priority":"low","event_type":"error"}\n' "$i" "$i"; done
-  for i in $(seq 1 5); do printf 'k%d\t{"id":"d%d"}\n' "$i" "$i"; done
-} | produce in
+  for i in $(seq 1 40); do printf '{"key":"k%d","value":{"id":"u%d","priority":"high"}}\n' "$i" "$i"; done
+  for i in $(seq 1 50); do printf '{"key":"k%d","value":{"id":"s%d","priority":"low"}}\n' "$i" "$i"; done
+  for i in $(seq 1 5); do printf '{"key":"k%d","value":{"id":"e%d","priority":"low","event_type":"error"}}\n' "$i" "$i"; done
+  for i in $(seq 1 5); do printf '{"key":"k%d","value":{"id":"d%d"}}\n' "$i" "$i"; done
+} | produce in || fail "producing the input records"
 routed() { count_is out-urgent 40 && count_is out-standard 50 && count_is out-errors 5 && count_is dlq 5; }
 if wait_for 60 routed; then pass "run routes every record to its topic (40 urgent, 50 standard, 5 errors, 5 dead letters)"; else
   fail "run routes every record: urgent $(count out-urgent)/40, standard $(count out-standard)/50, errors $(count out-errors)/5, dlq $(count dlq)/5"

@@ -95,14 +95,15 @@ start_tansu() {
 # create_topic NAME PARTITIONS
 create_topic() { "$tansu_bin" topic create "$1" --partitions "$2" --broker "tcp://$broker" >/dev/null; }
 
-# produce TOPIC < lines "key<TAB>value": one record per batch (tansu cannot fetch from inside
-# a batch, see tests/README.md).
-produce() {
-  kcat -P -b "$broker" -t "$1" -K $'\t' -X linger.ms=0 -X batch.num.messages=1 -X enable.idempotence=false
-}
+# produce TOPIC < JSON lines {"key": .., "value": {..}}, to partition 0. tansu's own client:
+# Debian's kcat (librdkafka 1.9) cannot talk to tansu 0.6 (its ApiVersions answer fails).
+produce() { "$tansu_bin" cat produce "$1" --broker "tcp://$broker" >/dev/null; }
 
-# count TOPIC: records in the topic now.
-count() { kcat -C -b "$broker" -t "$1" -e -q -f '%o\n' 2>/dev/null | wc -l; }
+# count TOPIC: records in partition 0 of the topic now.
+count() {
+  "$tansu_bin" cat consume "$1" --broker "tcp://$broker" --max-wait-time-ms 200 2>/dev/null |
+    python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0
+}
 
 # count_is TOPIC N: the topic holds exactly N records.
 count_is() { [ "$(count "$1")" -eq "$2" ]; }
