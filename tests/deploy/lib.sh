@@ -95,15 +95,22 @@ start_tansu() {
 # create_topic NAME PARTITIONS
 create_topic() { "$tansu_bin" topic create "$1" --partitions "$2" --broker "tcp://$broker" >/dev/null; }
 
-# produce TOPIC < JSON lines {"key": .., "value": {..}}, to partition 0. tansu's own client:
-# Debian's kcat (librdkafka 1.9) cannot talk to tansu 0.6 (its ApiVersions answer fails).
-produce() { "$tansu_bin" cat produce "$1" --broker "tcp://$broker" >/dev/null; }
-
-# count TOPIC: records in partition 0 of the topic now.
-count() {
-  "$tansu_bin" cat consume "$1" --broker "tcp://$broker" --max-wait-time-ms 200 2>/dev/null |
-    python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0
+# The Kafka client (tests/deploy/kafka.py) in a venv of its own under $SWITCHYARD_TOOLS.
+kafka_client() {
+  local venv="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}/deploy/venv"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+    need_packages python3-venv
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet confluent-kafka==2.6.1
+  fi
+  "$venv/bin/python" "$deploy_dir/kafka.py" "$@"
 }
+
+# produce TOPIC < JSON lines {"key": .., "value": {..}}
+produce() { kafka_client produce "$broker" "$1"; }
+
+# count TOPIC: records in the topic now.
+count() { kafka_client count "$broker" "$1" 2>/dev/null || echo 0; }
 
 # count_is TOPIC N: the topic holds exactly N records.
 count_is() { [ "$(count "$1")" -eq "$2" ]; }
