@@ -95,16 +95,20 @@ start_tansu() {
 # create_topic NAME PARTITIONS
 create_topic() { "$tansu_bin" topic create "$1" --partitions "$2" --broker "tcp://$broker" >/dev/null; }
 
-# The Kafka client (tests/deploy/kafka.py) in a venv of its own under $SWITCHYARD_TOOLS.
-kafka_client() {
+# A venv of the tests' Python tools under $SWITCHYARD_TOOLS, made once: confluent-kafka (the
+# Kafka client, tests/deploy/kafka.py) and kubernetes-validate (Kubernetes schemas, offline).
+deploy_python() {
   local venv="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}/deploy/venv"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+  if [ ! -f "$venv/.installed-1" ]; then
     need_packages python3-venv
+    rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet confluent-kafka==2.6.1
+    "$venv/bin/pip" install --quiet confluent-kafka==2.6.1 kubernetes-validate==1.37.0 pyyaml==6.0.2
+    touch "$venv/.installed-1"
   fi
-  "$venv/bin/python" "$deploy_dir/kafka.py" "$@"
+  "$venv/bin/python" "$@"
 }
+kafka_client() { deploy_python "$deploy_dir/kafka.py" "$@"; }
 
 # produce TOPIC < JSON lines {"key": .., "value": {..}}
 produce() { kafka_client produce "$broker" "$1"; }
