@@ -5,7 +5,7 @@
 # tarball under $SWITCHYARD_TOOLS/deploy, made once), and the Rust build stage by the
 # Dockerfile's `prebuilt` target, fed the release binary and plugins built on this machine.
 
-image=localhost/switchyard-test:latest
+image=localhost/switchyard-test
 base_image=localhost/switchyard-test-base:bookworm
 
 build_image() {
@@ -29,9 +29,20 @@ build_image() {
   cp "$bin" "$work/context/switchyard"
   cp "$wasm"/*.wasm "$work/context/plugins/"
   say "building $image (Dockerfile, target prebuilt)"
-  if ! podman_ build --network host --ulimit nofile=1024:20000 --pull=never \
-    --build-arg BASE_IMAGE="$base_image" --target prebuilt -t "$image" \
-    -f "$repo/Dockerfile" "$work/context" >"$work/build.log" 2>&1; then
+  local before status=0
+  before=$(podman_ images -q --filter dangling=true | sort)
+  # The stage that installs packages, tagged so it stays cached (the build after reuses it).
+  podman_ build --network host --ulimit nofile=1024:20000 --pull=never \
+    --build-arg BASE_IMAGE="$base_image" --target runtime-files -t "$image-runtime-files" \
+    -f "$repo/Dockerfile" "$work/context" >"$work/build.log" 2>&1 &&
+    podman_ build --network host --ulimit nofile=1024:20000 --pull=never \
+      --build-arg BASE_IMAGE="$base_image" --target prebuilt -t "$image" \
+      -f "$repo/Dockerfile" "$work/context" >>"$work/build.log" 2>&1 || status=$?
+  # Each build leaves untagged images (the stage holding the unstripped binary, the image it
+  # replaced): remove those this build made, so repeated runs do not fill the disk.
+  comm -13 <(printf '%s\n' "$before") <(podman_ images -q --filter dangling=true | sort) |
+    xargs -r podman --runtime runc --cgroup-manager=cgroupfs rmi -f >/dev/null 2>&1 || true
+  if [ "$status" -ne 0 ]; then
     tail -30 "$work/build.log"
     return 1
   fi
