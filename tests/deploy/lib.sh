@@ -96,7 +96,8 @@ start_tansu() {
 create_topic() { "$tansu_bin" topic create "$1" --partitions "$2" --broker "tcp://$broker" >/dev/null; }
 
 # A venv of the tests' Python tools under $SWITCHYARD_TOOLS, made once: confluent-kafka (the
-# Kafka client, tests/deploy/kafka.py) and kubernetes-validate (Kubernetes schemas, offline).
+# Kafka client, tests/deploy/kafka.py), kubernetes-validate (Kubernetes schemas, offline) and
+# PyYAML (the alert rules and manifests read by promql.py and k8s.py).
 deploy_python() {
   local venv="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}/deploy/venv"
   if [ ! -f "$venv/.installed-1" ]; then

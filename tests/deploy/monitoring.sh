@@ -14,7 +14,7 @@
 # Env: SWITCHYARD_BIN (default $CARGO_TARGET_DIR/release/switchyard), SWITCHYARD_PLUGINS_TARGET_DIR,
 # SWITCHYARD_TANSU.
 source "$(dirname "$0")/lib.sh"
-need_packages prometheus python3-yaml curl
+need_packages prometheus curl
 
 docs="$repo/docs/monitoring"
 bin="${SWITCHYARD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/switchyard}"
@@ -105,7 +105,7 @@ prometheus --config.file="$work/prometheus/prometheus.yml" --storage.tsdb.path="
 at_exit "kill $!"
 prom="http://127.0.0.1:$prom_port"
 wait_for 60 curl -sf "$prom/-/ready" || { fail "Prometheus starts"; tail -20 "$work/prometheus.log"; finish; }
-check "Prometheus scrapes the router" wait_for 30 python3 "$deploy_dir/promql.py" query "$prom" 'up{job="switchyard"} == 1'
+check "Prometheus scrapes the router" wait_for 30 deploy_python "$deploy_dir/promql.py" query "$prom" 'up{job="switchyard"} == 1'
 
 # A reload that works and one that is refused (init fails), for the reload panels and alert.
 sleep 5
@@ -119,23 +119,23 @@ else
 fi
 
 # Every expression, polled until it returns data (the lag takes some rounds to pass 1000).
-exprs=$(python3 "$deploy_dir/promql.py" exprs "$docs/grafana-dashboard.json" "$docs/switchyard-alerts.yml")
+exprs=$(deploy_python "$deploy_dir/promql.py" exprs "$docs/grafana-dashboard.json" "$docs/switchyard-alerts.yml")
 check "the dashboard has an expression for every panel" test "$(grep -c '^dashboard: ' <<<"$exprs")" -ge 15
 not_ready=""
 while IFS=$'\t' read -r name expr; do
   if [ "$name" = "rule: SwitchyardNotReady" ]; then not_ready=$expr; continue; fi
-  if wait_for 120 python3 "$deploy_dir/promql.py" query "$prom" "$expr"; then pass "$name returns data"; else
+  if wait_for 120 deploy_python "$deploy_dir/promql.py" query "$prom" "$expr"; then pass "$name returns data"; else
     fail "$name returns data: $expr"
-    python3 "$deploy_dir/promql.py" query "$prom" "$expr" | sed 's/^/    /' || true
+    deploy_python "$deploy_dir/promql.py" query "$prom" "$expr" | sed 's/^/    /' || true
   fi
 done <<<"$exprs"
-check "every alert rule evaluates without error" python3 "$deploy_dir/promql.py" rules "$prom"
+check "every alert rule evaluates without error" deploy_python "$deploy_dir/promql.py" rules "$prom"
 
 # Not ready: the router stopped, its target down.
 kill "$load"
 kill -TERM "$router"
 wait "$router" || true
-if [ -n "$not_ready" ] && wait_for 60 python3 "$deploy_dir/promql.py" query "$prom" "$not_ready"; then
+if [ -n "$not_ready" ] && wait_for 60 deploy_python "$deploy_dir/promql.py" query "$prom" "$not_ready"; then
   pass "rule: SwitchyardNotReady returns data once the router is stopped"
 else
   fail "rule: SwitchyardNotReady returns data once the router is stopped: $not_ready"
