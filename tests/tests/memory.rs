@@ -21,8 +21,8 @@ fn misbehave() -> ChainRunner {
     // About memory, not time: on a loaded machine touching 4 MiB in a fresh instance can take
     // longer than the default 50 ms per record, which would dead-letter it as `timeout`.
     m.limits.time_per_record_ms = 10_000;
-    let spec = ChainSpec::new("test", vec!["standard".into()], "standard", vec![m])
-    .expect("valid chain");
+    let spec =
+        ChainSpec::new("test", vec!["standard".into()], "standard", vec![m]).expect("valid chain");
     ChainRunner::new(engine(), Arc::new(spec), HostServices::default()).expect("instantiates")
 }
 

@@ -212,16 +212,29 @@ impl TaskState {
         self.timers.iter()
     }
 
+    /// Whether a timer of `domain` is due at `now`.
+    pub fn has_due(&self, domain: Domain, now: i64) -> bool {
+        self.due(domain, now).next().is_some()
+    }
+
+    /// The timers of `domain` due at `now`, in order. Timers are ordered by clock, then
+    /// instant: the due ones of a clock are a range at its start, found without walking the
+    /// timers that are not due.
+    fn due(&self, domain: Domain, now: i64) -> impl Iterator<Item = &TimerKey> {
+        let first = TimerKey {
+            domain,
+            at_ms: i64::MIN,
+            tag: String::new(),
+        };
+        self.timers
+            .range(first..)
+            .take_while(move |t| t.domain == domain && t.at_ms <= now)
+    }
+
     /// Removes and returns the timers of `domain` due at `now` (instant at or before it),
     /// in order; at most `limit`.
     pub fn take_due(&mut self, domain: Domain, now: i64, limit: usize) -> Vec<TimerKey> {
-        let due: Vec<TimerKey> = self
-            .timers
-            .iter()
-            .filter(|t| t.domain == domain && t.at_ms <= now)
-            .take(limit)
-            .cloned()
-            .collect();
+        let due: Vec<TimerKey> = self.due(domain, now).take(limit).cloned().collect();
         for timer in &due {
             self.timers.remove(timer);
             self.changed_timers.insert(timer.clone());
@@ -387,7 +400,15 @@ impl StateAccess {
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RecordError> {
-        let old = self.current_len(&key);
+        use std::collections::btree_map::Entry as Slot;
+        // One search of the call's writes finds both the current value and the place of
+        // the new one.
+        let slot = self.writes.entries.entry(key);
+        let old = match &slot {
+            Slot::Occupied(written) => written.get().as_ref().map(Vec::len),
+            Slot::Vacant(new) => self.task.entries.get(new.key()).map(Vec::len),
+        };
+        let key = slot.key();
         let keys_delta = i64::from(old.is_none());
         let new_bytes = i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX);
         let old_bytes = old.map_or(0, |len| i64::try_from(key.len() + len).unwrap_or(0));
@@ -413,7 +434,14 @@ impl StateAccess {
         }
         self.writes.keys_delta += keys_delta;
         self.writes.bytes_delta += bytes_delta;
-        self.writes.entries.insert(key, Some(value));
+        match slot {
+            Slot::Occupied(mut written) => {
+                written.insert(Some(value));
+            }
+            Slot::Vacant(new) => {
+                new.insert(Some(value));
+            }
+        }
         Ok(())
     }
 

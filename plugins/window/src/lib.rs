@@ -51,8 +51,8 @@
 
 use std::borrow::Cow;
 
+use serde::Serialize;
 use serde::de::IgnoredAny;
-use serde_json::json;
 use switchyard_plugin_sdk::timers::{self, Domain};
 use switchyard_plugin_sdk::{
     Batch, Config, Field, FieldKind, Output, Record, StatefulPlugin, Timer, Verdict, host, json,
@@ -90,7 +90,7 @@ struct Accepted {
 }
 
 /// The state of one window and key.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 struct Aggregate {
     count: u64,
     sum: f64,
@@ -110,9 +110,8 @@ impl Aggregate {
     /// `{"count":N,"sum":X}`; the sum must be finite (serde_json writes anything else as
     /// `null`).
     fn encode(&self) -> Vec<u8> {
-        // Serializing a JSON value into a Vec cannot fail.
-        serde_json::to_vec(&json!({"count": self.count, "sum": self.sum}))
-            .expect("a JSON value always serializes")
+        // Serializing a struct of numbers into a Vec cannot fail.
+        serde_json::to_vec(self).expect("numbers always serialize")
     }
 }
 
@@ -204,13 +203,18 @@ impl Window {
             })?,
             None => Aggregate { count: 0, sum: 0.0 },
         };
+        // The window's timer was set with its first entry: state and timers of a call are
+        // kept or dropped together, and the timer deletes every entry of its window.
+        let first = aggregate.count == 0;
         aggregate.count += 1;
         aggregate.sum += value;
         if !aggregate.sum.is_finite() {
             return Err(format!("the sum of field {} overflows", self.value_field));
         }
         state::set(&state_key, &aggregate.encode());
-        timers::set(Domain::EventTime, window_end, TAG);
+        if first {
+            timers::set(Domain::EventTime, window_end, TAG);
+        }
 
         Ok(match self.mode {
             Mode::Update => Verdict::emit_one(self.output(&key, window_start, aggregate)),
@@ -254,22 +258,36 @@ impl Window {
 
     /// The aggregate of `key` in the window starting at `window_start`.
     fn output(&self, key: &str, window_start: i64, aggregate: Aggregate) -> Output {
-        let value = json!({
-            "key": key,
-            "window_start": window_start,
-            "window_end": window_start + self.window_ms,
-            "count": aggregate.count,
-            "sum": aggregate.sum,
-            "avg": aggregate.sum / aggregate.count as f64,
-        });
+        let value = Emitted {
+            key,
+            window_start,
+            window_end: window_start + self.window_ms,
+            count: aggregate.count,
+            sum: aggregate.sum,
+            avg: aggregate.sum / aggregate.count as f64,
+        };
+        // A struct of a string and numbers always serializes.
+        let value = serde_json::to_vec(&value).expect("strings and numbers always serialize");
         let output = Output::new()
             .with_key(format!("{key}|{window_start}"))
-            .with_json(&value);
+            .with_value(value);
         match &self.route {
             Some(route) => output.with_route(route),
             None => output,
         }
     }
+}
+
+/// The value of an aggregate's output, its fields in this order. Written straight from the
+/// struct: building a `serde_json::Value` first cost a third of the plugin's time.
+#[derive(Serialize)]
+struct Emitted<'a> {
+    key: &'a str,
+    window_start: i64,
+    window_end: i64,
+    count: u64,
+    sum: f64,
+    avg: f64,
 }
 
 /// The top-level fields `names` of the record's value, which must be a valid JSON object

@@ -146,10 +146,7 @@ impl ChainRunner {
             .iter()
             .flat_map(|s| {
                 s.tasks.iter().filter_map(|(task, state)| {
-                    state
-                        .timers()
-                        .any(|t| t.domain == Domain::WallClock && t.at_ms <= now_ms)
-                        .then_some(*task)
+                    state.has_due(Domain::WallClock, now_ms).then_some(*task)
                 })
             })
             .collect();
