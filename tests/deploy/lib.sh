@@ -122,3 +122,6 @@ count_is() { [ "$(count "$1")" -eq "$2" ]; }
 
 # http_status URL [curl args...]: the HTTP status code (000 if nothing answered).
 http_status() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+
+# Made now, before any script starts a background job that uses it (two would race to make it).
+deploy_python -c ''
