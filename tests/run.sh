@@ -7,7 +7,8 @@
 # and clippy/rustfmt if missing, the tansu broker the Kafka tests start (built once from
 # crates.io into $SWITCHYARD_TOOLS, default ~/.cache/switchyard/tools; the first build takes
 # about 15 minutes on 2 cores), and the pinned Python and JavaScript plugin toolchains (pip and
-# npm, into the same directory).
+# npm, into the same directory). The deployment tests (tests/deploy) need root: they install
+# Debian packages and run containers with podman.
 # CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,5 +63,21 @@ plugins_cargo test 2>&1 | tee -a "$results"
 step "workspace tests"
 cargo test --workspace 2>&1 | tee -a "$results"
 
+# The deployment tests run the router as users get it: a release build (into CARGO_TARGET_DIR,
+# so CI keeps it in its cache and rebuilds only what changed).
+step "release build of the router (for the container image and the deployment tests)"
+cargo build --release -p switchyard
+export SWITCHYARD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard"
+
+# Each script installs the Debian packages it needs when missing (podman, runc, mmdebstrap,
+# prometheus, kubectl) and its Python tools once into $SWITCHYARD_TOOLS/deploy; all three run
+# even if one fails, and the run fails after the summary.
+deploy_failed=0
+for t in container monitoring kubernetes; do
+  step "deployment: $t (tests/deploy/$t.sh)"
+  bash "tests/deploy/$t.sh" 2>&1 | tee -a "$results" || deploy_failed=1
+done
+
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"
+exit "$deploy_failed"
