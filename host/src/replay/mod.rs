@@ -337,6 +337,7 @@ impl Reader {
             ends.insert(p, high);
         }
         consumer.assign(&assignment)?;
+        tracing::info!(topic, group, ends = ?ends, "Replaying dead letters up to these end offsets.");
         Ok(Reader {
             consumer,
             topic,
@@ -364,6 +365,7 @@ impl Reader {
                     if offset + 1 >= end {
                         open.remove(&p);
                     }
+                    tracing::debug!(partition = p, offset, end, "Dead letter read.");
                 }
                 Some(Err(e)) => {
                     return Err(e).with_context(|| format!("cannot read {}", self.topic));
@@ -377,6 +379,11 @@ impl Reader {
                                 (open.get(&e.partition()), e.offset().to_raw())
                                 && at >= *end
                             {
+                                tracing::debug!(
+                                    partition = e.partition(),
+                                    position = at,
+                                    "End offset reached."
+                                );
                                 open.remove(&e.partition());
                             }
                         }
