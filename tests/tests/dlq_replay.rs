@@ -216,6 +216,22 @@ fn replay_after_a_fix(format: &str) {
         summary["replayed"],
         serde_json::json!({"urgent": 1, "standard": 1})
     );
+    // As the README shows it.
+    let (_, summary) = replay(
+        &config,
+        &[
+            "--filter-kind",
+            "trap,timeout",
+            "--since",
+            "2024-05-01T00:00:00Z",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(
+        summary["replayed"],
+        serde_json::json!({"urgent": 1, "errors": 1})
+    );
+    assert_eq!(summary["skipped_by_filter"], 1);
     let (_, summary) = replay(&config, &["--dry-run", "--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(summary["skipped_by_filter"], 3);
     let (_, summary) = replay(
