@@ -36,6 +36,8 @@
 //! - [`admin`]: the admin HTTP API (hot reload, rollback, dry-run, pause, health, metrics).
 //! - [`private`]: files only this user may change (the compiled-code cache, the admin token).
 //! - [`app`]: [`start`]: config -> engine -> pipelines -> admin API -> [`Running`].
+//! - [`replay`]: a pipeline's dead letters sent through its chain again (`switchyard dlq
+//!   replay`), with the router's and the sink's path and guarantees.
 //! - [`cli`]: the `switchyard` command line (run, check, inspect, test-plugin, demo, and the
 //!   admin API's client).
 //!
@@ -53,6 +55,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod private;
+pub mod replay;
 pub mod ring;
 pub mod router;
 pub mod sink;

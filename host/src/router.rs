@@ -220,6 +220,19 @@ impl Router {
     /// (`null`) or one left out because the broker refused the dead letter as too large
     /// (`omitted`).
     pub fn dead_letter(&self, source: Source<'_>, dead: DeadLetter, now_ms: i64) -> Outgoing {
+        self.dead_letter_again(source, dead, now_ms, None)
+    }
+
+    /// [`Router::dead_letter`] for a record that failed again when its dead letter was
+    /// replayed: it also carries `switchyard-dlq-replays` (how many replays it has failed,
+    /// `replays`), last of the dead-letter headers, and in the envelope `dlq_replays`.
+    pub fn dead_letter_again(
+        &self,
+        source: Source<'_>,
+        dead: DeadLetter,
+        now_ms: i64,
+        replays: Option<u32>,
+    ) -> Outgoing {
         let DeadLetter {
             stage_name,
             version,
@@ -227,15 +240,24 @@ impl Router {
             record,
             ..
         } = dead;
-        let stage = Some((stage_name, version.0));
-        self.dead_record(
-            source,
-            record,
-            error.message,
-            error.kind.as_str(),
-            stage,
+        let InputRecord {
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        } = record;
+        let why = Why {
+            reason: error.message,
+            kind: error.kind.as_str(),
+            stage: Some((stage_name, version.0)),
+            topic: source.topic,
+            partition: source.partition,
+            offset,
             now_ms,
-        )
+            replays,
+        };
+        self.dead_letter_record(why, key, value, headers, timestamp_ms)
     }
 
     /// The dead-letter record for an output the broker would not take (too large, topic
@@ -264,6 +286,7 @@ impl Router {
             partition: at.partition,
             offset: at.offset,
             now_ms,
+            replays: None,
         };
         self.dead_letter_record(why, key, value, headers, timestamp_ms)
     }
@@ -305,6 +328,7 @@ impl Router {
             partition: source.partition,
             offset,
             now_ms,
+            replays: None,
         };
         self.dead_letter_record(why, key, value, headers, timestamp_ms)
     }
@@ -335,6 +359,9 @@ impl Router {
             fields.push(("source-timestamp", ts.to_string()));
         }
         fields.push(("timestamp", why.now_ms.to_string()));
+        if let Some(replays) = why.replays {
+            fields.push(("replays", replays.to_string()));
+        }
         for (name, text) in fields {
             headers.push(header(&format!("{DLQ_PREFIX}{name}"), text.as_bytes()));
         }
@@ -440,6 +467,8 @@ struct Why<'a> {
     partition: i32,
     offset: i64,
     now_ms: i64,
+    /// Replays of its dead letter it has failed (a record dead-lettered again by a replay).
+    replays: Option<u32>,
 }
 
 fn header(key: &str, value: &[u8]) -> Header {
@@ -557,6 +586,7 @@ fn envelope(headers: &[Header], (value, encoding): (Embedded<'_>, &'static str))
         dlq_timestamp: number("timestamp"),
         dlq_value_omitted: text("value-omitted"),
         dlq_record_omitted: text("record-omitted"),
+        dlq_replays: number("replays"),
     };
     // Strings, numbers and already-valid JSON: serializing them cannot fail.
     serde_json::to_vec(&envelope).unwrap_or_default()
@@ -579,6 +609,9 @@ struct Envelope<'a> {
     dlq_timestamp: Option<i64>,
     dlq_value_omitted: Option<&'a str>,
     dlq_record_omitted: Option<&'a str>,
+    /// Only on a record a replay dead-lettered again, so other envelopes are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dlq_replays: Option<i64>,
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! The command line: `switchyard run | check | inspect | test-plugin | demo | plugin | pipelines`.
+//! The command line: `switchyard run | check | inspect | test-plugin | demo | plugin | pipelines
+//! | dlq`.
 //!
 //! - [`run`]: `switchyard run`, a router until a signal.
 //! - [`test_plugin`]: a plugin over sample records, no Kafka.
 //! - [`scaffold`]: `plugin new` and `plugin build`, a plugin project outside this repository.
 //! - [`demo`]: a live stream on an embedded broker.
 //! - [`client`]: the admin API's client (`plugin push|rollback|versions`, `pipelines`).
+//! - [`dlq`]: `switchyard dlq replay`, a pipeline's dead letters through its chain again.
 
 pub mod client;
 pub mod demo;
+pub mod dlq;
 pub mod run;
 pub mod scaffold;
 pub mod test_plugin;
@@ -149,6 +152,11 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Work with a pipeline's dead-letter topic (replay).
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::DlqAction,
+    },
 }
 
 /// Where a running router's admin API is, and its token.
@@ -276,6 +284,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Run { config } => run::run(&config),
         Command::Plugin { action } => plugin_command(action),
+        Command::Dlq { action } => dlq::dispatch(action),
         Command::TestPlugin {
             plugin,
             input,

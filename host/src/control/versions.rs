@@ -35,6 +35,10 @@ const ROLLBACK_DEPTH: usize = 20;
 #[derive(Clone, Debug, Default)]
 pub struct VersionStore {
     dir: Option<PathBuf>,
+    /// Reads the directory but never writes it: a process beside a running router (a
+    /// dead-letter replay) resolves the same active versions without touching the router's
+    /// files.
+    read_only: bool,
 }
 
 /// One version of a stage: a plugin and the config its `init` got.
@@ -106,12 +110,27 @@ impl VersionStore {
     pub fn at(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        Ok(VersionStore { dir: Some(dir) })
+        Ok(VersionStore {
+            dir: Some(dir),
+            read_only: false,
+        })
+    }
+
+    /// Versions are read from `dir` (which need not exist) and nothing is ever written
+    /// there: the versions a router with this state directory would start with.
+    pub fn read_only(dir: PathBuf) -> Self {
+        VersionStore {
+            dir: Some(dir),
+            read_only: true,
+        }
     }
 
     /// Versions live in memory only.
     pub fn memory() -> Self {
-        VersionStore { dir: None }
+        VersionStore {
+            dir: None,
+            read_only: false,
+        }
     }
 
     /// The directory, if any.
@@ -147,7 +166,7 @@ impl VersionStore {
     }
 
     fn write(&self, pipeline: &str, stage: &str, state: &Persisted) -> anyhow::Result<()> {
-        let Some(dir) = self.stage_dir(pipeline, stage) else {
+        let Some(dir) = self.stage_dir(pipeline, stage).filter(|_| !self.read_only) else {
             return Ok(());
         };
         let text = serde_json::to_vec_pretty(state)?;
@@ -155,7 +174,7 @@ impl VersionStore {
     }
 
     fn save_plugin(&self, pipeline: &str, stage: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let Some(dir) = self.stage_dir(pipeline, stage) else {
+        let Some(dir) = self.stage_dir(pipeline, stage).filter(|_| !self.read_only) else {
             return Ok(());
         };
         let dir = dir.join("plugins");
