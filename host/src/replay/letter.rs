@@ -30,6 +30,9 @@ pub struct Letter {
     pub source_topic: String,
     /// The source partition.
     pub source_partition: i32,
+    /// The source offset (`switchyard-dlq-source-offset`; for `undeliverable`, the offset
+    /// of the input whose output was refused).
+    pub source_offset: i64,
     /// `switchyard-dlq-timestamp`: when it was dead-lettered (ms since the epoch).
     pub dead_lettered_ms: Option<i64>,
     /// `switchyard-dlq-replays`: replays it has already failed (0 when absent).
@@ -135,6 +138,7 @@ pub fn read(
         stage: text("stage"),
         source_topic,
         source_partition,
+        source_offset,
         dead_lettered_ms: number("timestamp")?,
         replays,
         original,
@@ -270,6 +274,7 @@ mod tests {
                 assert_eq!(letter.stage.as_deref(), Some("validate"));
                 assert_eq!(letter.source_topic, "orders");
                 assert_eq!(letter.source_partition, 4);
+                assert_eq!(letter.source_offset, 77);
                 assert_eq!(letter.dead_lettered_ms, Some(1_700_000_999_000));
                 assert_eq!(letter.replays, 0);
             }

@@ -536,9 +536,7 @@ impl Run<'_> {
         line.stage = letter.stage.as_deref();
         line.source = Some(format!(
             "{}/{}@{}",
-            letter.source_topic,
-            letter.source_partition,
-            letter.original.as_ref().map_or(-1, |r| r.offset)
+            letter.source_topic, letter.source_partition, letter.source_offset
         ));
         let at = letter
             .dead_lettered_ms
