@@ -23,7 +23,12 @@ py() { deploy_python "$deploy_dir/k8s.py" "$@"; }
 check "kubectl kustomize builds the four objects" bash -c \
   "[ \$(kubectl kustomize '$k8s' | grep -c '^kind: \(ConfigMap\|Secret\|Deployment\|PodDisruptionBudget\)$') -eq 4 ]"
 api_port=$(free_port)
-deploy_python "$deploy_dir/k8s.py" discovery "$api_port" &
+# Started as the venv's python itself (not through the deploy_python function, whose
+# background subshell would be killed while the server lived on) and with its output in a
+# file: a server left behind must not hold the test command's output pipe open.
+deploy_python -c pass
+"${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}/deploy/venv/bin/python" \
+  "$deploy_dir/k8s.py" discovery "$api_port" >"$work/discovery.log" 2>&1 &
 at_exit "kill $!"
 wait_for 20 curl -sf "http://127.0.0.1:$api_port/api"
 export KUBECONFIG="$work/kubeconfig"  # none of the user's clusters
