@@ -57,6 +57,7 @@ use switchyard::plugin::{
 use switchyard_tests::e2e::env_u64;
 use switchyard_tests::kafka::{Broker, Counting};
 use switchyard_tests::router_process::RouterProcess;
+use switchyard_tests::status_kib;
 use switchyard_tests::{engine, stage};
 
 /// The same allocator as the `switchyard` binary.
@@ -587,18 +588,6 @@ fn state_calls(rounds: u64, batches: u64, calls: u64) {
             quantile(&clock_ns, 0.99)
         );
     }
-}
-
-fn status_kib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN)
 }
 
 /// The size of each restored value.

@@ -20,22 +20,11 @@ use switchyard::plugin::{
 };
 use switchyard::tables::TableSet;
 use switchyard_tests::e2e::env_u64;
+use switchyard_tests::status_kib;
 use switchyard_tests::{engine, stage};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn status_kib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN)
-}
 
 fn mib(kib: f64) -> f64 {
     kib / 1024.0

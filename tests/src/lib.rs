@@ -219,3 +219,17 @@ pub fn polyglot_plugin(language: &str, name: &str) -> PathBuf {
     );
     output
 }
+
+/// A `kB` field of this process's `/proc/self/status` (`"VmRSS:"`, `"VmHWM:"`), in KiB; NaN
+/// when it cannot be read.
+pub fn status_kib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+}

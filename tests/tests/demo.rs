@@ -4,9 +4,10 @@ use serde_json::Value;
 use switchyard_tests::pipelines::scratch_dir;
 use switchyard_tests::router_process::switchyard_binary;
 
-#[test]
-fn the_demo_accounts_for_every_generated_event() {
-    let dir = scratch_dir("demo");
+/// Runs `switchyard demo` with `args` on the example plugins, in a scratch directory named
+/// after `name`; its summary JSON, stdout and stderr, once it has exited successfully.
+fn run_demo(name: &str, args: &[&str]) -> (Value, String, String) {
+    let dir = scratch_dir(name);
     let summary_path = dir.join("summary.json");
     // Any plugin's path gives the directory the example plugins were built into.
     let plugins = switchyard_tests::plugin_path("route")
@@ -14,7 +15,8 @@ fn the_demo_accounts_for_every_generated_event() {
         .expect("plugin dir")
         .to_path_buf();
     let out = std::process::Command::new(switchyard_binary().expect("switchyard binary"))
-        .args(["demo", "--rate", "400", "--duration", "4"])
+        .arg("demo")
+        .args(args)
         .args(["--admin-listen", "127.0.0.1:0"])
         .arg("--plugins")
         .arg(&plugins)
@@ -24,12 +26,17 @@ fn the_demo_accounts_for_every_generated_event() {
         .arg(&summary_path)
         .output()
         .expect("demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-
     let s: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary"))
         .expect("summary JSON");
+    (s, stdout, stderr)
+}
+
+#[test]
+fn the_demo_accounts_for_every_generated_event() {
+    let (s, stdout, stderr) = run_demo("demo", &["--rate", "400", "--duration", "4"]);
     let generated = s["generated"].as_u64().expect("generated");
     assert!(generated >= 1_000, "{s}");
     let per_topic = s["per_topic"].as_object().expect("per_topic");
@@ -79,36 +86,10 @@ fn the_demo_accounts_for_every_generated_event() {
 /// aggregates while the routing pipeline's accounting still adds up.
 #[test]
 fn the_windows_scenario_writes_aggregates() {
-    let dir = scratch_dir("demo-windows");
-    let summary_path = dir.join("summary.json");
-    let plugins = switchyard_tests::plugin_path("window")
-        .parent()
-        .expect("plugin dir")
-        .to_path_buf();
-    let out = std::process::Command::new(switchyard_binary().expect("switchyard binary"))
-        .args([
-            "demo",
-            "--scenario",
-            "windows",
-            "--rate",
-            "400",
-            "--duration",
-            "3",
-        ])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .arg("--plugins")
-        .arg(&plugins)
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .arg("--summary-json")
-        .arg(&summary_path)
-        .output()
-        .expect("demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let s: Value = serde_json::from_slice(&std::fs::read(&summary_path).expect("summary"))
-        .expect("summary JSON");
+    let (s, stdout, _) = run_demo(
+        "demo-windows",
+        &["--scenario", "windows", "--rate", "400", "--duration", "3"],
+    );
     assert_eq!(s["all_accounted"], true, "{s}");
     let w = &s["windows"];
     let aggregates = w["aggregates"].as_u64().expect("aggregates");
