@@ -31,7 +31,11 @@ pub fn fields<'a, const N: usize>(
     input: &'a [u8],
     names: [&str; N],
 ) -> Result<[Option<Field<'a>>; N], ScanError> {
-    let mut s = Scanner { input, at: 0 };
+    let mut s = Scanner {
+        input,
+        at: 0,
+        whole: false,
+    };
     s.skip_ws();
     if s.peek() != Some(b'{') {
         let found = s.peek();
@@ -39,6 +43,31 @@ pub fn fields<'a, const N: usize>(
     }
     s.at += 1;
     // Every `None` from the scanner means "stopped at `s.at`", which the error reports.
+    s.members(names).ok_or_else(|| unexpected_at(input, s.at))
+}
+
+/// [`fields`] of an `input` that must be one valid JSON object as a whole: UTF-8, every
+/// token of every nested value checked at any depth, nothing after the object but blanks: what
+/// serde_json accepts as a document. The whole input is read even when every name is found
+/// early: one pass in place of a full parse followed by [`fields`].
+pub fn fields_checked<'a, const N: usize>(
+    input: &'a [u8],
+    names: [&str; N],
+) -> Result<[Option<Field<'a>>; N], ScanError> {
+    if let Err(e) = std::str::from_utf8(input) {
+        return Err(ScanError::new(e.valid_up_to(), ScanErrorKind::NotUtf8));
+    }
+    let mut s = Scanner {
+        input,
+        at: 0,
+        whole: true,
+    };
+    s.skip_ws();
+    if s.peek() != Some(b'{') {
+        let found = s.peek();
+        return Err(ScanError::new(s.at, ScanErrorKind::NotObject { found }));
+    }
+    s.at += 1;
     s.members(names).ok_or_else(|| unexpected_at(input, s.at))
 }
 
@@ -198,6 +227,9 @@ pub enum ScanErrorKind {
     UnexpectedEnd,
     /// A byte that cannot appear here.
     UnexpectedByte(u8),
+    /// The input is not UTF-8 ([`fields_checked`] only); `at` is where the first bad
+    /// sequence starts.
+    NotUtf8,
 }
 
 impl ScanError {
@@ -237,6 +269,7 @@ impl fmt::Display for ScanError {
             ScanErrorKind::UnexpectedByte(c) => {
                 write!(f, "invalid JSON: unexpected `{}` at byte {at}", ShowByte(c))
             }
+            ScanErrorKind::NotUtf8 => write!(f, "not UTF-8 at byte {at}"),
         }
     }
 }
@@ -262,6 +295,8 @@ impl fmt::Display for ShowByte {
 struct Scanner<'a> {
     input: &'a [u8],
     at: usize,
+    /// Read and check the whole input ([`fields_checked`]), not only up to the last field.
+    whole: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -269,7 +304,7 @@ impl<'a> Scanner<'a> {
     fn members<const N: usize>(&mut self, names: [&str; N]) -> Option<[Option<Field<'a>>; N]> {
         let mut found = [None; N];
         let mut missing = N;
-        if missing == 0 {
+        if missing == 0 && !self.whole {
             return Some(found);
         }
         self.skip_ws();
@@ -304,7 +339,7 @@ impl<'a> Scanner<'a> {
                     missing -= 1;
                 }
             }
-            if missing == 0 {
+            if missing == 0 && !self.whole {
                 return Some(found);
             }
             if last {
@@ -353,11 +388,11 @@ impl<'a> Scanner<'a> {
                 FieldKind::Number
             }
             b'{' => {
-                self.nested()?;
+                self.container()?;
                 FieldKind::Object
             }
             b'[' => {
-                self.nested()?;
+                self.container()?;
                 FieldKind::Array
             }
             b't' => {
@@ -410,6 +445,79 @@ impl<'a> Scanner<'a> {
                 _ => return None,
             }
         }
+    }
+
+    /// A nested object or array, `at` on its opening bracket: checked whole when reading
+    /// the whole input, else only outlined.
+    #[inline]
+    fn container(&mut self) -> Option<()> {
+        if self.whole {
+            self.nested_checked()
+        } else {
+            self.nested()
+        }
+    }
+
+    /// A nested object or array, `at` on its opening bracket, every token checked.
+    /// Iterative, so deep nesting cannot overflow the stack.
+    fn nested_checked(&mut self) -> Option<()> {
+        let mut open = OpenContainers::default();
+        loop {
+            // `at` is on a value.
+            match self.peek()? {
+                c @ (b'{' | b'[') => {
+                    open.push(c == b'{');
+                    self.at += 1;
+                    self.skip_ws();
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                        open.pop();
+                    } else {
+                        if c == b'{' {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => {
+                    self.value()?;
+                }
+            }
+            // After a value: a comma and the next one, or the close of its container.
+            loop {
+                if open.depth == 0 {
+                    return Some(());
+                }
+                self.skip_ws();
+                let in_object = open.in_object();
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.skip_ws();
+                        if in_object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    b'}' if in_object => {}
+                    b']' if !in_object => {}
+                    _ => return None,
+                }
+                self.at += 1;
+                open.pop();
+            }
+        }
+    }
+
+    /// `"key"` and its colon, and the blanks up to the value.
+    fn key(&mut self) -> Option<()> {
+        self.expect(b'"')?;
+        self.string_rest()?;
+        self.skip_ws();
+        self.expect(b':')?;
+        self.skip_ws();
+        Some(())
     }
 
     /// A nested object or array, `at` on its opening bracket. Brackets must match (checked
@@ -498,6 +606,40 @@ impl<'a> Scanner<'a> {
         }
         self.digits();
         Some(())
+    }
+}
+
+/// The containers a checked scan is inside, innermost last: a bit per level, 1 for an object,
+/// in a word for the innermost 128 levels and in `outer` words beyond (allocated only by
+/// deeper nesting).
+#[derive(Default)]
+struct OpenContainers {
+    depth: usize,
+    bits: u128,
+    outer: Vec<u128>,
+}
+
+impl OpenContainers {
+    fn push(&mut self, object: bool) {
+        if self.depth > 0 && self.depth % 128 == 0 {
+            self.outer.push(self.bits);
+            self.bits = 0;
+        }
+        self.bits = (self.bits << 1) | u128::from(object);
+        self.depth += 1;
+    }
+
+    /// Only with `depth` > 0.
+    fn pop(&mut self) {
+        self.bits >>= 1;
+        self.depth -= 1;
+        if self.depth > 0 && self.depth % 128 == 0 {
+            self.bits = self.outer.pop().unwrap_or_default();
+        }
+    }
+
+    fn in_object(&self) -> bool {
+        self.bits & 1 == 1
     }
 }
 

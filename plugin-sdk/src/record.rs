@@ -243,6 +243,15 @@ impl Record {
     ) -> Result<[Option<Field<'_>>; N], ScanError> {
         json::fields(self.value.as_deref().ok_or(ScanError::NULL_VALUE)?, names)
     }
+
+    /// Several top-level fields in one pass over a value that must be one valid JSON object
+    /// as a whole (what serde_json accepts); see [`json::fields_checked`].
+    pub fn fields_checked<const N: usize>(
+        &self,
+        names: [&str; N],
+    ) -> Result<[Option<Field<'_>>; N], ScanError> {
+        json::fields_checked(self.value.as_deref().ok_or(ScanError::NULL_VALUE)?, names)
+    }
 }
 
 /// Why a record's value is not text.

@@ -202,6 +202,107 @@ fn deep_nesting_does_not_overflow() {
     assert!(field(unclosed.as_bytes(), "b").is_err());
 }
 
+/// Whether serde_json reads `bytes`, as text, as one valid JSON object (its validity,
+/// without a tree).
+fn serde_object(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let object = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{');
+    object && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// `fields_checked` accepts exactly what serde_json does, and then finds what `fields` finds.
+fn assert_checked_agrees(bytes: &[u8], names: [&str; 2]) -> Result<(), TestCaseError> {
+    let checked = fields_checked(bytes, names);
+    prop_assert_eq!(
+        checked.is_ok(),
+        serde_object(bytes),
+        "{:?}: {:?}",
+        String::from_utf8_lossy(bytes),
+        checked
+    );
+    if let Ok(found) = checked {
+        prop_assert_eq!(Ok(found), fields(bytes, names));
+    }
+    Ok(())
+}
+
+#[test]
+fn fields_checked_reads_the_whole_document() {
+    let names = ["a", "b"];
+    fn ok(doc: &str) -> Result<Option<&[u8]>, ScanError> {
+        fields_checked(doc.as_bytes(), ["a", "b"]).map(|[a, _]| a.map(|a| a.raw()))
+    }
+    assert_eq!(
+        ok(r#"{"a":1,"b":[{"c":[]},{}],"z":{"x":null}}"#),
+        Ok(Some(&b"1"[..]))
+    );
+    assert_eq!(ok(r#" { } "#), Ok(None));
+    assert_eq!(
+        ok(r#"{"a":1,"b":[],"z":[1,]}"#).unwrap_err().to_string(),
+        "invalid JSON: unexpected `]` at byte 21"
+    );
+    // `fields` stops at the last name and does not see what `fields_checked` refuses.
+    for bad in [
+        r#"{"a":1,"b":2,"z":[tru]}"#,
+        r#"{"a":1,"b":2,"z":{"k" 1}}"#,
+        r#"{"a":1,"b":2,"z":{1:1}}"#,
+        r#"{"a":1,"b":2,"z":[01]}"#,
+        r#"{"a":1,"b":2,"z":[1 2]}"#,
+        r#"{"a":1,"b":2,"z":[}"#,
+        r#"{"a":1,"b":2} x"#,
+        r#"{"a":1,"b":2,"z":{"k":1,}}"#,
+    ] {
+        assert!(fields(bad.as_bytes(), names).is_ok(), "{bad}");
+        assert!(fields_checked(bad.as_bytes(), names).is_err(), "{bad}");
+        assert!(!serde_object(bad.as_bytes()), "{bad}");
+    }
+    let not_utf8 = fields_checked(b"{\"a\":\"\xff\"}", names).unwrap_err();
+    assert_eq!(
+        (not_utf8.kind(), not_utf8.at()),
+        (ScanErrorKind::NotUtf8, 6)
+    );
+    // Any depth, as serde_json without a tree; brackets and member syntax checked at every level.
+    for levels in [1, 127, 128, 129, 256, 300, 100_000] {
+        let arrays = format!(
+            r#"{{"a":{}{},"b":1}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        );
+        let objects = format!(
+            r#"{{"a":{}1{},"b":1}}"#,
+            r#"{"k":"#.repeat(levels),
+            "}".repeat(levels)
+        );
+        let mixed = format!(
+            r#"{{"a":{}1{},"b":1}}"#,
+            r#"[{"k":"#.repeat(levels),
+            "}]".repeat(levels)
+        );
+        let crossed = format!(
+            r#"{{"a":{}1{},"b":1}}"#,
+            r#"[{"k":"#.repeat(levels),
+            "]}".repeat(levels)
+        );
+        for (doc, valid) in [
+            (arrays, true),
+            (objects, true),
+            (mixed, true),
+            (crossed, false),
+        ] {
+            assert_eq!(
+                fields_checked(doc.as_bytes(), names).is_ok(),
+                valid,
+                "{levels}"
+            );
+            assert_eq!(serde_object(doc.as_bytes()), valid, "{levels}");
+        }
+    }
+}
+
 /// Arbitrary JSON values with finite numbers; strings and keys draw from all of Unicode so
 /// that serialization has to escape some of them.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -358,5 +459,35 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fields_checked_agrees_with_serde_json(
+        object in json_object(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<(prop::sample::Index, u8)>(),
+        names in ["[a-z]{0,2}", "[a-z]{0,2}"],
+    ) {
+        let value = Value::Object(object);
+        let mut escaped = String::new();
+        escape_everything(&value, &mut escaped);
+        let doc = serde_json::to_vec_pretty(&value).unwrap();
+        let truncated = &doc[..cut.index(doc.len() + 1)];
+        let mut flipped = doc.clone();
+        if !flipped.is_empty() {
+            let at = flip.0.index(flipped.len());
+            flipped[at] = flip.1;
+        }
+        let names = [names[0].as_str(), names[1].as_str()];
+        for bytes in [&doc[..], escaped.as_bytes(), truncated, &flipped[..]] {
+            assert_checked_agrees(bytes, names)?;
+        }
+    }
+
+    #[test]
+    fn fields_checked_agrees_with_serde_json_on_punctuation(
+        bytes in "\\{[{}\\[\\]\":, 0-9a-z\\\\.eE+-]{0,64}".prop_map(String::into_bytes),
+    ) {
+        assert_checked_agrees(&bytes, ["a", "b"])?;
     }
 }

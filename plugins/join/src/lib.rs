@@ -60,7 +60,6 @@
 
 use std::borrow::Cow;
 
-use serde::de::IgnoredAny;
 use switchyard_plugin_sdk::timers::{self, Domain, MAX_TAG_BYTES};
 use switchyard_plugin_sdk::{
     Batch, Config, Field, FieldKind, Output, Record, StatefulPlugin, Timer, Verdict, host, state,
@@ -369,17 +368,15 @@ fn json_string(text: &str) -> String {
 }
 
 /// The top-level fields `names` of the record's value, which must be a valid JSON object
-/// (checked whole, without building a tree); else the reason `not a JSON object`.
+/// (checked whole in the same pass, without building a tree); else the reason
+/// `not a JSON object`.
 fn object_fields<'a, const N: usize>(
     record: &'a Record,
     names: [&str; N],
 ) -> Result<[Option<Field<'a>>; N], String> {
-    fn not_object<E>(_: E) -> String {
-        "not a JSON object".to_owned()
-    }
-    let text = record.value_str().map_err(not_object)?;
-    serde_json::from_str::<IgnoredAny>(text).map_err(not_object)?;
-    record.fields(names).map_err(not_object)
+    record
+        .fields_checked(names)
+        .map_err(|_| "not a JSON object".to_owned())
 }
 
 /// A key field's text: a string as it is, a number as written in the record; `None` for

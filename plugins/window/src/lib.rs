@@ -50,9 +50,9 @@
 //! order, times in milliseconds, `sum` and `avg` as JSON numbers); no headers.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde::Serialize;
-use serde::de::IgnoredAny;
 use switchyard_plugin_sdk::timers::{self, Domain};
 use switchyard_plugin_sdk::{
     Batch, Config, Field, FieldKind, Output, Record, StatefulPlugin, Timer, Verdict, host, json,
@@ -152,10 +152,24 @@ impl StatefulPlugin for Window {
     }
 
     fn process(&mut self, record: &Record, batch: &Batch) -> Verdict {
-        match self.accept(record, batch) {
-            Ok(verdict) => verdict,
-            Err(reason) => Verdict::DeadLetter(reason),
-        }
+        let mut windows = Windows::default();
+        let verdict = self.accept(record, batch, &mut windows);
+        windows.write_back();
+        verdict
+    }
+
+    /// The batch's records in order, each window and key read from the state once and
+    /// written back once at the end: what each record sees and emits is what it would see
+    /// and emit were every record a call of its own.
+    fn process_batch(&mut self, batch: &Batch) -> Vec<Verdict> {
+        let mut windows = Windows::default();
+        let verdicts = batch
+            .records()
+            .iter()
+            .map(|record| self.accept(record, batch, &mut windows))
+            .collect();
+        windows.write_back();
+        verdicts
     }
 
     fn on_timer(&mut self, timer: &Timer, _watermark_ms: Option<i64>) -> Vec<Output> {
@@ -184,8 +198,21 @@ impl StatefulPlugin for Window {
 }
 
 impl Window {
+    /// Adds the record to its window: the verdict; a dead letter with the reason.
+    fn accept(&self, record: &Record, batch: &Batch, windows: &mut Windows) -> Verdict {
+        match self.add(record, batch, windows) {
+            Ok(verdict) => verdict,
+            Err(reason) => Verdict::DeadLetter(reason),
+        }
+    }
+
     /// Adds the record to its window: the verdict, or the reason to dead-letter it.
-    fn accept(&self, record: &Record, batch: &Batch) -> Result<Verdict, String> {
+    fn add(
+        &self,
+        record: &Record,
+        batch: &Batch,
+        windows: &mut Windows,
+    ) -> Result<Verdict, String> {
         let Accepted {
             key,
             value,
@@ -193,31 +220,24 @@ impl Window {
             window_end,
         } = self.read(record, batch)?;
 
-        let state_key = [window_prefix(window_start).as_slice(), key.as_bytes()].concat();
-        let mut aggregate = match state::get(&state_key) {
-            Some(bytes) => Aggregate::decode(&bytes).map_err(|e| {
-                format!(
-                    "bad state entry {}: {e}",
-                    String::from_utf8_lossy(&state_key)
-                )
-            })?,
-            None => Aggregate { count: 0, sum: 0.0 },
-        };
-        // The window's timer was set with its first entry: state and timers of a call are
-        // kept or dropped together, and the timer deletes every entry of its window.
-        let first = aggregate.count == 0;
-        aggregate.count += 1;
-        aggregate.sum += value;
-        if !aggregate.sum.is_finite() {
+        let slot = windows.slot(window_start, &key);
+        let aggregate = slot.aggregate.as_mut().map_err(|e| e.clone())?;
+        let mut next = *aggregate;
+        next.count += 1;
+        next.sum += value;
+        if !next.sum.is_finite() {
             return Err(format!("the sum of field {} overflows", self.value_field));
         }
-        state::set(&state_key, &aggregate.encode());
-        if first {
+        // The window's timer is set with its first entry: state and timers of a call are
+        // kept or dropped together, and the timer deletes every entry of its window.
+        if aggregate.count == 0 {
             timers::set(Domain::EventTime, window_end, TAG);
         }
+        *aggregate = next;
+        slot.changed = true;
 
         Ok(match self.mode {
-            Mode::Update => Verdict::emit_one(self.output(&key, window_start, aggregate)),
+            Mode::Update => Verdict::emit_one(self.output(&key, window_start, next)),
             Mode::Final => Verdict::Drop,
         })
     }
@@ -266,11 +286,14 @@ impl Window {
             sum: aggregate.sum,
             avg: aggregate.sum / aggregate.count as f64,
         };
+        let mut bytes = Vec::with_capacity(96 + key.len());
         // A struct of a string and numbers always serializes.
-        let value = serde_json::to_vec(&value).expect("strings and numbers always serialize");
-        let output = Output::new()
-            .with_key(format!("{key}|{window_start}"))
-            .with_value(value);
+        serde_json::to_writer(&mut bytes, &value).expect("strings and numbers always serialize");
+        let mut output_key = Vec::with_capacity(key.len() + 21);
+        output_key.extend_from_slice(key.as_bytes());
+        output_key.push(b'|');
+        push_decimal(&mut output_key, window_start, 0);
+        let output = Output::new().with_key(output_key).with_value(bytes);
         match &self.route {
             Some(route) => output.with_route(route),
             None => output,
@@ -291,18 +314,15 @@ struct Emitted<'a> {
 }
 
 /// The top-level fields `names` of the record's value, which must be a valid JSON object
-/// (checked whole, without building a tree); else the reason `not a JSON object`. Numbers are
-/// read from the fields exactly (nearest `f64`), which serde_json's default parsing is not.
+/// (checked whole in the same pass, without building a tree); else the reason
+/// `not a JSON object`.
 fn object_fields<'a, const N: usize>(
     record: &'a Record,
     names: [&str; N],
 ) -> Result<[Option<Field<'a>>; N], String> {
-    fn not_object<E>(_: E) -> String {
-        "not a JSON object".to_owned()
-    }
-    let text = record.value_str().map_err(not_object)?;
-    serde_json::from_str::<IgnoredAny>(text).map_err(not_object)?;
-    record.fields(names).map_err(not_object)
+    record
+        .fields_checked(names)
+        .map_err(|_| "not a JSON object".to_owned())
 }
 
 /// A key field's text: a string as it is, a number as written in the record; `None` for
@@ -318,7 +338,103 @@ fn key_text(field: Field<'_>) -> Option<Cow<'_, str>> {
 
 /// `w/<window_start, 16 digits>/`: the state keys of one window.
 fn window_prefix(window_start: i64) -> Vec<u8> {
-    format!("w/{window_start:016}/").into_bytes()
+    let mut prefix = Vec::with_capacity(PREFIX_LEN);
+    push_prefix(&mut prefix, window_start);
+    prefix
+}
+
+/// The length of [`window_prefix`] (a start of more than 16 digits makes it longer).
+const PREFIX_LEN: usize = 2 + 16 + 1;
+
+/// Appends `w/<window_start, 16 digits>/`.
+fn push_prefix(out: &mut Vec<u8>, window_start: i64) {
+    out.extend_from_slice(b"w/");
+    push_decimal(out, window_start, 16);
+    out.push(b'/');
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits (as `format!("{n:0width$}")`).
+fn push_decimal(out: &mut Vec<u8>, n: i64, width: usize) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - at;
+    let pad = width.saturating_sub(len + usize::from(n < 0));
+    out.extend(std::iter::repeat_n(b'0', pad));
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// The windows and keys one call touched: each read from the state on first use, kept here
+/// while the call's records are added, and written back once by [`Windows::write_back`].
+#[derive(Default)]
+struct Windows {
+    /// Index into `slots` by state key.
+    index: HashMap<Vec<u8>, usize>,
+    /// In order of first use.
+    slots: Vec<Slot>,
+    /// A reused buffer for the state key being looked up.
+    key: Vec<u8>,
+}
+
+/// One window and key of a call.
+struct Slot {
+    state_key: Vec<u8>,
+    /// Its aggregate so far; the reason its state entry cannot be read.
+    aggregate: Result<Aggregate, String>,
+    /// Whether a record of the call changed it.
+    changed: bool,
+}
+
+impl Windows {
+    /// The window starting at `window_start` for `key`, read from the state the first time.
+    fn slot(&mut self, window_start: i64, key: &str) -> &mut Slot {
+        self.key.clear();
+        push_prefix(&mut self.key, window_start);
+        self.key.extend_from_slice(key.as_bytes());
+        let at = match self.index.get(self.key.as_slice()) {
+            Some(&at) => at,
+            None => {
+                let state_key = self.key.clone();
+                let aggregate = match state::get(&state_key) {
+                    Some(bytes) => Aggregate::decode(&bytes).map_err(|e| {
+                        format!(
+                            "bad state entry {}: {e}",
+                            String::from_utf8_lossy(&state_key)
+                        )
+                    }),
+                    None => Ok(Aggregate { count: 0, sum: 0.0 }),
+                };
+                self.index.insert(state_key.clone(), self.slots.len());
+                self.slots.push(Slot {
+                    state_key,
+                    aggregate,
+                    changed: false,
+                });
+                self.slots.len() - 1
+            }
+        };
+        &mut self.slots[at]
+    }
+
+    /// Writes every changed aggregate to the state.
+    fn write_back(self) {
+        for slot in self.slots {
+            if let (true, Ok(aggregate)) = (slot.changed, slot.aggregate) {
+                state::set(&slot.state_key, &aggregate.encode());
+            }
+        }
+    }
 }
 
 /// The reason of a late record.
@@ -730,6 +846,47 @@ mod tests {
                 r#"{"count":1,"sum":1e+308}"#.to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn within_one_batch_each_record_sees_the_ones_before_it() {
+        let mut task = task(&[]);
+        let verdicts = task.process(
+            "events",
+            vec![
+                click(0, "1e308"),
+                click(1, "1e308"),
+                view(2, "1"),
+                click(3, "-1e308"),
+                click(4, "2"),
+            ],
+        );
+        assert_eq!(
+            verdicts[1],
+            Verdict::dead_letter("the sum of field amount overflows")
+        );
+        assert_eq!(
+            emitted(&verdicts[3]).2,
+            aggregate("click", 0, 60_000, 2, "0.0", "0.0")
+        );
+        assert_eq!(
+            emitted(&verdicts[4]).2,
+            aggregate("click", 0, 60_000, 3, "2.0", "0.6666666666666666")
+        );
+        assert_eq!(
+            state(),
+            [
+                (
+                    "w/0000000000000000/click".to_owned(),
+                    r#"{"count":3,"sum":2.0}"#.to_owned()
+                ),
+                (
+                    "w/0000000000000000/view".to_owned(),
+                    r#"{"count":1,"sum":1.0}"#.to_owned()
+                ),
+            ]
+        );
+        assert_eq!(timers(), [(Domain::EventTime, 60_000, "w".to_owned())]);
     }
 
     #[test]
