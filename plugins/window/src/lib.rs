@@ -237,7 +237,12 @@ impl Window {
         slot.changed = true;
 
         Ok(match self.mode {
-            Mode::Update => Verdict::emit_one(self.output(&key, window_start, next)),
+            Mode::Update => {
+                let emitting = slot
+                    .emitting
+                    .get_or_insert_with(|| self.emitting(&key, window_start));
+                Verdict::emit_one(self.output_from(emitting, next))
+            }
             Mode::Final => Verdict::Drop,
         })
     }
@@ -278,22 +283,47 @@ impl Window {
 
     /// The aggregate of `key` in the window starting at `window_start`.
     fn output(&self, key: &str, window_start: i64, aggregate: Aggregate) -> Output {
-        let value = Emitted {
-            key,
-            window_start,
-            window_end: window_start + self.window_ms,
-            count: aggregate.count,
-            sum: aggregate.sum,
-            avg: aggregate.sum / aggregate.count as f64,
-        };
-        let mut bytes = Vec::with_capacity(96 + key.len());
-        // A struct of a string and numbers always serializes.
-        serde_json::to_writer(&mut bytes, &value).expect("strings and numbers always serialize");
+        self.output_from(&self.emitting(key, window_start), aggregate)
+    }
+
+    /// What the outputs of one window and key share.
+    fn emitting(&self, key: &str, window_start: i64) -> Emitting {
         let mut output_key = Vec::with_capacity(key.len() + 21);
         output_key.extend_from_slice(key.as_bytes());
         output_key.push(b'|');
         push_decimal(&mut output_key, window_start, 0);
-        let output = Output::new().with_key(output_key).with_value(bytes);
+        let mut value = Vec::with_capacity(key.len() + 64);
+        value.extend_from_slice(br#"{"key":"#);
+        // A string always serializes.
+        serde_json::to_writer(&mut value, key).expect("a string always serializes");
+        value.extend_from_slice(br#","window_start":"#);
+        push_decimal(&mut value, window_start, 0);
+        value.extend_from_slice(br#","window_end":"#);
+        push_decimal(&mut value, window_start + self.window_ms, 0);
+        value.extend_from_slice(br#","count":"#);
+        Emitting {
+            key: output_key,
+            value_start: value,
+        }
+    }
+
+    /// `{"key":K,"window_start":S,"window_end":E,"count":N,"sum":X,"avg":X/N}`: the shared
+    /// start, then the numbers as serde_json writes them.
+    fn output_from(&self, emitting: &Emitting, aggregate: Aggregate) -> Output {
+        let mut value = Vec::with_capacity(emitting.value_start.len() + 64);
+        value.extend_from_slice(&emitting.value_start);
+        let count = i64::try_from(aggregate.count).unwrap_or(i64::MAX);
+        push_decimal(&mut value, count, 0);
+        // A finite number always serializes (the sum is checked finite before it is kept).
+        value.extend_from_slice(br#","sum":"#);
+        serde_json::to_writer(&mut value, &aggregate.sum).expect("a number always serializes");
+        value.extend_from_slice(br#","avg":"#);
+        let avg = aggregate.sum / aggregate.count as f64;
+        serde_json::to_writer(&mut value, &avg).expect("a number always serializes");
+        value.push(b'}');
+        let output = Output::new()
+            .with_key(emitting.key.clone())
+            .with_value(value);
         match &self.route {
             Some(route) => output.with_route(route),
             None => output,
@@ -301,16 +331,10 @@ impl Window {
     }
 }
 
-/// The value of an aggregate's output, its fields in this order. Written straight from the
-/// struct: building a `serde_json::Value` first cost a third of the plugin's time.
-#[derive(Serialize)]
-struct Emitted<'a> {
-    key: &'a str,
-    window_start: i64,
-    window_end: i64,
-    count: u64,
-    sum: f64,
-    avg: f64,
+/// The output key of one window and key, and its value up to the count.
+struct Emitting {
+    key: Vec<u8>,
+    value_start: Vec<u8>,
 }
 
 /// The top-level fields `names` of the record's value, which must be a valid JSON object
@@ -385,6 +409,8 @@ struct Windows {
     slots: Vec<Slot>,
     /// A reused buffer for the state key being looked up.
     key: Vec<u8>,
+    /// The window start whose prefix `key` starts with, if any.
+    prefix_of: Option<i64>,
 }
 
 /// One window and key of a call.
@@ -394,13 +420,21 @@ struct Slot {
     aggregate: Result<Aggregate, String>,
     /// Whether a record of the call changed it.
     changed: bool,
+    /// Its outputs' shared parts, made with its first output.
+    emitting: Option<Emitting>,
 }
 
 impl Windows {
     /// The window starting at `window_start` for `key`, read from the state the first time.
     fn slot(&mut self, window_start: i64, key: &str) -> &mut Slot {
-        self.key.clear();
-        push_prefix(&mut self.key, window_start);
+        // Most records of a batch fall in the window of the record before.
+        if self.prefix_of == Some(window_start) {
+            self.key.truncate(PREFIX_LEN);
+        } else {
+            self.key.clear();
+            push_prefix(&mut self.key, window_start);
+            self.prefix_of = (self.key.len() == PREFIX_LEN).then_some(window_start);
+        }
         self.key.extend_from_slice(key.as_bytes());
         let at = match self.index.get(self.key.as_slice()) {
             Some(&at) => at,
@@ -420,6 +454,7 @@ impl Windows {
                     state_key,
                     aggregate,
                     changed: false,
+                    emitting: None,
                 });
                 self.slots.len() - 1
             }
