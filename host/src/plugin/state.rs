@@ -173,14 +173,18 @@ impl StateRegistry {
 }
 
 /// One stage's state for one task: an ordered map and the pending timers.
+///
+/// Keys and values are boxed slices (16 bytes in the map's nodes rather than a `Vec`'s 24,
+/// and no spare capacity): a million entries take a third less memory in the map's nodes.
 #[derive(Debug, Default)]
 pub struct TaskState {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: BTreeMap<Box<[u8]>, Box<[u8]>>,
     timers: BTreeSet<TimerKey>,
-    /// Keys changed since [`TaskState::take_changes`] last ran.
-    changed: BTreeSet<Vec<u8>>,
-    /// Timers set or cancelled since then.
-    changed_timers: BTreeSet<TimerKey>,
+    /// Keys changed since [`TaskState::take_changes`] last ran, with repeats (sorted and
+    /// deduplicated when taken: cheaper than keeping a set on every write).
+    changed: Vec<Box<[u8]>>,
+    /// Timers set or cancelled since then, with repeats.
+    changed_timers: Vec<TimerKey>,
 }
 
 /// What changed in a task's state: each key's value now (`None`: deleted), each timer's
@@ -204,7 +208,7 @@ impl TaskState {
 
     /// The value under `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(Vec::as_slice)
+        self.entries.get(key).map(|value| &**value)
     }
 
     /// Pending timers, in order.
@@ -237,7 +241,7 @@ impl TaskState {
         let due: Vec<TimerKey> = self.due(domain, now).take(limit).cloned().collect();
         for timer in &due {
             self.timers.remove(timer);
-            self.changed_timers.insert(timer.clone());
+            self.changed_timers.push(timer.clone());
         }
         due
     }
@@ -247,13 +251,15 @@ impl TaskState {
         usage.keys.fetch_add(writes.keys_delta, Ordering::Relaxed);
         usage.bytes.fetch_add(writes.bytes_delta, Ordering::Relaxed);
         for (key, value) in writes.entries {
-            self.changed.insert(key.clone());
+            let key = key.into_boxed_slice();
             match value {
                 Some(value) => {
-                    self.entries.insert(key, value);
+                    self.changed.push(key.clone());
+                    self.entries.insert(key, value.into_boxed_slice());
                 }
                 None => {
                     self.entries.remove(&key);
+                    self.changed.push(key);
                 }
             }
         }
@@ -266,7 +272,7 @@ impl TaskState {
             };
             if changed {
                 timers_delta += if set { 1 } else { -1 };
-                self.changed_timers.insert(timer);
+                self.changed_timers.push(timer);
             }
         }
         usage.timers.fetch_add(timers_delta, Ordering::Relaxed);
@@ -279,16 +285,22 @@ impl TaskState {
             .fetch_sub(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// What changed since the last time this was called.
+    /// What changed since the last time this was called, in key order.
     pub fn take_changes(&mut self) -> Changes {
-        let entries = std::mem::take(&mut self.changed)
+        let mut keys = std::mem::take(&mut self.changed);
+        keys.sort_unstable();
+        keys.dedup();
+        let entries = keys
             .into_iter()
             .map(|key| {
-                let value = self.entries.get(&key).cloned();
-                (key, value)
+                let value = self.entries.get(&key).map(|v| v.to_vec());
+                (key.into_vec(), value)
             })
             .collect();
-        let timers = std::mem::take(&mut self.changed_timers)
+        let mut timers = std::mem::take(&mut self.changed_timers);
+        timers.sort_unstable();
+        timers.dedup();
+        let timers = timers
             .into_iter()
             .map(|timer| {
                 let set = self.timers.contains(&timer);
@@ -303,10 +315,11 @@ impl TaskState {
     pub fn restore_entry(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         match value {
             Some(value) => {
-                self.entries.insert(key, value);
+                self.entries
+                    .insert(key.into_boxed_slice(), value.into_boxed_slice());
             }
             None => {
-                self.entries.remove(&key);
+                self.entries.remove(key.as_slice());
             }
         }
     }
@@ -348,12 +361,10 @@ impl TaskState {
             i64::try_from(self.timers.len()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
         );
-        for key in std::mem::take(&mut self.entries).into_keys() {
-            self.changed.insert(key);
-        }
-        for timer in std::mem::take(&mut self.timers) {
-            self.changed_timers.insert(timer);
-        }
+        self.changed
+            .extend(std::mem::take(&mut self.entries).into_keys());
+        self.changed_timers
+            .extend(std::mem::take(&mut self.timers));
     }
 }
 
@@ -388,14 +399,14 @@ impl StateAccess {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         match self.writes.entries.get(key) {
             Some(value) => value.clone(),
-            None => self.task.entries.get(key).cloned(),
+            None => self.task.entries.get(key).map(|v| v.to_vec()),
         }
     }
 
     fn current_len(&self, key: &[u8]) -> Option<usize> {
         match self.writes.entries.get(key) {
             Some(value) => value.as_ref().map(Vec::len),
-            None => self.task.entries.get(key).map(Vec::len),
+            None => self.task.entries.get(key).map(|v| v.len()),
         }
     }
 
@@ -406,7 +417,7 @@ impl StateAccess {
         let slot = self.writes.entries.entry(key);
         let old = match &slot {
             Slot::Occupied(written) => written.get().as_ref().map(Vec::len),
-            Slot::Vacant(new) => self.task.entries.get(new.key()).map(Vec::len),
+            Slot::Vacant(new) => self.task.entries.get(new.key().as_slice()).map(|v| v.len()),
         };
         let key = slot.key();
         let keys_delta = i64::from(old.is_none());
@@ -457,43 +468,45 @@ impl StateAccess {
     /// over the store.
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Entry> {
         let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
-            _ => Bound::Included(prefix.to_vec()),
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
         let range = (start, Bound::Unbounded);
         let mut base = self
             .task
             .entries
-            .range::<Vec<u8>, _>(range.clone())
+            .range::<[u8], _>(range)
+            .map(|(k, v)| (&**k, Some(&**v)))
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
         let mut mine = self
             .writes
             .entries
-            .range::<Vec<u8>, _>(range)
+            .range::<[u8], _>(range)
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
         let mut out = Vec::new();
         while out.len() < limit {
             let next = match (base.peek(), mine.peek()) {
                 (None, None) => break,
-                (Some(_), None) => base.next().map(|(k, v)| (k, Some(v))),
-                (None, Some(_)) => mine.next().map(|(k, v)| (k, v.as_ref())),
+                (Some(_), None) => base.next(),
+                (None, Some(_)) => mine.next(),
                 (Some((bk, _)), Some((mk, _))) => {
                     if bk < mk {
-                        base.next().map(|(k, v)| (k, Some(v)))
+                        base.next()
                     } else {
                         if bk == mk {
                             base.next();
                         }
-                        mine.next().map(|(k, v)| (k, v.as_ref()))
+                        mine.next()
                     }
                 }
             };
             if let Some((key, Some(value))) = next {
                 out.push(Entry {
-                    key: key.clone(),
-                    value: value.clone(),
+                    key: key.to_vec(),
+                    value: value.to_vec(),
                 });
             }
         }
