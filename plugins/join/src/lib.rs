@@ -213,12 +213,21 @@ impl StatefulPlugin for Join {
                 return Vec::new();
             }
         };
+        // Only an unmatched left record is written on eviction: otherwise the entry is not
+        // read at all.
+        let route = match (side, &self.unmatched_route) {
+            (Side::Left, Some(route)) => route,
+            _ => {
+                state::delete(state_key);
+                return Vec::new();
+            }
+        };
         let Some(entry) = state::get(state_key) else {
             return Vec::new();
         };
         state::delete(state_key);
-        match (side, entry.split_first(), &self.unmatched_route) {
-            (Side::Left, Some((&UNMATCHED, left)), Some(route)) => {
+        match entry.split_first() {
+            Some((&UNMATCHED, left)) => {
                 // The join key: between `L\0` and the next NUL, which a join key never holds.
                 let join_key = state_key[2..].split(|b| *b == 0).next().unwrap_or_default();
                 vec![self.pair(join_key, left, b"null").with_route(route)]
