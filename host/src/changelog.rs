@@ -33,7 +33,7 @@ use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -357,18 +357,55 @@ pub struct RestoreRegistry {
     watermarks: Mutex<BTreeMap<i32, Option<i64>>>,
     /// Records that reached the plugins flagged late.
     late: AtomicU64,
+    /// Per task being restored, the stages whose state was reset meanwhile: emptied when
+    /// the restored state is put here.
+    resets: Mutex<BTreeMap<i32, BTreeSet<String>>>,
 }
 
 impl RestoreRegistry {
     /// A task's restored state, under a new epoch.
-    pub fn put(&self, task: i32, restored: Restored) {
+    pub fn put(&self, task: i32, mut restored: Restored) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let reset = self
+            .resets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task);
+        for stage in reset.iter().flatten() {
+            if let Some(state) = restored.stages.get_mut(stage) {
+                state.clear_uncounted();
+            }
+        }
         tasks.insert(task, (epoch, Some(restored)));
         self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&task);
+    }
+
+    /// Empties `stage`'s state in every task restored and not installed yet, and in every
+    /// task being restored (when it is put): a reload that resets a stage's state reaches
+    /// the tasks whose state a worker has not taken yet, not only those it runs. Every key
+    /// and timer becomes a deletion in the task's first changelog batch.
+    pub fn reset_stage(&self, stage: &str) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, restored) in tasks.values_mut() {
+            if let Some(state) = restored.as_mut().and_then(|r| r.stages.get_mut(stage)) {
+                state.clear_uncounted();
+            }
+        }
+        let restoring: Vec<i32> = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let mut resets = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        for task in restoring {
+            resets.entry(task).or_default().insert(stage.to_owned());
+        }
     }
 
     /// The task's state if its epoch is newer than `installed`.
@@ -794,6 +831,55 @@ mod tests {
             why.contains("task 2") && why.contains("without partition 2 of payments"),
             "{why}"
         );
+    }
+
+    /// A reset reaches tasks restored and not installed yet, and tasks whose restore is
+    /// under way (emptied when put): their keys and timers become deletions, and other
+    /// stages and tasks keep theirs.
+    #[test]
+    fn a_reset_reaches_restored_tasks_not_installed_yet() {
+        let restored = |keys: &[&str]| {
+            let mut window = TaskState::default();
+            for key in keys {
+                window.restore_entry(key.as_bytes().to_vec(), Some(b"v".to_vec()));
+            }
+            window.restore_timer(
+                TimerKey {
+                    domain: Domain::EventTime,
+                    at_ms: 60_000,
+                    tag: "w".into(),
+                },
+                true,
+            );
+            let mut other = TaskState::default();
+            other.restore_entry(b"o".to_vec(), Some(b"kept".to_vec()));
+            Restored {
+                stages: [("window".to_owned(), window), ("other".to_owned(), other)].into(),
+                ..Restored::default()
+            }
+        };
+        let registry = RestoreRegistry::default();
+        registry.put(0, restored(&["a", "b"]));
+        registry.set_progress(1, 5, 10);
+        registry.reset_stage("window");
+        registry.put(1, restored(&["c"]));
+        registry.put(2, restored(&["d"]));
+
+        for (task, deleted) in [(0, vec!["a", "b"]), (1, vec!["c"])] {
+            let (_, mut got) = registry.take_newer(task, 0).expect("restored");
+            let window = got.stages.get_mut("window").expect("window");
+            assert!(window.is_empty() && window.timers().next().is_none(), "task {task}");
+            let changes = window.take_changes();
+            let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                deleted.iter().map(|k| (k.as_bytes().to_vec(), None)).collect();
+            assert_eq!(changes.entries, expected, "task {task}");
+            assert_eq!(changes.timers.len(), 1, "the timer is deleted too");
+            assert!(!changes.timers[0].1);
+            assert_eq!(got.stages["other"].len(), 1, "other stages keep their state");
+        }
+        // Restored after the reset (a later assignment): untouched.
+        let (_, later) = registry.take_newer(2, 0).expect("restored");
+        assert_eq!(later.stages["window"].len(), 1);
     }
 
     fn read_all(restorer: &mut Restorer, batch: &str, records: Vec<LogRecord>) {

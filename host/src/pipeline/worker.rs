@@ -110,6 +110,13 @@ impl Worker {
                 "Cannot switch to the new chain version; keeping the old one."
             );
         }
+        // The runner reset the tasks it runs; the registry resets those restored and not
+        // taken yet (by this worker or another).
+        if let (Ok(()), Some(stage), Some(durable)) =
+            (&result, active.spec.reset(), self.durable.as_ref())
+        {
+            durable.registry.reset_stage(stage);
+        }
         self.generation = active.generation;
         self.control
             .worker_switched(self.id, active.generation, result);

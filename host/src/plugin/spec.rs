@@ -171,6 +171,11 @@ impl ChainSpec {
         self.stages.iter().any(|s| s.module.is_stateful())
     }
 
+    /// The stateful stage whose state this version starts empty, if any.
+    pub fn reset(&self) -> Option<&str> {
+        self.reset.as_deref()
+    }
+
     /// The pipeline name.
     pub fn pipeline(&self) -> &str {
         &self.pipeline

@@ -361,6 +361,14 @@ impl TaskState {
             i64::try_from(self.timers.len()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
         );
+        self.clear_uncounted();
+    }
+
+    /// Empties a task's state whose usage is not counted in its stage's: one restored and
+    /// not installed yet ([`TaskState::count_in`] counts it at install). As with
+    /// [`TaskState::clear`], every key and timer becomes a deletion in its next changelog
+    /// batch.
+    pub fn clear_uncounted(&mut self) {
         self.changed
             .extend(std::mem::take(&mut self.entries).into_keys());
         self.changed_timers
