@@ -297,7 +297,8 @@ impl Join {
         };
         let prefix = key_prefix(side.other(), &record.key);
         // Every key of timestamp `from` is longer than this, so greater: the range starts there.
-        let start = [prefix.as_slice(), format!("{from:016}").as_bytes()].concat();
+        let mut start = prefix.clone();
+        push_padded(&mut start, from, TS_DIGITS);
         let mut pairs = Vec::new();
         for entry in state::entries(prefix.clone()).after(start) {
             let ts = entry_ts(&entry.key[prefix.len()..]);
@@ -324,12 +325,11 @@ impl Join {
             });
         }
 
-        let state_key = format!(
-            "{}\0{}\0{:016}{offset:020}",
-            side.letter() as char,
-            record.key,
-            record.ts
-        );
+        let mut state_key = key_prefix(side, &record.key);
+        push_padded(&mut state_key, record.ts, TS_DIGITS);
+        push_padded(&mut state_key, offset, 20);
+        // Made of the join key (text) and ASCII.
+        let state_key = String::from_utf8(state_key).unwrap_or_default();
         let flag = if side == Side::Left && !pairs.is_empty() {
             MATCHED
         } else {
@@ -360,6 +360,26 @@ fn key_prefix(side: Side, key: &str) -> Vec<u8> {
     prefix.extend_from_slice(key.as_bytes());
     prefix.push(0);
     prefix
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits: `format!("{n:0width$}")` without
+/// its cost for the non-negative numbers of a state key.
+fn push_padded(out: &mut Vec<u8>, n: i64, width: usize) {
+    if n < 0 {
+        out.extend_from_slice(format!("{n:0width$}").as_bytes());
+        return;
+    }
+    let mut digits = [b'0'; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    while rest > 0 {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let len = (digits.len() - at).max(1);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(len)));
+    out.extend_from_slice(&digits[digits.len() - len..]);
 }
 
 /// The timestamp at the start of the rest of a state key after its prefix.
@@ -810,6 +830,22 @@ mod tests {
         fired.extend(task.advance_clock(0));
         assert_eq!(fired.len(), 2);
         assert!(fired.iter().all(|(_, outputs)| outputs.is_empty()));
+    }
+
+    #[test]
+    fn padded_numbers_are_written_as_format_writes_them() {
+        for (n, width) in [
+            (0, 16),
+            (7, 16),
+            (1_234, 3),
+            (i64::MAX, 20),
+            (-5, 16),
+            (i64::MIN, 20),
+        ] {
+            let mut out = b"x".to_vec();
+            push_padded(&mut out, n, width);
+            assert_eq!(out, format!("x{n:0width$}").into_bytes());
+        }
     }
 
     #[test]
