@@ -868,14 +868,23 @@ mod tests {
         for (task, deleted) in [(0, vec!["a", "b"]), (1, vec!["c"])] {
             let (_, mut got) = registry.take_newer(task, 0).expect("restored");
             let window = got.stages.get_mut("window").expect("window");
-            assert!(window.is_empty() && window.timers().next().is_none(), "task {task}");
+            assert!(
+                window.is_empty() && window.timers().next().is_none(),
+                "task {task}"
+            );
             let changes = window.take_changes();
-            let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                deleted.iter().map(|k| (k.as_bytes().to_vec(), None)).collect();
+            let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> = deleted
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), None))
+                .collect();
             assert_eq!(changes.entries, expected, "task {task}");
             assert_eq!(changes.timers.len(), 1, "the timer is deleted too");
             assert!(!changes.timers[0].1);
-            assert_eq!(got.stages["other"].len(), 1, "other stages keep their state");
+            assert_eq!(
+                got.stages["other"].len(),
+                1,
+                "other stages keep their state"
+            );
         }
         // Restored after the reset (a later assignment): untouched.
         let (_, later) = registry.take_newer(2, 0).expect("restored");

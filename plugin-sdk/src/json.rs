@@ -621,7 +621,7 @@ struct OpenContainers {
 
 impl OpenContainers {
     fn push(&mut self, object: bool) {
-        if self.depth > 0 && self.depth % 128 == 0 {
+        if self.depth > 0 && self.depth.is_multiple_of(128) {
             self.outer.push(self.bits);
             self.bits = 0;
         }
@@ -633,7 +633,7 @@ impl OpenContainers {
     fn pop(&mut self) {
         self.bits >>= 1;
         self.depth -= 1;
-        if self.depth > 0 && self.depth % 128 == 0 {
+        if self.depth > 0 && self.depth.is_multiple_of(128) {
             self.bits = self.outer.pop().unwrap_or_default();
         }
     }

@@ -371,8 +371,7 @@ impl TaskState {
     pub fn clear_uncounted(&mut self) {
         self.changed
             .extend(std::mem::take(&mut self.entries).into_keys());
-        self.changed_timers
-            .extend(std::mem::take(&mut self.timers));
+        self.changed_timers.extend(std::mem::take(&mut self.timers));
     }
 }
 
