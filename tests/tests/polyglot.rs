@@ -35,6 +35,10 @@ fn verdicts(plugin: &Path, cases: &str, args: &[&str]) -> Vec<Value> {
         "--input",
         input.as_str(),
         "--json",
+        // Same logic in every language is the question, not speed: a record must not time
+        // out on a loaded machine.
+        "--time-per-record-ms",
+        "10000",
     ];
     all.extend_from_slice(args);
     let (code, stdout, stderr) = run_switchyard(&all).expect("switchyard runs");

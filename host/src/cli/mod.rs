@@ -133,6 +133,10 @@ pub enum Command {
         /// Stateful plugins: the pipeline's `watermark_delay_ms` (default 0).
         #[arg(long, value_name = "MS", default_value_t = 0)]
         watermark_delay_ms: u64,
+        /// The stage's `limits.time_per_record_ms` (default: a stage's default, 50): raise
+        /// it to check a plugin's logic on a loaded machine without records timing out.
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        time_per_record_ms: Option<u64>,
         /// Compare the results with this file (the JSON lines `--json` prints, one per line,
         /// compared as JSON) instead of printing them: prints the lines that differ and
         /// exits non-zero if any does.
@@ -294,6 +298,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             json,
             advance_to,
             watermark_delay_ms,
+            time_per_record_ms,
             expect,
         } => {
             use test_plugin::{TestPluginOptions, parse_table, run};
@@ -311,6 +316,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 json: json || expect.is_some(),
                 advance_to,
                 watermark_delay_ms,
+                time_per_record_ms,
             };
             let mut stdout = std::io::stdout().lock();
             match expect {

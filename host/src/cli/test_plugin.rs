@@ -55,6 +55,8 @@ pub struct TestPluginOptions {
     pub advance_to: Option<i64>,
     /// Stateful plugins: the watermark delay.
     pub watermark_delay_ms: u64,
+    /// The stage's time budget per record (`None`: the stage default).
+    pub time_per_record_ms: Option<u64>,
 }
 
 /// Parses `--table name=path[:key_field]` (key field default `id`).
@@ -156,7 +158,12 @@ pub fn run(options: &TestPluginOptions, out: &mut dyn std::io::Write) -> anyhow:
                 name: name.clone(),
                 module,
                 config: options.config.clone(),
-                limits: StageLimits::default(),
+                limits: StageLimits {
+                    time_per_record_ms: options
+                        .time_per_record_ms
+                        .unwrap_or(StageLimits::default().time_per_record_ms),
+                    ..StageLimits::default()
+                },
             }],
         )?
         .with_event_time(EventTime {
