@@ -232,7 +232,7 @@ fn check_changelog_topic(
     }
     let needed = counts.iter().map(|(_, n)| *n).max().unwrap_or(1);
     match partitions(&topic) {
-        Ok(Some(n)) if n >= needed => Ok(()),
+        Ok(Some(n)) if n >= needed => check_compacted(&kafka.brokers, &pipeline.name, &topic),
         Ok(Some(n)) => anyhow::bail!(
             "pipeline {}: the changelog topic {topic} has {n} partitions, fewer than the {needed} of its source topics; make one with at least {needed}",
             pipeline.name
@@ -252,6 +252,55 @@ fn check_changelog_topic(
             Ok(())
         }
     }
+}
+
+/// A changelog topic must be compacted: with deletion by age or size, a key written once
+/// and never again (a long-lived aggregate, a join's stored record) is dropped from it, and
+/// a restore after that brings the state back without it. `cleanup.policy` is read with
+/// DescribeConfigs; a topic that does not set it gets the broker's default, `delete` on
+/// Kafka. A cluster that does not answer is not a refusal.
+fn check_compacted(brokers: &str, pipeline: &str, topic: &str) -> anyhow::Result<()> {
+    match cleanup_policy(brokers, topic) {
+        Ok(Some(policy)) if policy.split(',').any(|p| p.trim() == "compact") => Ok(()),
+        Ok(policy) => anyhow::bail!(
+            "pipeline {pipeline}: the changelog topic {topic} is not compacted (cleanup.policy {}), so a restore could miss state written long ago; make it compacted: kafka-configs.sh --bootstrap-server {brokers} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact",
+            match &policy {
+                Some(p) => format!("= {p}"),
+                None => "not set: the broker's default, delete on Kafka".to_owned(),
+            }
+        ),
+        Err(e) => {
+            tracing::warn!(pipeline, topic, error = %format!("{e:#}"), "Cannot read the changelog topic's cleanup.policy; starting anyway.");
+            Ok(())
+        }
+    }
+}
+
+/// The topic's `cleanup.policy` as the cluster describes it (`None`: not in its answer).
+fn cleanup_policy(brokers: &str, topic: &str) -> anyhow::Result<Option<String>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to describe the changelog topic")?;
+    // Kafka and tansu answer at once; librdkafka's mock cluster (the demo's broker) never
+    // does, and the start should not wait long for it.
+    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(2)));
+    let results = runtime
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
+        .context("DescribeConfigs failed")?;
+    let resource = results
+        .into_iter()
+        .next()
+        .context("no answer for the topic")?
+        .map_err(|code| anyhow::anyhow!("DescribeConfigs: {code}"))?;
+    Ok(resource
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone()))
 }
 
 /// Creates a compacted changelog topic.

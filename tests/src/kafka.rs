@@ -348,6 +348,22 @@ impl Broker {
 
     /// Creates topics and waits until metadata shows every partition.
     pub fn create_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        self.create_topics_with(topics, &[])
+    }
+
+    /// Creates compacted topics (`cleanup.policy=compact`; the mock cluster ignores topic
+    /// configs), as a changelog topic must be.
+    pub fn create_compacted_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        self.create_topics_with(topics, &[("cleanup.policy", "compact")])
+    }
+
+    /// Creates topics with the topic configs `configs` and waits until metadata shows every
+    /// partition.
+    pub fn create_topics_with(
+        &self,
+        topics: &[(&str, i32)],
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         if let Kind::Mock(cluster) = &self.kind {
             for (name, partitions) in topics {
                 cluster
@@ -359,7 +375,10 @@ impl Broker {
             let new: Vec<NewTopic<'_>> = topics
                 .iter()
                 .map(|(name, partitions)| {
-                    NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+                    configs.iter().fold(
+                        NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                        |topic, (key, value)| topic.set(key, value),
+                    )
                 })
                 .collect();
             let runtime = tokio::runtime::Builder::new_current_thread()

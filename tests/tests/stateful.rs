@@ -532,13 +532,11 @@ fn windows_through(
     // The changelog topic is made here (the mock cluster cannot create topics through the
     // admin API); the broker tests without faults have the router create theirs.
     broker
-        .create_topics(&[
-            ("events", PARTITIONS),
-            ("aggregates", 2),
-            ("events-dlq", 2),
-            ("switchyard-windows-changelog", PARTITIONS),
-        ])
+        .create_topics(&[("events", PARTITIONS), ("aggregates", 2), ("events-dlq", 2)])
         .expect("topics");
+    broker
+        .create_compacted_topics(&[("switchyard-windows-changelog", PARTITIONS)])
+        .expect("changelog topic");
     let evs = events(PARTITIONS, per_partition);
     let want = reference(&evs);
     let closed: BTreeMap<(String, i64), (u64, f64)> = want
@@ -925,8 +923,8 @@ fn a_reload_keeps_the_state_and_reset_state_empties_it() {
 }
 
 /// A stateful pipeline does not start without its changelog topic (unless allowed to
-/// create it), nor over source topics with different partition counts; each error names
-/// the topics and what to do.
+/// create it), nor with a changelog topic that is not compacted, nor over source topics
+/// with different partition counts; each error names the topics and what to do.
 #[test]
 fn a_stateful_pipeline_needs_its_changelog_and_equal_partitions() {
     let broker = Broker::tansu().expect("tansu starts");
@@ -967,6 +965,39 @@ fn a_stateful_pipeline_needs_its_changelog_and_equal_partitions() {
             && e.contains("create_internal_topics"),
         "{e}"
     );
+    // Not compacted: neither by default (the broker's default is deletion) nor when it says
+    // so.
+    broker
+        .create_topics(&[("switchyard-agg-changelog", 2)])
+        .expect("topic");
+    broker
+        .create_topics_with(
+            &[("switchyard-del-changelog", 2)],
+            &[("cleanup.policy", "delete")],
+        )
+        .expect("topic");
+    for (name, policy) in [("agg", "not set"), ("del", "= delete")] {
+        let e = format!(
+            "{:#}",
+            start(&config(name, "\"events\"", &window))
+                .err()
+                .expect("refused")
+        );
+        let topic = format!("switchyard-{name}-changelog");
+        assert!(
+            e.contains(&format!("the changelog topic {topic} is not compacted (cleanup.policy {policy}"))
+                && e.contains(&format!("--alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact")),
+            "{e}"
+        );
+    }
+    // Compacted: it starts.
+    broker
+        .create_compacted_topics(&[("switchyard-ok-changelog", 2)])
+        .expect("topic");
+    start(&config("ok", "\"events\"", &window))
+        .expect("starts with a compacted changelog")
+        .stop()
+        .expect("clean stop");
     let e = format!(
         "{:#}",
         start(&config("pay", "\"orders\", \"payments\"", &join))

@@ -291,7 +291,15 @@ async fn create_topics(brokers: &str, topics: &[&str]) -> anyhow::Result<()> {
         .context("cannot create an admin client")?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .map(|t| {
+            let topic = NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1));
+            // A changelog topic must be compacted.
+            if *t == WINDOWS_CHANGELOG {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     for result in admin
         .create_topics(&new, &AdminOptions::new())
