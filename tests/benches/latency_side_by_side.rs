@@ -71,9 +71,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Width of a pooled histogram's bin, µs.
 const BIN_US: i64 = 100;
-/// Bins of a pooled histogram: up to 2 s (later arrivals count in the last bin, which moves
-/// no quantile below them).
-const BINS: usize = 20_000;
+/// Bins of a pooled histogram: up to 30 s, so that a router falling seconds behind (the
+/// Python ones can) still shows its quantiles (later arrivals count in the last bin, which
+/// moves no quantile below them).
+const BINS: usize = 300_000;
 
 /// Quantiles (p50, p99, p999) in ms of `path` minus `base`, over the events both delivered.
 fn paired(path: &HashMap<u64, i64>, base: &HashMap<u64, i64>) -> (f64, f64, f64, usize) {
