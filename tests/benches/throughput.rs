@@ -38,7 +38,10 @@
 //! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
 //! SY_EXTRA='workers = 1' PATHS=sy cargo bench -p switchyard-tests --bench throughput
 //! # Against the Python routers (the slow paths: about 10k-25k records/s here):
-//! RECORDS=500000 ROUNDS=3 PATHS=sy,py,quix cargo bench -p switchyard-tests --bench throughput
+//! RECORDS=1000000 ROUNDS=5 PATHS=pt,sy,py,quix cargo bench -p switchyard-tests --bench throughput
+//! # The Python routers with librdkafka's (and Quix Streams') own client settings but for the
+//! # idempotent producer with acks=all, instead of Switchyard's:
+//! PY_CLIENT=defaults PATHS=py,quix cargo bench -p switchyard-tests --bench throughput
 //! # Two builds in the same run: a router path with `-b` runs the binary at BASELINE_BIN.
 //! BASELINE_BIN=/tmp/switchyard-before PATHS=sy-b,sy cargo bench -p switchyard-tests --bench throughput
 //! ```
