@@ -16,6 +16,12 @@
 //!   for `sy` (compared with it when both run).
 //! - `sy1-b` **another build of switchyard** (the binary at `BASELINE_BIN`) configured as
 //!   `sy1`: two builds compared on the same records at the same time.
+//! - `py` **a plain Python loop on confluent-kafka** and `quix` **a Quix Streams app**
+//!   (`bench/python/`, their pinned venv made by `bench/python/install.sh` on first use): what
+//!   a team would write instead, applying the `route` plugin's rule to the same three route
+//!   topics (and a dead-letter topic), at least once (the loop flushes and commits per poll
+//!   batch; Quix Streams checkpoints every 5 s, its default), with Switchyard's client
+//!   settings, writing each key and value unchanged.
 //!
 //! Every router added is load on the same broker and the same two cores: with all three the
 //! broker carries four times the input rate in writes.
@@ -23,7 +29,12 @@
 //! Per run (a fresh broker each): p50 / p99 / p999 of each path over the events created in the
 //! window and the router's CPU over it; for each Switchyard path, its p99 minus the
 //! passthrough's and the quantiles of its per-event difference to the passthrough (the same
-//! event, created at the same instant, read by the same checker).
+//! event, created at the same instant, read by the same checker); for every router, the
+//! quantiles of what it adds per event to the one hop (its latency minus the same event's one
+//! hop, which includes the second trip through the broker), and, with `sy` and `py` or
+//! `quix`, what Switchyard adds as a share of what each Python router adds (the target: at
+//! most a tenth of the Python loop's). Quantiles are over the events a path delivered before
+//! the run ended: a router that falls behind shows fewer events measured than created.
 //!
 //! With `RUNS` > 1, the runs' events are also pooled (histograms of 0.1 ms bins): the pooled
 //! p99 of each path, the pooled p99 difference to the passthrough, and a 95% interval for that
@@ -39,14 +50,16 @@
 //! SY_EXTRA='workers = 1' cargo bench -p switchyard-tests --bench latency_side_by_side
 //! # Two builds side by side:
 //! BASELINE_BIN=/tmp/switchyard-before PATHS=pt,sy1-b,sy1 cargo bench -p switchyard-tests --bench latency_side_by_side
+//! # Against the Python routers:
+//! RATE=5000 RUNS=3 PATHS=pt3,sy,py,quix cargo bench -p switchyard-tests --bench latency_side_by_side
 //! ```
 
 use std::collections::HashMap;
 use std::time::Duration;
 use switchyard_tests::e2e::{
-    Load, PARTITIONS, Passthrough, env_u64, peak_rss_mib, percentiles, run_as_passthrough,
-    side_by_side_run, start_passthrough, start_passthrough_with, start_switchyard,
-    start_switchyard_binary,
+    Load, PARTITIONS, Passthrough, PythonRouter, bench_python, env_u64, peak_rss_mib, percentiles,
+    run_as_passthrough, side_by_side_run, start_passthrough, start_passthrough_with,
+    start_python_router, start_switchyard, start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::RouterProcess;
@@ -58,9 +71,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Width of a pooled histogram's bin, µs.
 const BIN_US: i64 = 100;
-/// Bins of a pooled histogram: up to 2 s (later arrivals count in the last bin, which moves
-/// no quantile below them).
-const BINS: usize = 20_000;
+/// Bins of a pooled histogram: up to 30 s, so that a router falling seconds behind (the
+/// Python ones can) still shows its quantiles (later arrivals count in the last bin, which
+/// moves no quantile below them).
+const BINS: usize = 300_000;
 
 /// Quantiles (p50, p99, p999) in ms of `path` minus `base`, over the events both delivered.
 fn paired(path: &HashMap<u64, i64>, base: &HashMap<u64, i64>) -> (f64, f64, f64, usize) {
@@ -114,14 +128,15 @@ impl Histogram {
 /// A running path.
 enum Running {
     Passthrough(std::process::Child),
-    Switchyard(RouterProcess),
+    /// Switchyard or a Python router: stopped with SIGTERM.
+    Router(RouterProcess),
 }
 
 impl Running {
     fn pid(&self) -> u32 {
         match self {
             Running::Passthrough(c) => c.id(),
-            Running::Switchyard(r) => r.pid(),
+            Running::Router(r) => r.pid(),
         }
     }
 
@@ -131,7 +146,7 @@ impl Running {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            Running::Switchyard(mut r) => {
+            Running::Router(mut r) => {
                 let _ = r.sigterm();
                 let _ = r.wait(Duration::from_secs(30));
             }
@@ -169,17 +184,26 @@ fn path_of(path: &str) -> (&'static str, Vec<&'static str>) {
             "switchyard at BASELINE_BIN + route plugin (two hops, 1 output topic)",
             vec!["sy1b-standard", "sy1b-dlq"],
         ),
-        other => panic!("PATHS takes pt, pt3, sy1, sy, sy1-b; not {other:?}"),
+        "py" => (
+            "Python loop on confluent-kafka (two hops, 3 route topics)",
+            vec!["py-standard", "py-urgent", "py-errors", "py-dlq"],
+        ),
+        "quix" => (
+            "Quix Streams app (two hops, 3 route topics)",
+            vec!["quix-standard", "quix-urgent", "quix-errors", "quix-dlq"],
+        ),
+        other => panic!("PATHS takes pt, pt3, sy1, sy, sy1-b, py, quix; not {other:?}"),
     }
 }
 
-/// The floor each path is compared with: the routed passthrough for `sy` when it runs, else
-/// the plain one; `None` for the floors themselves (and without a floor).
+/// The floor each path is compared with: the routed passthrough for the paths writing three
+/// route topics (`sy`, `py`, `quix`) when it runs, else the plain one; `None` for the floors
+/// themselves (and without a floor).
 fn base_of(chosen: &[String], path: &str) -> Option<usize> {
     let index = |name: &str| chosen.iter().position(|p| p == name).map(|i| i + 1);
     match path {
         "pt" | "pt3" => None,
-        "sy" => index("pt3").or_else(|| index("pt")),
+        "sy" | "py" | "quix" => index("pt3").or_else(|| index("pt")),
         _ => index("pt"),
     }
 }
@@ -192,6 +216,8 @@ struct RunResult {
     /// Per path: its p99 minus its floor's ([`base_of`]), ms (None for the one hop and the
     /// floors).
     p99_minus_base: Vec<Option<f64>>,
+    /// Per path: what it added to each event's one hop, µs (empty for the one hop itself).
+    added: Vec<Vec<i64>>,
     header: String,
 }
 
@@ -203,13 +229,19 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
     };
     let b = broker.bootstrap().to_owned();
     let mut topics: Vec<String> = vec!["in".into(), "pt-out".into()];
-    for prefix in ["sy", "sy1", "sy1b", "pt3"] {
+    for prefix in ["sy", "sy1", "sy1b", "pt3", "py", "quix"] {
         for suffix in ["standard", "urgent", "errors", "dlq"] {
             topics.push(format!("{prefix}-{suffix}"));
         }
     }
     let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
     broker.create_topics(&specs).expect("topics");
+    let python = |kind, prefix: &str| {
+        Running::Router(
+            start_python_router(kind, &b, "in", prefix)
+                .unwrap_or_else(|e| panic!("{prefix}: {e:#}")),
+        )
+    };
     let running: Vec<Running> = s
         .chosen
         .iter()
@@ -218,8 +250,8 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
             "pt3" => {
                 Running::Passthrough(start_passthrough_with(&b, "in", "pt3", Passthrough::Routed))
             }
-            "sy1" => Running::Switchyard(start_switchyard(&b, "in", "sy1", true, &s.sy_extra)),
-            "sy1-b" => Running::Switchyard(start_switchyard_binary(
+            "sy1" => Running::Router(start_switchyard(&b, "in", "sy1", true, &s.sy_extra)),
+            "sy1-b" => Running::Router(start_switchyard_binary(
                 std::path::Path::new(
                     &std::env::var("BASELINE_BIN").expect("sy1-b needs BASELINE_BIN"),
                 ),
@@ -229,7 +261,9 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
                 true,
                 &s.sy_extra,
             )),
-            _ => Running::Switchyard(start_switchyard(&b, "in", "sy", false, &s.sy_extra)),
+            "py" => python(PythonRouter::Loop, "py"),
+            "quix" => python(PythonRouter::Quix, "quix"),
+            _ => Running::Router(start_switchyard(&b, "in", "sy", false, &s.sy_extra)),
         })
         .collect();
     // Group joins and producer start-up before anything is written; the warm-up then covers
@@ -286,6 +320,15 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
             quantiles[i].0 - quantiles[base].0,
         ));
     }
+    let added = (0..paths.len())
+        .map(|i| match i {
+            0 => Vec::new(),
+            _ => run.latencies[i]
+                .iter()
+                .filter_map(|(id, l)| run.latencies[0].get(id).map(|hop| l - hop))
+                .collect(),
+        })
+        .collect();
     let broker_cpu = if broker.pid().is_some() {
         format!("; broker CPU {}", cpu(pids.len() - 1))
     } else {
@@ -296,8 +339,64 @@ fn one_run(s: &Settings, paths: &[(&str, Vec<&str>)]) -> RunResult {
         pairs,
         histograms: run.latencies.iter().map(Histogram::of).collect(),
         p99_minus_base,
+        added,
         header: format!("{} events created in the window{broker_cpu}", run.created),
     }
+}
+
+/// What each router adds to the one hop per event (`added`, µs, per path as in `paths`), and
+/// with `sy` and a Python router, Switchyard's share of what that router adds (the target: at
+/// most a tenth of the Python loop's).
+fn added_tables(s: &Settings, paths: &[(&str, Vec<&str>)], added: &[Vec<i64>]) -> String {
+    let quantiles: Vec<(f64, f64, f64)> = added.iter().map(|a| percentiles(a.clone())).collect();
+    let rows: Vec<String> = (1..paths.len())
+        .map(|i| {
+            let (p50, p99, p999) = quantiles[i];
+            format!(
+                "| {} | {p50:+.1} | {p99:+.1} | {p999:+.1} | {} |",
+                paths[i].0,
+                added[i].len()
+            )
+        })
+        .collect();
+    let mut text = format!(
+        "added to the one hop per event (the path's latency minus the same event's one hop), \
+         ms:\n\n\
+         | path | p50 | p99 | p999 | events in both |\n|---|---:|---:|---:|---:|\n{}\n\n",
+        rows.join("\n")
+    );
+    let index = |name: &str| s.chosen.iter().position(|p| p == name).map(|i| i + 1);
+    if let Some(sy) = index("sy") {
+        let mut shares = Vec::new();
+        for (name, target) in [("py", Some(0.1)), ("quix", None)] {
+            let Some(other) = index(name) else { continue };
+            let share = |q: fn(&(f64, f64, f64)) -> f64| {
+                let (a, b) = (q(&quantiles[sy]), q(&quantiles[other]));
+                let verdict = match target {
+                    Some(t) if a <= t * b => " (met)",
+                    Some(_) => " (not met)",
+                    None => "",
+                };
+                format!("{:.0}%{verdict}", 100.0 * a / b)
+            };
+            shares.push(format!(
+                "| {} | {} | {} | {} |",
+                paths[other].0,
+                share(|q| q.0),
+                share(|q| q.1),
+                share(|q| q.2),
+            ));
+        }
+        if !shares.is_empty() {
+            text.push_str(&format!(
+                "what switchyard (`sy`) adds to the one hop, as a share of what each Python router \
+                 adds (target: at most 10% of the Python loop's):\n\n\
+                 | against | at p50 | at p99 | at p999 |\n|---|---:|---:|---:|\n{}\n\n",
+                shares.join("\n")
+            ));
+        }
+    }
+    text
 }
 
 /// xorshift64*: a seeded generator for the resampling (no dependency for one loop).
@@ -338,6 +437,12 @@ fn main() {
             .unwrap_or_default()
             .replace("\\n", "\n"),
     };
+    if s.chosen.iter().any(|p| PythonRouter::of_path(p).is_some()) {
+        // Before any run: a missing Python or venv stops the bench here, not mid-run.
+        if let Err(e) = bench_python() {
+            panic!("{e:#}");
+        }
+    }
     let runs = env_u64("RUNS", 1).max(1) as usize;
     let mut paths: Vec<(&str, Vec<&str>)> = vec![("one hop (producer -> consumer)", vec!["in"])];
     paths.extend(s.chosen.iter().map(|p| path_of(p)));
@@ -357,7 +462,7 @@ fn main() {
              |---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
              against the passthrough (target: p99 at most +2 ms), ms:\n\n\
              | path | against | p50 - its p50 | p99 - its p99 | per-event difference p50 | p99 | p999 | events in both |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|\n{}\n\n",
+             |---|---|---:|---:|---:|---:|---:|---:|\n{}\n\n{}",
             s.broker,
             s.chosen.join(", "),
             s.rate,
@@ -366,6 +471,7 @@ fn main() {
             result.header,
             result.rows.join("\n"),
             result.pairs.join("\n"),
+            added_tables(&s, &paths, &result.added),
         );
         eprint!("{text}");
         report.push_str(&text);
@@ -421,13 +527,22 @@ fn main() {
                 ));
             }
         }
+        let added: Vec<Vec<i64>> = (0..paths.len())
+            .map(|i| {
+                results
+                    .iter()
+                    .flat_map(|r| r.added[i].iter().copied())
+                    .collect()
+            })
+            .collect();
         report.push_str(&format!(
             "pooled over {runs} runs:\n\n\
              | path | p50 ms | p99 ms | p999 ms |\n|---|---:|---:|---:|\n{}\n\n\
              | path | against | pooled p99 - its p99, ms | 95% interval (runs resampled) | per run | runs within +2 ms |\n\
-             |---|---|---:|---:|---|---:|\n{}\n",
+             |---|---|---:|---:|---|---:|\n{}\n\n{}",
             rows.join("\n"),
             pairs.join("\n"),
+            added_tables(&s, &paths, &added),
         ));
     }
     println!("{report}");

@@ -23,13 +23,25 @@
 //!   `pt3h` the same adding Switchyard-sized provenance headers (as `pth` does);
 //! - **switchyard** (`sy`): the release binary with the `route` plugin, three route topics
 //!   and a dead-letter topic, as in `e2e_latency`; `sy1` with every route to one topic; `syn`
-//!   and `sy1n` the same with `provenance_headers = false`.
+//!   and `sy1n` the same with `provenance_headers = false`;
+//! - **the Python routers** a team would write instead (`bench/python/`, their pinned venv
+//!   made by `bench/python/install.sh` on first use): `py`, a plain loop on confluent-kafka
+//!   (per poll batch: produce, flush, commit synchronously), and `quix`, a Quix Streams app
+//!   (its defaults: at-least-once, a checkpoint every 5 s). Both apply the `route` plugin's
+//!   rule to the same four topics as `sy`, with Switchyard's client settings, writing each
+//!   key and value unchanged (`sy` adds its two provenance headers). With `sy` and either in
+//!   `PATHS`, the report compares them round by round: records/s and router CPU per record.
 //!
 //! ```sh
 //! cargo bench -p switchyard-tests --bench throughput
 //! RECORDS=1000000 ROUNDS=3 PATHS=pt,sy,sy1 cargo bench -p switchyard-tests --bench throughput
 //! # SY_EXTRA adds lines to the routers' pipeline table (`\n` separates lines):
 //! SY_EXTRA='workers = 1' PATHS=sy cargo bench -p switchyard-tests --bench throughput
+//! # Against the Python routers (the slow paths: about 10k-25k records/s here):
+//! RECORDS=1000000 ROUNDS=5 PATHS=pt,sy,py,quix cargo bench -p switchyard-tests --bench throughput
+//! # The Python routers with librdkafka's (and Quix Streams') own client settings but for the
+//! # idempotent producer with acks=all, instead of Switchyard's:
+//! PY_CLIENT=defaults PATHS=py,quix cargo bench -p switchyard-tests --bench throughput
 //! # Two builds in the same run: a router path with `-b` runs the binary at BASELINE_BIN.
 //! BASELINE_BIN=/tmp/switchyard-before PATHS=sy-b,sy cargo bench -p switchyard-tests --bench throughput
 //! ```
@@ -38,8 +50,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use std::time::{Duration, Instant};
 use switchyard_tests::e2e::{
-    PARTITIONS, Passthrough, cpu_seconds, env_u64, peak_rss_mib, producer, run_as_passthrough,
-    send, stamped, start_passthrough_with, start_switchyard_binary,
+    PARTITIONS, Passthrough, PythonRouter, bench_python, cpu_seconds, env_u64, peak_rss_mib,
+    producer, run_as_passthrough, send, stamped, start_passthrough_with, start_python_router,
+    start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
 use switchyard_tests::router_process::switchyard_binary;
@@ -154,6 +167,63 @@ fn baseline_note(path: &str) -> &'static str {
     }
 }
 
+/// `sy` against the Python routers round by round, when `sy` and `py` or `quix` ran: the
+/// targets are `sy` at least 20 times `py`'s rate and 50 times `quix`'s in every round, and at
+/// most a tenth of `py`'s router CPU per record.
+fn against_python(results: &[(String, Vec<Drain>)]) -> String {
+    let of = |name: &str| results.iter().find(|(p, _)| p == name).map(|(_, d)| d);
+    let Some(sy) = of("sy") else {
+        return String::new();
+    };
+    let (py, quix) = (of("py"), of("quix"));
+    if py.is_none() && quix.is_none() {
+        return String::new();
+    }
+    let figure = |d: Option<&Vec<Drain>>, i: usize, f: fn(&Drain) -> f64| {
+        d.and_then(|d| d.get(i)).map_or(f64::NAN, f)
+    };
+    let mut rows = Vec::new();
+    // Rounds meeting each target, of the rounds that measured it.
+    let mut met = [(0, 0); 3];
+    let mut tally = |k: usize, ratio: f64, ok: bool| {
+        if ratio.is_finite() {
+            met[k].1 += 1;
+            met[k].0 += usize::from(ok);
+        }
+    };
+    for (i, s) in sy.iter().enumerate() {
+        let (py_rate, quix_rate) = (figure(py, i, |d| d.rate), figure(quix, i, |d| d.rate));
+        let (py_cpu, quix_cpu) = (figure(py, i, |d| d.cpu_us), figure(quix, i, |d| d.cpu_us));
+        let (over_py, over_quix, cpu_share) =
+            (s.rate / py_rate, s.rate / quix_rate, s.cpu_us / py_cpu);
+        tally(0, over_py, over_py >= 20.0);
+        tally(1, over_quix, over_quix >= 50.0);
+        tally(2, cpu_share, cpu_share <= 0.1);
+        rows.push(format!(
+            "| {} | {:.0} | {py_rate:.0} | {quix_rate:.0} | **{over_py:.1}x** | **{over_quix:.1}x** \
+             | {:.2} / {py_cpu:.2} / {quix_cpu:.2} | **{:.1}%** / {:.1}% |",
+            i + 1,
+            s.rate,
+            s.cpu_us,
+            100.0 * cpu_share,
+            100.0 * s.cpu_us / quix_cpu,
+        ));
+    }
+    let verdict = |(ok, of): (usize, usize)| format!("met in {ok} of {of} rounds");
+    format!(
+        "switchyard (`sy`) against the Python routers, round by round:\n\n\
+         | round | sy records/s | py records/s | quix records/s | sy / py | sy / quix \
+         | router CPU µs/record sy / py / quix | sy's CPU per record of py's / of quix's |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n{}\n\n\
+         targets: sy at least 20x py's rate: {}; at least 50x quix's: {}; router CPU per \
+         record at most 10% of py's: {}\n\n",
+        rows.join("\n"),
+        verdict(met[0]),
+        verdict(met[1]),
+        verdict(met[2]),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -179,6 +249,12 @@ fn main() {
         .split(',')
         .map(|p| p.trim().to_owned())
         .collect();
+    if paths.iter().any(|p| PythonRouter::of_path(p).is_some()) {
+        // Before any round: a missing Python or venv stops the bench here, not mid-run.
+        if let Err(e) = bench_python() {
+            panic!("{e:#}");
+        }
+    }
     // Per path: (round, drain) for every round.
     let mut results: Vec<(String, Vec<Drain>)> =
         paths.iter().map(|p| (p.clone(), Vec::new())).collect();
@@ -260,10 +336,24 @@ fn main() {
                     }
                     drain
                 }
-                other => panic!(
-                    "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, pt3, pt3h, sy, syn, sy1, sy1n \
-                     (a router path with -b runs the build at BASELINE_BIN)"
-                ),
+                other => {
+                    let Some(kind) = PythonRouter::of_path(other) else {
+                        panic!(
+                            "unknown path {other:?}: PATHS takes pt, pth, ptw, ptb, pt3, pt3h, sy, \
+                             syn, sy1, sy1n, py, quix (a router path with -b runs the build at \
+                             BASELINE_BIN)"
+                        )
+                    };
+                    let mut router = start_python_router(kind, &b, &input, &prefix)
+                        .unwrap_or_else(|e| panic!("{other}: {e:#}"));
+                    let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
+                    let _ = router.sigterm();
+                    let _ = router.wait(Duration::from_secs(30));
+                    if drain.out < n as i64 * 99 / 100 {
+                        eprintln!("{other} log:\n{}", router.log());
+                    }
+                    drain
+                }
             };
             eprintln!(
                 "  {:.0} records/s, CPU µs/record: {:.2} (broker {:.2})",
@@ -282,6 +372,8 @@ fn main() {
         "sy" => "switchyard + route, 3 route topics",
         "syn" => "switchyard + route, 3 route topics, provenance_headers = false",
         "sy1n" => "switchyard + route, 1 output topic, provenance_headers = false",
+        "py" => "Python loop on confluent-kafka, 3 route topics",
+        "quix" => "Quix Streams app, 3 route topics",
         _ => "switchyard + route, 1 output topic",
     };
     let passthrough: Option<&Vec<Drain>> = results.iter().find(|(p, _)| p == "pt").map(|(_, d)| d);
@@ -323,12 +415,13 @@ fn main() {
         ));
     }
     let report = format!(
-        "drain of {n} records per path and round, {PARTITIONS} partitions, tansu in memory\n\n\
+        "{}drain of {n} records per path and round, {PARTITIONS} partitions, tansu in memory\n\n\
          | round | path | records/s | of the passthrough | CPU µs/record | broker CPU µs/record | records out | peak RSS MiB |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n{}\n\n\
          medians:\n\n\
          | path | records/s | of the passthrough | CPU µs/record | broker CPU µs/record |\n|---|---:|---:|---:|---:|\n{}\n\n\
          target: switchyard at least 90% of the passthrough\n",
+        against_python(&results),
         rows.join("\n"),
         summary.join("\n"),
     );

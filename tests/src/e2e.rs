@@ -786,3 +786,98 @@ pub fn start_switchyard_binary(
     let path = config.to_str().expect("path").to_owned();
     RouterProcess::start_binary(binary, &["run", "--config", &path]).expect("switchyard starts")
 }
+
+/// A router in Python (`bench/python/`): what a team would write instead of Switchyard to
+/// consume, route by a field and produce. Both apply the `route` plugin's rule to the same
+/// four topics as [`start_switchyard`] (`{prefix}-standard`, `-urgent`, `-errors`, `-dlq`),
+/// at least once, writing each input's key and value unchanged (no provenance headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonRouter {
+    /// `bench/python/route_loop.py`: a plain loop on confluent-kafka; per poll batch it
+    /// produces, flushes, then commits synchronously.
+    Loop,
+    /// `bench/python/route_quix.py`: a Quix Streams app with its defaults (at-least-once,
+    /// a checkpoint every 5 s).
+    Quix,
+}
+
+impl PythonRouter {
+    /// The path's name in the benches' `PATHS`.
+    pub fn of_path(path: &str) -> Option<PythonRouter> {
+        match path {
+            "py" => Some(PythonRouter::Loop),
+            "quix" => Some(PythonRouter::Quix),
+            _ => None,
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            PythonRouter::Loop => "route_loop.py",
+            PythonRouter::Quix => "route_quix.py",
+        }
+    }
+}
+
+/// The Python with the routers' pinned packages: `bench/python/install.sh` makes its venv
+/// under `$SWITCHYARD_TOOLS` the first time (or when the pins change; pip's output shows on
+/// stderr) and prints its path. Run once per process.
+pub fn bench_python() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    static PYTHON: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let script = crate::repo_root().join("bench/python/install.sh");
+            let install = || -> anyhow::Result<std::path::PathBuf> {
+                let output = Command::new("bash")
+                    .arg(&script)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .with_context(|| format!("cannot run bash {}", script.display()))?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "{} failed ({}); it needs python3 (3.9 or later, with venv) and, the first \
+                     time, PyPI",
+                    script.display(),
+                    output.status
+                );
+                let python = std::path::PathBuf::from(
+                    String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+                );
+                anyhow::ensure!(
+                    python.is_file(),
+                    "{} printed {:?}, which is not a file",
+                    script.display(),
+                    python.display()
+                );
+                Ok(python)
+            };
+            install().map_err(|e| format!("the Python routers' venv: {e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Starts `router` reading `input` as the consumer group `{prefix}-router`, writing
+/// `{prefix}-standard`, `-urgent`, `-errors` and `-dlq`; its output goes to a log file, and
+/// it dies with the bench.
+pub fn start_python_router(
+    router: PythonRouter,
+    bootstrap: &str,
+    input: &str,
+    prefix: &str,
+) -> anyhow::Result<RouterProcess> {
+    let python = bench_python()?;
+    let script = crate::repo_root()
+        .join("bench/python")
+        .join(router.script());
+    let script = script
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("the script's path is not UTF-8: {}", script.display()))?;
+    let topics = ["standard", "urgent", "errors", "dlq"].map(|t| format!("{prefix}-{t}"));
+    let group = format!("{prefix}-router");
+    let mut args = vec![script, bootstrap, input, &group];
+    args.extend(topics.iter().map(String::as_str));
+    RouterProcess::start_binary(&python, &args)
+}

@@ -78,7 +78,8 @@ impl RouterProcess {
         Self::start_binary(&switchyard_binary()?, args)
     }
 
-    /// Starts `<binary> <args>`: another build of switchyard (benches compare two builds).
+    /// Starts `<binary> <args>`: another build of switchyard (benches compare two builds), or
+    /// another router altogether (the benches' Python routers, `e2e::start_python_router`).
     pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> anyhow::Result<RouterProcess> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
@@ -168,7 +169,7 @@ impl RouterProcess {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "switchyard still running after {timeout:?}; log:\n{}",
+                    "the router is still running after {timeout:?}; log:\n{}",
                     self.log()
                 );
             }
