@@ -60,15 +60,36 @@ fn prepare(name: &str, bootstrap: &str) -> std::path::PathBuf {
     write_file(&dir, "switchyard.toml", &text)
 }
 
-/// The topics (name, partitions) of the `kafka-topics.sh --create` lines of a config's header.
-fn documented_topics(config: &str) -> Vec<(String, i32)> {
-    config
-        .lines()
-        .filter_map(|line| {
-            line.trim_start_matches('#')
-                .trim()
-                .strip_prefix("kafka-topics.sh")
-        })
+/// A topic a config's header documents: name, partitions, `--config` settings.
+type Documented = (String, i32, Vec<(String, String)>);
+
+/// The topics of the `kafka-topics.sh --create` commands of a config's header (a command
+/// may go on over lines ending in `\`).
+fn documented_topics(config: &str) -> Vec<Documented> {
+    let mut commands: Vec<String> = Vec::new();
+    let mut going_on = false;
+    for line in config.lines() {
+        let Some(text) = line.strip_prefix('#') else {
+            going_on = false;
+            continue;
+        };
+        let text = text.trim();
+        let (text, continued) = match text.strip_suffix('\\') {
+            Some(head) => (head.trim(), true),
+            None => (text, false),
+        };
+        match commands.last_mut() {
+            Some(command) if going_on => {
+                command.push(' ');
+                command.push_str(text);
+            }
+            _ => commands.push(text.to_owned()),
+        }
+        going_on = continued;
+    }
+    commands
+        .iter()
+        .filter_map(|command| command.strip_prefix("kafka-topics.sh"))
         .filter(|command| command.contains("--create"))
         .map(|command| {
             let words: Vec<&str> = command.split_whitespace().collect();
@@ -81,7 +102,17 @@ fn documented_topics(config: &str) -> Vec<(String, i32)> {
                     .to_string()
             };
             let partitions = after("--partitions").parse().expect("a partition count");
-            (after("--topic"), partitions)
+            let configs = words
+                .windows(2)
+                .filter(|w| w[0] == "--config")
+                .map(|w| {
+                    let (key, value) = w[1]
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("--config {} is not key=value", w[1]));
+                    (key.to_owned(), value.to_owned())
+                })
+                .collect();
+            (after("--topic"), partitions, configs)
         })
         .collect()
 }
@@ -161,7 +192,7 @@ fn run_example(name: &str) {
     let config = Config::load(&config_path).expect("config loads");
     // Every topic the config reads or writes is among the documented ones (the changelog of
     // a stateful pipeline may instead be created by the router).
-    let documented: BTreeSet<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
+    let documented: BTreeSet<&str> = topics.iter().map(|(t, _, _)| t.as_str()).collect();
     let mut outputs = Vec::new();
     for p in &config.pipelines {
         let switchyard::config::Subscription::Topics(sources) = &p.source else {
@@ -184,8 +215,15 @@ fn run_example(name: &str) {
     }
     outputs.sort();
     outputs.dedup();
-    let create: Vec<(&str, i32)> = topics.iter().map(|(t, n)| (t.as_str(), *n)).collect();
-    broker.create_topics(&create).expect("topics created");
+    for (topic, partitions, configs) in &topics {
+        let configs: Vec<(&str, &str)> = configs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        broker
+            .create_topics_with(&[(topic.as_str(), *partitions)], &configs)
+            .expect("topic created");
+    }
 
     let dir = config_path.parent().expect("scratch dir");
     let read = |file: &str| -> Vec<String> {
