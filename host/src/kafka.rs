@@ -178,6 +178,26 @@ pub fn now_ms() -> i64 {
 /// How long the start-up check of the output topics waits for the cluster's answer.
 pub const TOPIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The partition ids of `topic` as the cluster's metadata lists them; none when it does not
+/// exist.
+pub fn partition_ids<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Vec<i32>> {
+    use anyhow::Context as _;
+    use rdkafka::consumer::Consumer as _;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of topic {topic}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// Which of `topics` the cluster says do not exist. Asks for each topic's metadata with a
 /// consumer's settings, which never create a topic (`allow.auto.create.topics` is off for
 /// consumers). `Err` when the cluster does not answer (the caller decides what that means).

@@ -31,19 +31,7 @@ pub fn fields<'a, const N: usize>(
     input: &'a [u8],
     names: [&str; N],
 ) -> Result<[Option<Field<'a>>; N], ScanError> {
-    let mut s = Scanner {
-        input,
-        at: 0,
-        whole: false,
-    };
-    s.skip_ws();
-    if s.peek() != Some(b'{') {
-        let found = s.peek();
-        return Err(ScanError::new(s.at, ScanErrorKind::NotObject { found }));
-    }
-    s.at += 1;
-    // Every `None` from the scanner means "stopped at `s.at`", which the error reports.
-    s.members(names).ok_or_else(|| unexpected_at(input, s.at))
+    scan(input, names, false)
 }
 
 /// [`fields`] of an `input` that must be one valid JSON object as a whole: UTF-8, every
@@ -57,10 +45,19 @@ pub fn fields_checked<'a, const N: usize>(
     if let Err(e) = std::str::from_utf8(input) {
         return Err(ScanError::new(e.valid_up_to(), ScanErrorKind::NotUtf8));
     }
+    scan(input, names, true)
+}
+
+/// The top-level object's members: up to the last of `names`, or `whole`.
+fn scan<'a, const N: usize>(
+    input: &'a [u8],
+    names: [&str; N],
+    whole: bool,
+) -> Result<[Option<Field<'a>>; N], ScanError> {
     let mut s = Scanner {
         input,
         at: 0,
-        whole: true,
+        whole,
     };
     s.skip_ws();
     if s.peek() != Some(b'{') {
@@ -68,6 +65,7 @@ pub fn fields_checked<'a, const N: usize>(
         return Err(ScanError::new(s.at, ScanErrorKind::NotObject { found }));
     }
     s.at += 1;
+    // Every `None` from the scanner means "stopped at `s.at`", which the error reports.
     s.members(names).ok_or_else(|| unexpected_at(input, s.at))
 }
 

@@ -55,7 +55,7 @@ use switchyard_tests::e2e::{
     start_switchyard_binary,
 };
 use switchyard_tests::kafka::Broker;
-use switchyard_tests::router_process::switchyard_binary;
+use switchyard_tests::router_process::{RouterProcess, switchyard_binary};
 
 /// The passthrough runs in this executable: it gets the allocator the `switchyard` binary
 /// has (mimalloc, also as the C `malloc` librdkafka uses; see host/src/main.rs), so the two
@@ -288,6 +288,16 @@ fn main() {
                 "  {:.0} records/s; draining ...",
                 n as f64 / took.as_secs_f64()
             );
+            // A router process: its drain, then a clean stop; its log when it fell short.
+            let drain_router = |name: &str, mut router: RouterProcess| {
+                let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
+                let _ = router.sigterm();
+                let _ = router.wait(Duration::from_secs(30));
+                if drain.out < n as i64 * 99 / 100 {
+                    eprintln!("{name} log:\n{}", router.log());
+                }
+                drain
+            };
             let drain = match path.as_str() {
                 "pt" | "pth" | "ptw" | "ptb" | "pt3" | "pt3h" => {
                     let (kind, output) = match path.as_str() {
@@ -320,7 +330,7 @@ fn main() {
                     } else {
                         sy_extra.clone()
                     };
-                    let mut router = start_switchyard_binary(
+                    let router = start_switchyard_binary(
                         &binary,
                         &b,
                         &input,
@@ -328,13 +338,7 @@ fn main() {
                         sy.starts_with("sy1"),
                         &extra,
                     );
-                    let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
-                    let _ = router.sigterm();
-                    let _ = router.wait(Duration::from_secs(30));
-                    if drain.out < n as i64 * 99 / 100 {
-                        eprintln!("switchyard log:\n{}", router.log());
-                    }
-                    drain
+                    drain_router("switchyard", router)
                 }
                 other => {
                     let Some(kind) = PythonRouter::of_path(other) else {
@@ -344,15 +348,9 @@ fn main() {
                              BASELINE_BIN)"
                         )
                     };
-                    let mut router = start_python_router(kind, &b, &input, &prefix)
+                    let router = start_python_router(kind, &b, &input, &prefix)
                         .unwrap_or_else(|e| panic!("{other}: {e:#}"));
-                    let drain = follow(&watcher, &outputs, n, router.pid(), broker_pid, timeout);
-                    let _ = router.sigterm();
-                    let _ = router.wait(Duration::from_secs(30));
-                    if drain.out < n as i64 * 99 / 100 {
-                        eprintln!("{other} log:\n{}", router.log());
-                    }
-                    drain
+                    drain_router(other, router)
                 }
             };
             eprintln!(

@@ -297,15 +297,7 @@ impl Reader {
             )
             .create()
             .context("cannot create the dead-letter topic's consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), BROKER_TIMEOUT)
-            .with_context(|| format!("cannot read the metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = kafka::partition_ids(&consumer, &topic, BROKER_TIMEOUT)?;
         anyhow::ensure!(
             !partitions.is_empty(),
             "the dead-letter topic {topic} (dead_letter_topic of pipeline {}) does not exist",

@@ -45,15 +45,7 @@ impl TopicFollower {
             .set("enable.partition.eof", "true")
             .create()
             .context("cannot create the table consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .with_context(|| format!("cannot read the metadata of topic {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = crate::kafka::partition_ids(&consumer, topic, METADATA_TIMEOUT)?;
         if partitions.is_empty() {
             anyhow::bail!(
                 "topic {topic} does not exist (create it, compacted, with the table's rows)"
