@@ -11,6 +11,7 @@
 use crate::admin::{self, Serving};
 use crate::config::Config;
 use crate::control::VersionStore;
+use crate::kafka;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineHandle};
 use crate::plugin::{EngineConfig, PluginEngine};
@@ -260,7 +261,7 @@ fn check_changelog_topic(
 /// DescribeConfigs; a topic that does not set it gets the broker's default, `delete` on
 /// Kafka. A cluster that does not answer is not a refusal.
 fn check_compacted(brokers: &str, pipeline: &str, topic: &str) -> anyhow::Result<()> {
-    match cleanup_policy(brokers, topic) {
+    match kafka::cleanup_policy(brokers, topic) {
         Ok(Some(policy)) if policy.split(',').any(|p| p.trim() == "compact") => Ok(()),
         Ok(policy) => anyhow::bail!(
             "pipeline {pipeline}: the changelog topic {topic} is not compacted (cleanup.policy {}), so a restore could miss state written long ago; make it compacted: kafka-configs.sh --bootstrap-server {brokers} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact",
@@ -274,33 +275,6 @@ fn check_compacted(brokers: &str, pipeline: &str, topic: &str) -> anyhow::Result
             Ok(())
         }
     }
-}
-
-/// The topic's `cleanup.policy` as the cluster describes it (`None`: not in its answer).
-fn cleanup_policy(brokers: &str, topic: &str) -> anyhow::Result<Option<String>> {
-    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .context("cannot create an admin client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime to describe the changelog topic")?;
-    // Kafka and tansu answer at once; librdkafka's mock cluster (the demo's broker) never
-    // does, and the start should not wait long for it.
-    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(2)));
-    let results = runtime
-        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
-        .context("DescribeConfigs failed")?;
-    let resource = results
-        .into_iter()
-        .next()
-        .context("no answer for the topic")?
-        .map_err(|code| anyhow::anyhow!("DescribeConfigs: {code}"))?;
-    Ok(resource
-        .get("cleanup.policy")
-        .and_then(|entry| entry.value.clone()))
 }
 
 /// Creates a compacted changelog topic.

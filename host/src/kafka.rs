@@ -289,6 +289,34 @@ where
     }
 }
 
+/// The topic's `cleanup.policy` as the cluster describes it (`None`: not in its answer).
+pub fn cleanup_policy(brokers: &str, topic: &str) -> anyhow::Result<Option<String>> {
+    use anyhow::Context as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to describe the topic")?;
+    // Kafka and tansu answer at once; librdkafka's mock cluster (the demo's broker) never
+    // does, and no caller should wait long for it.
+    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(2)));
+    let results = runtime
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
+        .context("DescribeConfigs failed")?;
+    let resource = results
+        .into_iter()
+        .next()
+        .context("no answer for the topic")?
+        .map_err(|code| anyhow::anyhow!("DescribeConfigs: {code}"))?;
+    Ok(resource
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone()))
+}
+
 #[cfg(test)]
 mod defaults_tests {
     use super::*;

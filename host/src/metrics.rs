@@ -145,6 +145,8 @@ pub struct Metrics {
     pub retries_dropped: Family<PipelineLabels, Counter>,
     /// Plugin uploads and rollbacks, by result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Source offsets skipped where the next record was expected (records the broker lost).
+    pub source_gaps: Family<PipelineLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -171,6 +173,7 @@ impl Metrics {
             produce_retries: Family::default(),
             retries_dropped: Family::default(),
             reloads: Family::default(),
+            source_gaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -223,6 +226,11 @@ impl Metrics {
             "Plugin uploads and rollbacks, by result",
             m.reloads.clone(),
         );
+        registry.register(
+            "source_gaps",
+            "Times a source partition's next record came after the offset expected (after an assignment, a pause or a seek) on a topic neither compacted nor exempted: records the broker lost",
+            m.source_gaps.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -254,6 +262,7 @@ impl Metrics {
             records_dropped: self.records_dropped.get_or_create_owned(&labels),
             produce_retries: self.produce_retries.get_or_create_owned(&labels),
             retries_dropped: self.retries_dropped.get_or_create_owned(&labels),
+            source_gaps: self.source_gaps.get_or_create_owned(&labels),
             end_to_end: self.end_to_end_seconds.get_or_create_owned(&labels),
             records_out: routes
                 .iter()
@@ -283,6 +292,8 @@ pub struct PipelineMetrics {
     pub produce_retries: Counter,
     /// Refused writes of revoked partitions, not retried.
     pub retries_dropped: Counter,
+    /// Gaps in source offsets.
+    pub source_gaps: Counter,
     /// End-to-end latency.
     pub end_to_end: Histogram,
     /// Records acknowledged per route, indexed by route id.

@@ -610,3 +610,68 @@ fn a_missing_output_topic_stops_the_start_naming_it() {
     );
     assert!(!error.contains("events-standard"), "{error}");
 }
+
+/// A broker that loses records: tansu's memory engine answers a fetch that starts inside a
+/// record batch from the next batch, so a group whose committed offset falls inside a batch
+/// never sees the rest of that batch. The router cannot get those records back, but it must
+/// show the loss: `switchyard_source_gaps_total` and one log line per partition.
+#[test]
+fn offsets_the_broker_skipped_are_counted_as_a_source_gap() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::producer::Producer as _;
+    use rdkafka::{Offset, TopicPartitionList};
+    let s = setup("source_gap", &STANDARD);
+    // Ten records in one batch, then five in another, all on partition 0.
+    let producer: rdkafka::producer::ThreadedProducer<switchyard_tests::kafka::Counting> = s
+        .broker
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "200")
+        .set("batch.num.messages", "1000")
+        .create_with_context(Default::default())
+        .expect("producer");
+    for batch in [0..10, 10..15] {
+        for i in batch {
+            let r = TestRecord {
+                partition: Some(0),
+                ..keyed(i, event(i))
+            };
+            switchyard_tests::kafka::send(&producer, "events", &r).expect("queued");
+        }
+        producer.flush(Duration::from_secs(30)).expect("flushed");
+    }
+    // The group's position: inside the first batch.
+    let group: BaseConsumer = s
+        .broker
+        .client_config()
+        .set("group.id", "switchyard-events")
+        .create()
+        .expect("consumer");
+    let mut at = TopicPartitionList::new();
+    at.add_partition_offset("events", 0, Offset::Offset(5))
+        .expect("listed");
+    group.commit(&at, CommitMode::Sync).expect("committed");
+    drop(group);
+
+    let cfg = config(
+        &s,
+        &[("standard", "events-standard")],
+        &[("validate", "validate", &[("required", REQUIRED)])],
+        "",
+    );
+    let running = start(&cfg).expect("pipeline starts");
+    let metrics = running.metrics.clone();
+    let out = running.stop_after_reading(&s.broker, &STANDARD, 5, SETTLE * 4);
+    let mut got: Vec<u64> = out.iter().map(Consumed::event_number).collect();
+    got.sort_unstable();
+    assert_eq!(got, (10..15).collect::<Vec<u64>>(), "what the broker gave");
+    let text = metrics.encode();
+    assert!(
+        text.contains("switchyard_source_gaps_total{pipeline=\"events\"} 1\n"),
+        "one gap counted:\n{}",
+        text.lines()
+            .filter(|l| l.contains("source_gaps"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

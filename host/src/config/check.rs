@@ -217,6 +217,7 @@ fn pipeline(at: &str, p: RawPipeline) -> Result<PipelineConfig, ConfigError> {
         watermark_delay_ms: p.watermark_delay_ms,
         idle_timeout_ms: p.idle_timeout_ms,
         create_internal_topics: p.create_internal_topics,
+        count_source_gaps: p.count_source_gaps,
         stages,
     })
 }

@@ -127,6 +127,8 @@ pub struct PipelineConfig {
     pub idle_timeout_ms: u64,
     /// Stateful stages: Switchyard may create the changelog topic.
     pub create_internal_topics: bool,
+    /// Offsets skipped on non-compacted source topics are counted and logged.
+    pub count_source_gaps: bool,
     /// The stage chain, in order; at least one, names unique.
     pub stages: Vec<StageConfig>,
 }

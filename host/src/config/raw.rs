@@ -114,6 +114,11 @@ pub struct RawPipeline {
     /// (default false: it must exist).
     #[serde(default)]
     pub create_internal_topics: bool,
+    /// Whether offsets skipped on the source topics are counted and logged as records the
+    /// broker lost (default true; compacted topics are never counted). Set false for topics
+    /// written by transactional producers, whose commit markers take offsets.
+    #[serde(default = "default_true")]
+    pub count_source_gaps: bool,
     /// The stage chain, in order; at least one.
     #[serde(rename = "stage", default)]
     pub stages: Vec<RawStage>,

@@ -322,6 +322,8 @@ impl Pipeline {
                 operator_paused: &shared.paused,
                 status: &status,
                 records_in: shared.metrics.records_in.clone(),
+                source_gaps: shared.metrics.source_gaps.clone(),
+                count_source_gaps: config.count_source_gaps,
                 producer_fatal: &producer_fatal,
                 state,
             },

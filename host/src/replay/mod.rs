@@ -489,7 +489,7 @@ impl Run<'_> {
                     .get(&partition)
                     .context("a record of a partition the replay did not assign")?
                     .clone();
-                if !writer.status.tracker.track_on(&handle, offset) {
+                if !writer.status.tracker.track_on(&handle, offset).taken() {
                     // Read twice (a fetch again after an error): the first one counts.
                     self.summary.read -= 1;
                     return Ok(());

@@ -19,7 +19,8 @@
 //!   every in-flight record is finished or `drain_timeout` passes; then a final commit (at
 //!   most [`COMMIT_TIMEOUT`]) and the consumer leaves the group (at most [`CLOSE_TIMEOUT`]).
 
-use super::tracker::{PartitionHandle, Tracker};
+use super::gaps::GapCheck;
+use super::tracker::{PartitionHandle, Tracked, Tracker};
 use super::{CLOSE_TIMEOUT, COMMIT_TIMEOUT, SourceContext, close_within, commit_sync};
 use crate::config::{StartPosition, Subscription};
 use crate::kafka;
@@ -83,6 +84,10 @@ pub struct ConsumerSettings<'a> {
     pub status: &'a PipelineStatus,
     /// `switchyard_records_in` for this pipeline.
     pub records_in: Counter,
+    /// `switchyard_source_gaps_total` for this pipeline.
+    pub source_gaps: Counter,
+    /// Which source topics' offset gaps count (the pipeline's `count_source_gaps`).
+    pub count_source_gaps: bool,
     /// The producer's fatal error, if any (checked at housekeeping).
     pub producer_fatal: &'a (dyn Fn() -> Option<String> + Sync),
     /// Stateful pipelines: how assigned tasks are restored.
@@ -107,6 +112,8 @@ pub struct Consumer<'a> {
     /// The handles of the partitions records came from, so taking a record needs no lookup
     /// in the tracker (a handle found revoked is looked up again).
     handles: HandleCache,
+    /// Which source topics' offset gaps count.
+    gaps: Arc<GapCheck>,
 }
 
 impl<'a> Consumer<'a> {
@@ -120,6 +127,12 @@ impl<'a> Consumer<'a> {
             settings.drain_timeout,
         );
         context.state = settings.state.clone();
+        let gaps = GapCheck::new(
+            name,
+            settings.client.get("bootstrap.servers").unwrap_or_default(),
+            settings.count_source_gaps,
+        );
+        context.gaps = Some(gaps.clone());
         let consumer: BaseConsumer<SourceContext> = settings
             .client
             .create_with_context(context)
@@ -142,6 +155,7 @@ impl<'a> Consumer<'a> {
             last_watermarks: now,
             since_housekeeping: 0,
             handles: HandleCache::default(),
+            gaps,
         })
     }
 
@@ -203,9 +217,13 @@ impl<'a> Consumer<'a> {
                     // Not assigned (any more).
                     return;
                 };
-                if !status.tracker.track_on(&handle, message.offset()) {
+                match status.tracker.track_on(&handle, message.offset()) {
                     // Revoked meanwhile, or taken already (fetched again after a seek).
-                    return;
+                    Tracked::Refused => return,
+                    Tracked::Taken => {}
+                    Tracked::AfterGap { expected, first } => {
+                        self.gap(&handle, expected, message.offset(), first)
+                    }
                 }
                 PipelineCounters::add(&status.counters.consumed, 1);
                 self.settings.records_in.inc();
@@ -231,6 +249,23 @@ impl<'a> Consumer<'a> {
                 self.since_housekeeping = HOUSEKEEPING_EVERY;
             }
             None => self.since_housekeeping = HOUSEKEEPING_EVERY,
+        }
+    }
+
+    /// A record came after the offset expected: counted, and logged once per assignment of
+    /// the partition, unless the topic is compacted or the pipeline exempts its topics.
+    #[cold]
+    fn gap(&self, handle: &PartitionHandle, expected: i64, offset: i64, first: bool) {
+        if !self.gaps.counts(&handle.topic) {
+            return;
+        }
+        self.settings.source_gaps.inc();
+        if first {
+            tracing::error!(
+                pipeline = %self.settings.pipeline, topic = %handle.topic, partition = handle.partition,
+                expected, offset, skipped = offset - expected,
+                "Source offsets skipped: records the broker lost (or retention deleted before they were read) were never processed. Counted in switchyard_source_gaps_total; logged once per partition. If the topic is written by transactional producers, set count_source_gaps = false."
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 //!   stops tracking them, so the next owner starts right after what this process finished.
 
 pub mod consumer;
+pub mod gaps;
 pub mod offsets;
 pub mod tracker;
 
@@ -34,6 +35,8 @@ pub struct SourceContext {
     pub assignment_changed: AtomicBool,
     /// Stateful pipelines: restores each assigned task before its records are read.
     pub state: Option<crate::changelog::StateSource>,
+    /// Which source topics' offset gaps count.
+    pub gaps: Option<Arc<gaps::GapCheck>>,
 }
 
 /// How long a metadata request made from a callback may take.
@@ -54,6 +57,7 @@ impl SourceContext {
             drain_timeout,
             assignment_changed: AtomicBool::new(false),
             state: None,
+            gaps: None,
         }
     }
 
@@ -287,28 +291,41 @@ impl ConsumerContext for SourceContext {
                     tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot find offsets for the start timestamp; starting from the earliest.");
                 }
                 let partitions = partitions_of(tpl);
+                // Where each partition's first record is expected: the committed offset, or
+                // where the start timestamp placed it.
+                let committed: Vec<(String, i32, i64)> = consumer
+                    .committed_offsets(tpl.clone(), REQUEST_TIMEOUT)
+                    .map(|c| {
+                        c.elements()
+                            .iter()
+                            .filter_map(|e| match e.offset() {
+                                Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot read the committed offsets of the assigned partitions.");
+                        Vec::new()
+                    });
                 // Inside the callback no record of the new assignment can be read yet: the
                 // tasks' state is in place before their first record reaches a worker.
                 if let Some(state) = &self.state {
-                    let committed: Vec<(String, i32, i64)> = consumer
-                        .committed_offsets(tpl.clone(), REQUEST_TIMEOUT)
-                        .map(|c| {
-                            c.elements()
-                                .iter()
-                                .filter_map(|e| match e.offset() {
-                                    Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
-                                    _ => None,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(pipeline = %self.pipeline, error = %e, "Cannot read the committed offsets before restoring state.");
-                            Vec::new()
-                        });
                     state.on_assign(&self.pipeline, &partitions, &committed);
                 }
                 for (topic, partition) in &partitions {
                     self.tracker.assign(topic, *partition);
+                }
+                for (topic, partition, offset) in &committed {
+                    self.tracker.expect(topic, *partition, *offset);
+                }
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        self.tracker.expect(e.topic(), e.partition(), o);
+                    }
+                }
+                if let Some(gaps) = &self.gaps {
+                    gaps.learn(partitions.iter().map(|(t, _)| t.as_str()));
                 }
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)

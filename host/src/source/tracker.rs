@@ -66,6 +66,35 @@ struct PartitionState {
     last_taken: Option<i64>,
     /// The partition's end (the offset the next produced record gets), as last seen.
     high_watermark: Option<i64>,
+    /// The offset the next record should have: the committed offset at the assignment, then
+    /// the last taken + 1 (`None`: not known, e.g. a group with no committed offset).
+    expected: Option<i64>,
+    /// Whether a gap on this assignment was reported already (logged once per partition).
+    gap_reported: bool,
+}
+
+/// What [`Tracker::track_on`] made of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// Not taken: the partition was revoked, or the offset is not above the last one taken.
+    Refused,
+    /// Taken.
+    Taken,
+    /// Taken, but offsets before it were skipped: on a topic that is neither compacted nor
+    /// written by transactional producers, records the broker lost.
+    AfterGap {
+        /// The offset expected instead.
+        expected: i64,
+        /// The first gap of this assignment (log it).
+        first: bool,
+    },
+}
+
+impl Tracked {
+    /// Whether the record was taken.
+    pub fn taken(self) -> bool {
+        !matches!(self, Tracked::Refused)
+    }
 }
 
 type Key = (Arc<str>, i32);
@@ -142,20 +171,39 @@ impl Tracker {
     /// record is not processed, and is not committed past.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> Option<Arc<PartitionHandle>> {
         let handle = self.handle(topic, partition)?;
-        self.track_on(&handle, offset).then_some(handle)
+        self.track_on(&handle, offset).taken().then_some(handle)
     }
 
     /// [`Tracker::track`] for a caller that already holds the partition's handle (the hot
-    /// path: the consumer keeps the handles of its partitions). False when the handle was
-    /// revoked or the offset is not above the last one taken.
-    pub fn track_on(&self, handle: &PartitionHandle, offset: i64) -> bool {
+    /// path: the consumer keeps the handles of its partitions). Refused when the handle was
+    /// revoked or the offset is not above the last one taken; taken after a gap when the
+    /// offset is above the one expected.
+    pub fn track_on(&self, handle: &PartitionHandle, offset: i64) -> Tracked {
         let mut state = handle.lock();
         if handle.is_revoked() || state.offsets.track(offset).is_err() {
-            return false;
+            return Tracked::Refused;
         }
         state.last_taken = Some(offset);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        true
+        let expected = state.expected.replace(offset.saturating_add(1));
+        match expected {
+            Some(expected) if offset > expected => {
+                let first = !std::mem::replace(&mut state.gap_reported, true);
+                Tracked::AfterGap { expected, first }
+            }
+            _ => Tracked::Taken,
+        }
+    }
+
+    /// The partition's first record should be at `offset` (its committed offset, or where
+    /// a start timestamp placed it): a later first record counts as a gap.
+    pub fn expect(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(handle) = self.handle(topic, partition) {
+            let mut state = handle.lock();
+            if state.last_taken.is_none() {
+                state.expected = Some(offset);
+            }
+        }
     }
 
     /// Every output of a record was acknowledged (or it had none).
@@ -400,12 +448,15 @@ mod tests {
     fn a_revoked_handle_takes_no_record_and_finishes_none() {
         let t = Tracker::new();
         let h = t.assign("a", 0);
-        assert!(t.track_on(&h, 0));
-        assert!(t.track_on(&h, 1));
+        assert!(t.track_on(&h, 0).taken());
+        assert!(t.track_on(&h, 1).taken());
         t.revoke("a", 0);
         assert!(h.is_revoked());
         assert_eq!(t.in_flight(), 0, "revoking subtracts what was in flight");
-        assert!(!t.track_on(&h, 2), "a cached handle of a revoked partition");
+        assert!(
+            !t.track_on(&h, 2).taken(),
+            "a cached handle of a revoked partition"
+        );
         t.finish_many(&h, [0, 1]);
         assert_eq!(t.in_flight(), 0, "late finishes do not go below zero");
         assert!(t.handle("a", 0).is_none());
@@ -422,5 +473,43 @@ mod tests {
         assert!(t.track("a", 0, 3).is_some());
         assert!(t.track("a", 0, 3).is_none());
         assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn offsets_skipped_after_the_expected_position_are_a_gap_reported_once() {
+        let t = Tracker::new();
+        let h = t.assign("a", 0);
+        t.expect("a", 0, 5);
+        assert_eq!(t.track_on(&h, 5), Tracked::Taken);
+        assert_eq!(t.track_on(&h, 6), Tracked::Taken);
+        assert_eq!(
+            t.track_on(&h, 9),
+            Tracked::AfterGap {
+                expected: 7,
+                first: true
+            }
+        );
+        assert_eq!(t.track_on(&h, 10), Tracked::Taken);
+        assert_eq!(
+            t.track_on(&h, 20),
+            Tracked::AfterGap {
+                expected: 11,
+                first: false
+            }
+        );
+        // The first record after the committed offset.
+        let h = t.assign("a", 1);
+        t.expect("a", 1, 100);
+        assert_eq!(
+            t.track_on(&h, 150),
+            Tracked::AfterGap {
+                expected: 100,
+                first: true
+            }
+        );
+        // No committed offset: the first record sets the position.
+        let h = t.assign("a", 2);
+        assert_eq!(t.track_on(&h, 40), Tracked::Taken);
+        assert_eq!(t.track_on(&h, 41), Tracked::Taken);
     }
 }
