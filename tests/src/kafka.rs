@@ -1,7 +1,8 @@
 //! A Kafka-protocol broker for a test, and the client helpers the tests use on it.
 //!
 //! [`Broker::tansu`] starts tansu (a Kafka-protocol broker from crates.io, in memory) on a free
-//! loopback port, in a child process killed when the `Broker` drops. [`Broker::mock`] is
+//! loopback port, in a child process killed when the `Broker` drops; [`Broker::tansu_on`]
+//! with another [`Storage`] (an SQLite file survives [`Broker::restart`]). [`Broker::mock`] is
 //! librdkafka's in-process mock cluster, for fault injection. Topics are never auto-created:
 //! tests create them with [`Broker::create_topics`].
 
@@ -133,8 +134,83 @@ pub fn missing(counts: &HashMap<u64, usize>, n: u64) -> Vec<u64> {
 }
 
 enum Kind {
-    Tansu { child: Mutex<Child>, log: PathBuf },
+    Tansu {
+        child: Mutex<Child>,
+        log: PathBuf,
+        /// How it was started, to start it again.
+        command: TansuCommand,
+    },
     Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+/// Where tansu keeps its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: fast, lost when the broker stops. tansu 0.6's memory engine answers a fetch
+    /// that starts inside a record batch from the next batch, so test producers write one
+    /// record per batch on it.
+    Memory,
+    /// In an SQLite file (`--features libsql`): survives a restart of the broker, and answers
+    /// mid-batch fetches correctly.
+    Sqlite(PathBuf),
+}
+
+impl Storage {
+    fn engine_url(&self) -> String {
+        match self {
+            Storage::Memory => "memory://tansu/".to_owned(),
+            // tansu takes the URL's path without its leading `/` (relative to its working
+            // directory): an absolute path needs one more.
+            Storage::Sqlite(path) if path.is_absolute() => format!("sqlite:///{}", path.display()),
+            Storage::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TansuCommand {
+    binary: PathBuf,
+    url: String,
+    storage: Storage,
+}
+
+impl TansuCommand {
+    fn spawn(&self, log: &std::path::Path, append: bool) -> anyhow::Result<Child> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args([
+                "broker",
+                "--listener-url",
+                &self.url,
+                "--advertised-listener-url",
+                &self.url,
+            ])
+            .args(["--storage-engine", &self.storage.engine_url()])
+            // The test's own RUST_LOG must not make the broker log every request.
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        // SAFETY: prctl in the forked child before exec only sets a flag of that child.
+        // The broker dies with the test process, even when the test is killed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        command
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))
+    }
 }
 
 /// A broker for one test.
@@ -169,7 +245,7 @@ pub fn tansu_binary() -> anyhow::Result<PathBuf> {
         .unwrap_or_default();
     on_path.context(
         "the tansu broker is not installed: run tests/run.sh (it installs it), or \
-         `cargo install tansu --locked --features dynostore` and set SWITCHYARD_TANSU",
+         `cargo install tansu --locked --features dynostore` (add `libsql` for `Storage::Sqlite`) and set SWITCHYARD_TANSU",
     )
 }
 
@@ -178,49 +254,32 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Broker {
-    /// Starts tansu on a free loopback port and waits until it answers metadata requests.
+    /// Starts tansu (in memory) on a free loopback port and waits until it answers metadata
+    /// requests.
     pub fn tansu() -> anyhow::Result<Broker> {
+        Self::tansu_on(Storage::Memory)
+    }
+
+    /// Starts tansu on a free loopback port with the given storage.
+    pub fn tansu_on(storage: Storage) -> anyhow::Result<Broker> {
         let binary = tansu_binary()?;
         let mut last_error = None;
         // A port found free can be taken before tansu binds it; try a few.
         for _ in 0..3 {
             let port = free_port()?;
-            let url = format!("tcp://127.0.0.1:{port}");
+            let command = TansuCommand {
+                binary: binary.clone(),
+                url: format!("tcp://127.0.0.1:{port}"),
+                storage: storage.clone(),
+            };
             let log = std::env::temp_dir().join(format!("switchyard-tansu-{port}.log"));
-            let log_file = std::fs::File::create(&log)
-                .with_context(|| format!("cannot create {}", log.display()))?;
-            let mut command = Command::new(&binary);
-            command
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                // The test's own RUST_LOG must not make the broker log every request.
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null());
-            // SAFETY: prctl in the forked child before exec only sets a flag of that child.
-            // The broker dies with the test process, even when the test is killed.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = command
-                .stdout(log_file.try_clone()?)
-                .stderr(log_file)
-                .spawn()
-                .with_context(|| format!("cannot start {}", binary.display()))?;
+            let child = command.spawn(&log, false)?;
             let broker = Broker {
                 bootstrap: format!("127.0.0.1:{port}"),
                 kind: Kind::Tansu {
                     child: Mutex::new(child),
                     log,
+                    command,
                 },
             };
             match broker.wait_ready(Duration::from_secs(30)) {
@@ -229,6 +288,39 @@ impl Broker {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
+    }
+
+    /// Kills tansu (SIGKILL) and starts it again on the same port and storage; waits until it
+    /// answers. With [`Storage::Memory`] every record is gone afterwards.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let Kind::Tansu {
+            child,
+            log,
+            command,
+        } = &self.kind
+        else {
+            bail!("only tansu restarts");
+        };
+        {
+            let mut child = child
+                .lock()
+                .map_err(|_| anyhow::anyhow!("tansu's handle is poisoned"))?;
+            let _ = child.kill();
+            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // The port is free again only once the old process is gone; retry the bind.
+            *child = loop {
+                let started = command.spawn(log, true)?;
+                std::thread::sleep(Duration::from_millis(300));
+                let mut started = started;
+                match started.try_wait() {
+                    Ok(None) => break started,
+                    _ if Instant::now() < deadline => continue,
+                    _ => bail!("tansu did not start again:\n{}", self.log()),
+                }
+            };
+        }
+        self.wait_ready(Duration::from_secs(60))
     }
 
     /// librdkafka's in-process mock cluster with `brokers` brokers.
@@ -419,13 +511,16 @@ impl Broker {
 
     /// An idempotent producer (acks=all) that counts refused records.
     ///
-    /// On tansu, one record per batch: tansu 0.6 answers a fetch that starts inside a batch with
-    /// nothing, so a consumer that resumes mid-batch (after a pause, a restart from a
-    /// committed offset, a rebalance) would stall. Real Kafka does not need this.
+    /// On tansu in memory, one record per batch: tansu 0.6's memory engine answers a fetch that
+    /// starts inside a batch from the next batch, so a consumer that resumes mid-batch (after a
+    /// pause, a restart from a committed offset, a rebalance) would lose the rest of that batch.
+    /// Real Kafka, and tansu on SQLite, do not need this.
     pub fn producer(&self) -> anyhow::Result<ThreadedProducer<Counting>> {
         let mut config = self.client_config();
         config.set("enable.idempotence", "true");
-        if let Kind::Tansu { .. } = self.kind {
+        if let Kind::Tansu { command, .. } = &self.kind
+            && command.storage == Storage::Memory
+        {
             config.set("batch.num.messages", "1").set("linger.ms", "0");
         }
         config
@@ -613,12 +708,15 @@ pub fn send(
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Kind::Tansu { child, log } = &self.kind
+        if let Kind::Tansu { child, log, .. } = &self.kind
             && let Ok(mut child) = child.lock()
         {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = std::fs::remove_file(log);
+            // Kept for a failing test.
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_file(log);
+            }
         }
     }
 }
