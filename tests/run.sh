@@ -7,8 +7,8 @@
 # and clippy/rustfmt if missing, the tansu broker the Kafka tests start (built once from
 # crates.io into $SWITCHYARD_TOOLS, default ~/.cache/switchyard/tools; the first build takes
 # about 15 minutes on 2 cores), and the pinned Python and JavaScript plugin toolchains (pip and
-# npm, into the same directory; weval, for JavaScript ahead of time, with cargo: about 10
-# minutes the first time). The deployment tests (tests/deploy) need root: they install
+# npm, into the same directory; weval, for JavaScript ahead of time, with cargo: 16 minutes on
+# 2 busy cores the first time). The deployment tests (tests/deploy) need root: they install
 # Debian packages and run containers with podman.
 # CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
 set -euo pipefail

@@ -4,10 +4,11 @@
 # componentize-js is called directly: the `jco componentize` wrapper fails on a path bug here.
 #
 # The components are compiled ahead of time (`--aot`): weval specializes SpiderMonkey's
-# interpreter to the plugin's code, which makes `route` about 1.3 and `validate` about 1.5
-# times faster (BENCHMARKS.md, "Plugins per language"). weval's npm package downloads its binary
-# from GitHub, so weval is built once from crates.io instead (pinned, the version
-# componentize-js expects; about 10 minutes on 2 cores) into $SWITCHYARD_TOOLS/weval.
+# interpreter to the plugin's code, which made `validate` about 1.7 times faster (`route`: less
+# than the noise of the machine measured; BENCHMARKS.md, "Plugins per language"). weval's npm
+# package downloads its binary from GitHub, so weval is built once from crates.io instead
+# (pinned, the version componentize-js expects; 16 minutes on 2 busy cores) into
+# $SWITCHYARD_TOOLS/weval.
 # SWITCHYARD_JS_AOT=0 builds interpreted components and needs no weval.
 #
 #   examples/plugins/javascript/build.sh [OUT_DIR]    # default: target/js-plugins
