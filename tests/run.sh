@@ -7,7 +7,8 @@
 # and clippy/rustfmt if missing, the tansu broker the Kafka tests start (built once from
 # crates.io into $SWITCHYARD_TOOLS, default ~/.cache/switchyard/tools; the first build takes
 # about 15 minutes on 2 cores), and the pinned Python and JavaScript plugin toolchains (pip and
-# npm, into the same directory). The deployment tests (tests/deploy) need root: they install
+# npm, into the same directory; weval, for JavaScript ahead of time, with cargo: 16 minutes on
+# 2 busy cores the first time). The deployment tests (tests/deploy) need root: they install
 # Debian packages and run containers with podman.
 # CARGO_TARGET_DIR and SWITCHYARD_PLUGINS_TARGET_DIR are honoured (CI points them at a cache).
 set -euo pipefail
@@ -43,7 +44,7 @@ plugins_cargo fmt --all --check
 step "build the example plugins (wasm32-wasip2, release)"
 plugins_cargo build --release --target wasm32-wasip2
 
-step "plugins in Python and JavaScript (componentize-py 0.25.1, componentize-js 0.23.0; installed once into \$SWITCHYARD_TOOLS)"
+step "plugins in Python and JavaScript (componentize-py 0.25.1, componentize-js 0.23.0, weval 0.5.0; installed once into \$SWITCHYARD_TOOLS)"
 export SWITCHYARD_TOOLS="$tools"
 bash examples/plugins/python/build.sh "$SWITCHYARD_PLUGINS_TARGET_DIR/python"
 bash examples/plugins/javascript/build.sh "$SWITCHYARD_PLUGINS_TARGET_DIR/javascript"

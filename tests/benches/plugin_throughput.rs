@@ -7,7 +7,12 @@
 //! - `route/wasm` vs `route/native`, `validate/wasm` vs `validate/native`.
 //! - `validate/json-schema`: the built-in JSON Schema stage checking the same fields.
 //! - `route/python`, `route/javascript`, `validate/python`, `validate/javascript`: the same
-//!   plugins written in those languages, at batch 256.
+//!   plugins written in those languages, at batch 256; `javascript` is compiled ahead of time
+//!   (weval), `javascript-interpreted` is the same source without it.
+//!
+//! - `route/<label>`, `validate/<label>`: any other components of `route` or `validate` given
+//!   as `PLUGIN_BENCH_EXTRA=route:<label>=<path>,validate:<label>=<path>,...` (another build
+//!   or version of a plugin, timed in the same run as the examples), at batch 256.
 //!
 //! Run: `cargo bench -p switchyard-tests --bench plugin_throughput`, then
 //! `python3 tests/bench_report.py` to print the table for BENCHMARKS.md.
@@ -146,16 +151,31 @@ fn bench_schema(c: &mut Criterion) {
 }
 
 /// `route` and `validate` written in Python and JavaScript, at batch 256 (their components are
-/// built by `examples/plugins/<language>/build.sh` when missing).
+/// built by `examples/plugins/<language>/build.sh` when missing), JavaScript with and without
+/// ahead-of-time compilation; then the components of `PLUGIN_BENCH_EXTRA`.
 fn bench_polyglot(c: &mut Criterion) {
+    let extra = std::env::var("PLUGIN_BENCH_EXTRA").unwrap_or_default();
     for (plugin, config) in [
         ("route", &[][..]),
         ("validate", &[("required", REQUIRED)][..]),
     ] {
         let mut g = c.benchmark_group(plugin);
-        for language in ["python", "javascript"] {
-            let path = switchyard_tests::polyglot_plugin(language, plugin);
-            let bytes = std::fs::read(&path).expect("component");
+        let examples = ["python", "javascript", "javascript-interpreted"].map(|language| {
+            (
+                language,
+                switchyard_tests::polyglot_plugin(language, plugin),
+            )
+        });
+        let given = extra.split(',').filter_map(|item| {
+            let (label, path) = item
+                .strip_prefix(plugin)?
+                .strip_prefix(':')?
+                .split_once('=')?;
+            Some((label, std::path::PathBuf::from(path)))
+        });
+        for (language, path) in examples.into_iter().chain(given) {
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("component {}: {e}", path.display()));
             let stage = StageSpec {
                 name: plugin.into(),
                 module: engine().load(&bytes).expect("loads"),

@@ -181,12 +181,21 @@ pub fn event(i: u64) -> String {
 /// A plugin written in another language (`python`, `javascript`): built by
 /// `examples/plugins/<language>/build.sh` into `<plugins target>/<language>/NAME.wasm` when
 /// missing or older than its sources (the script installs its pinned toolchain the first
-/// time). Panics with the script's output if the build fails.
+/// time). `javascript-interpreted` is the JavaScript plugin built without ahead-of-time
+/// compilation (`SWITCHYARD_JS_AOT=0`), for the benchmarks. Panics with the script's output if
+/// the build fails.
 pub fn polyglot_plugin(language: &str, name: &str) -> PathBuf {
     use std::sync::Mutex;
     static BUILDING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    let sources = repo_root().join("examples").join("plugins").join(language);
+    let (source_language, aot) = match language {
+        "javascript-interpreted" => ("javascript", "0"),
+        other => (other, "1"),
+    };
+    let sources = repo_root()
+        .join("examples")
+        .join("plugins")
+        .join(source_language);
     let out_dir = plugins_target_dir().join(language);
     let output = out_dir.join(format!("{name}.wasm"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -203,6 +212,7 @@ pub fn polyglot_plugin(language: &str, name: &str) -> PathBuf {
         let result = Command::new("bash")
             .arg(sources.join("build.sh"))
             .arg(&out_dir)
+            .env("SWITCHYARD_JS_AOT", aot)
             .output()
             .unwrap_or_else(|e| panic!("cannot run the {language} build script: {e}"));
         assert!(

@@ -13,14 +13,23 @@
 // dead-lettered with the scanner's reason: `null value`, "not a JSON object: found `[` at byte
 // 0", `not a JSON object: empty value (end at byte 0)`, `invalid JSON: unexpected end at byte 12`.
 //
-// The fields are found by a port of the Rust SDK's scanner (plugin-sdk/src/json.rs), not by
-// JSON.parse, so that both plugins take the same records: it walks the top-level object key
-// by key, skips each value in place (checking its outline), stops once both fields are found,
-// lets the first of two equal keys win, and never recurses.
+// The fields are found by a port of the Rust SDK's scanner (plugin-sdk/src/json.rs), so that
+// both plugins take the same records: it walks the top-level object key by key, skips each
+// value in place (checking its outline), stops once both fields are found, lets the first of
+// two equal keys win, and never recurses.
+//
+// The scanner runs in SpiderMonkey's interpreter (there is no JIT in WebAssembly), JSON.parse
+// is compiled C++: so a record first goes through `quick`, which asks JSON.parse and answers
+// only where the scanner is known to agree (see there), and falls back to the scanner
+// otherwise.
 
 const KEYS = ['priority_field', 'urgent_values', 'urgent_route', 'type_field', 'error_values', 'error_route'];
 
 let config = null;
+
+// Verdicts are made once and shared: the bindings only read them.
+const PASS = { tag: 'pass' };
+const NULL_VALUE = { tag: 'dead-letter', val: 'null value' };
 
 export const transform = {
   init(pairs) {
@@ -45,15 +54,80 @@ export const transform = {
       errorValues: values('error_values', 'error'),
       errorRoute: name('error_route', 'errors'),
     };
+    config.urgent = { tag: 'route', val: config.urgentRoute };
+    config.error = { tag: 'route', val: config.errorRoute };
+    config.priorityQuoted = JSON.stringify(config.priorityField);
+    config.typeQuoted = JSON.stringify(config.typeField);
   },
 
   process(batch) {
-    return batch.records.map((record) => decide(record.value));
+    const records = batch.records;
+    const verdicts = new Array(records.length);
+    for (let i = 0; i < records.length; i++) verdicts[i] = decide(records[i].value);
+    return verdicts;
   },
 };
 
 function decide(value) {
-  if (value === undefined || value === null) return { tag: 'dead-letter', val: 'null value' };
+  if (value === undefined || value === null) return NULL_VALUE;
+  return quick(value) ?? scanned(value);
+}
+
+// --- the quick path ----------------------------------------------------------------------
+
+const UNSURE = Symbol('unsure');
+// `ignoreBOM`: a leading BOM stays in the text, so JSON.parse refuses it as the scanner does.
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+// The verdict for `value` from JSON.parse, or undefined where only the scanner can tell.
+//
+// It answers for a value that is UTF-8 without a backslash and that JSON.parse reads as an
+// object. Such a value is valid JSON, so the scanner takes it too, and finds the same fields:
+// with no escape anywhere, a key reads as it is written, so a field whose quoted name occurs
+// once in the text is given once (the scanner keeps the first of two equal keys, JSON.parse
+// the last: a name that occurs twice is left to the scanner), and a string's text is what
+// JSON.parse returns. A number is matched by how it is written, which JSON.parse does not
+// keep: left to the scanner too.
+function quick(value) {
+  let text;
+  let doc;
+  try {
+    text = strictUtf8.decode(value);
+    if (text.includes('\\')) return undefined;
+    doc = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) return undefined;
+  const priority = quickMatch(text, doc, config.priorityField, config.priorityQuoted, config.urgentValues);
+  if (priority === UNSURE) return undefined;
+  if (priority) return config.urgent;
+  const eventType = quickMatch(text, doc, config.typeField, config.typeQuoted, config.errorValues);
+  if (eventType === UNSURE) return undefined;
+  return eventType ? config.error : PASS;
+}
+
+// Whether field `name` of `doc` (parsed from `text`) is one of `values`; UNSURE if JSON.parse
+// cannot tell.
+function quickMatch(text, doc, name, quoted, values) {
+  if (!Object.hasOwn(doc, name)) return false;
+  if (text.indexOf(quoted) !== text.lastIndexOf(quoted)) return UNSURE;
+  const field = doc[name];
+  switch (typeof field) {
+    case 'string':
+      return values.includes(field);
+    case 'boolean':
+      return values.includes(field ? 'true' : 'false');
+    case 'number':
+      return UNSURE;
+    default:
+      return false; // null, an object or an array
+  }
+}
+
+// --- the scanner's verdict ---------------------------------------------------------------
+
+function scanned(value) {
   let found;
   try {
     found = fields(value, [config.priorityField, config.typeField]);
@@ -62,9 +136,9 @@ function decide(value) {
     throw e;
   }
   const [priority, eventType] = found;
-  if (isOneOf(priority, config.urgentValues)) return { tag: 'route', val: config.urgentRoute };
-  if (isOneOf(eventType, config.errorValues)) return { tag: 'route', val: config.errorRoute };
-  return { tag: 'pass' };
+  if (isOneOf(priority, config.urgentValues)) return config.urgent;
+  if (isOneOf(eventType, config.errorValues)) return config.error;
+  return PASS;
 }
 
 // Whether a found field (kind, start, end, escaped) equals one of `values`.

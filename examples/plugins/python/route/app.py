@@ -13,11 +13,13 @@ urgent_values = "1" matches "priority": 1). A value that is not a JSON object is
 dead-lettered with the scanner's reason: `null value`, ``not a JSON object: found `[` at byte
 0``, `not a JSON object: empty value (end at byte 0)`, `invalid JSON: unexpected end at byte 12`.
 
-The two fields are found by a port of the Rust SDK's scanner (plugin-sdk/src/json.rs), not by
-`json.loads`, so that both plugins take the same records: the scan walks the top-level object
-key by key, skips each value in place (checking its outline), stops once both fields are
-found, and lets the first of two equal keys win. It also never recurses, so deep nesting
-cannot exhaust the wasm call stack.
+The two fields are found by a port of the Rust SDK's scanner (plugin-sdk/src/json.rs), so that
+both plugins take the same records: the scan walks the top-level object key by key, skips each
+value in place (checking its outline), stops once both fields are found, and lets the first of
+two equal keys win. It also never recurses, so deep nesting cannot exhaust the wasm call stack.
+The scanner is Python code, `json.loads` is C: so a record first goes through `_quick`, which
+asks `json.loads` and answers only where the scanner is known to agree (see there), and falls
+back to the scanner otherwise.
 
 componentize-py makes a new `Transform` object for every call from the host, so what `init`
 sets up lives at module level (one module per plugin instance), not on `self`.
@@ -34,6 +36,10 @@ from wit_world.imports import types
 KEYS = ("priority_field", "urgent_values", "urgent_route", "type_field", "error_values", "error_route")
 
 _config = {}
+
+# Verdicts are made once and shared: the bindings only read them.
+_PASS = types.Verdict_Pass()
+_NULL_VALUE = types.Verdict_DeadLetter("null value")
 
 
 class Transform(exports.Transform):
@@ -60,24 +66,108 @@ class Transform(exports.Transform):
             error_values=values("error_values", "error"),
             error_route=name("error_route", "errors"),
         )
+        c = _config
+        c["urgent"] = types.Verdict_Route(c["urgent_route"])
+        c["error"] = types.Verdict_Route(c["error_route"])
+        c["priority_quoted"] = json.dumps(c["priority_field"], ensure_ascii=False)
+        c["type_quoted"] = json.dumps(c["type_field"], ensure_ascii=False)
 
     def process(self, batch: types.RecordBatch) -> List[types.Verdict]:
         return [decide(record.value) for record in batch.records]
 
 
 def decide(value: Optional[bytes]) -> types.Verdict:
-    c = _config
     if value is None:
-        return types.Verdict_DeadLetter("null value")
+        return _NULL_VALUE
+    verdict = _quick(value)
+    return _scanned(value) if verdict is None else verdict
+
+
+# --- the quick path ----------------------------------------------------------------------
+
+_UNSURE = object()
+# Deeper than this, json's C parser (which recurses) might exhaust the wasm call stack.
+_MAX_DEPTH = 200
+
+
+class _Constant(Exception):
+    """NaN, Infinity or -Infinity: `json` accepts them, JSON does not."""
+
+
+def _reject_constant(name: str):
+    raise _Constant(name)
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _quick(value: bytes) -> Optional[types.Verdict]:
+    """The verdict for `value` from `json.loads`, or None where only the scanner can tell.
+
+    It answers for a value that is UTF-8 without a backslash, with at most _MAX_DEPTH
+    brackets, that `json` reads as an object (NaN and Infinity refused). Such a value is valid
+    JSON, so the scanner takes it too, and finds the same fields: with no escape anywhere, a
+    key reads as it is written, so a field whose quoted name occurs once in the text is given
+    once (the scanner keeps the first of two equal keys, `json` the last: a name that occurs
+    twice is left to the scanner), and a string's text is what `json` returns. A number is
+    matched by how it is written, which `json` does not keep: left to the scanner too.
+    (A leading BOM stays in the text: `json` refuses it as the scanner does.)
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\\" in text or text.count("{") + text.count("[") > _MAX_DEPTH:
+        return None
+    try:
+        doc = _decoder.decode(text)
+    except (ValueError, _Constant):
+        return None
+    if type(doc) is not dict:
+        return None
+    c = _config
+    priority = _quick_match(text, doc, c["priority_field"], c["priority_quoted"], c["urgent_values"])
+    if priority is _UNSURE:
+        return None
+    if priority:
+        return c["urgent"]
+    event_type = _quick_match(text, doc, c["type_field"], c["type_quoted"], c["error_values"])
+    if event_type is _UNSURE:
+        return None
+    return c["error"] if event_type else _PASS
+
+
+def _quick_match(text: str, doc: dict, name: str, quoted: str, values: List[str]):
+    """Whether field `name` of `doc` (read from `text`) is one of `values`; _UNSURE if `json`
+    cannot tell."""
+    if name not in doc:
+        return False
+    if text.count(quoted) > 1:
+        return _UNSURE
+    field = doc[name]
+    if type(field) is str:
+        return field in values
+    if type(field) is bool:
+        return ("true" if field else "false") in values
+    if type(field) in (int, float):
+        return _UNSURE
+    return False  # None, a dict or a list
+
+
+# --- the scanner's verdict ---------------------------------------------------------------
+
+
+def _scanned(value: bytes) -> types.Verdict:
+    c = _config
     try:
         priority, event_type = fields(value, c["priority_field"], c["type_field"])
     except ScanError as e:
         return types.Verdict_DeadLetter(str(e))
     if _is_one_of(priority, c["urgent_values"]):
-        return types.Verdict_Route(c["urgent_route"])
+        return c["urgent"]
     if _is_one_of(event_type, c["error_values"]):
-        return types.Verdict_Route(c["error_route"])
-    return types.Verdict_Pass()
+        return c["error"]
+    return _PASS
 
 
 def _is_one_of(field, values: List[str]) -> bool:

@@ -31,6 +31,10 @@ one counts.
 exhaust the wasm call stack (the call traps). So a value nested deeper than MAX_DEPTH is checked by
 `_skip` instead, a slower loop over tokens that keeps its own stack.
 
+The walk above is Python code around many small `raw_decode` calls; a plain value is answered
+first by `_quick`, one `json` call for the whole value, which answers only where the walk is
+known to agree (see there), and leaves the rest to the walk.
+
 componentize-py makes a new `Transform` object for every call from the host, so what `init`
 sets up lives at module level (one module per plugin instance), not on `self`.
 """
@@ -48,6 +52,11 @@ TYPES = ("string", "number", "integer", "boolean", "object", "array", "null", "a
 # (field, type) in config order; set by `init`.
 _required: List[Tuple[str, str]] = []
 _names = set()
+# (field, type, the field's name as a JSON string) in config order; set by `init`.
+_quoted: List[Tuple[str, str, str]] = []
+
+# Verdicts without a reason are made once and shared: the bindings only read them.
+_PASS = types.Verdict_Pass()
 
 
 class Transform(exports.Transform):
@@ -73,12 +82,13 @@ class Transform(exports.Transform):
         _required[:] = required
         _names.clear()
         _names.update(name for name, _ in required)
+        _quoted[:] = [(name, type_name, json.dumps(name, ensure_ascii=False)) for name, type_name in required]
 
     def process(self, batch: types.RecordBatch) -> List[types.Verdict]:
         verdicts: List[types.Verdict] = []
         for record in batch.records:
             reason = check(record.value)
-            verdicts.append(types.Verdict_Pass() if reason is None else types.Verdict_DeadLetter(reason))
+            verdicts.append(_PASS if reason is None else types.Verdict_DeadLetter(reason))
         return verdicts
 
 
@@ -94,6 +104,9 @@ def check(value: Optional[bytes]) -> Optional[str]:
         text = value.decode("utf-8")
     except UnicodeDecodeError as e:
         return f"not UTF-8: invalid byte at {e.start}"
+    answer = _quick(text)
+    if answer is not _UNSURE:
+        return answer
     try:
         kinds = _scan(text)
     except _Syntax as e:
@@ -109,6 +122,57 @@ def check(value: Optional[bytes]) -> Optional[str]:
             found = "number" if kind in ("integer", "float") else kind
             return f"expected {expected} at {name}, found {found}"
     return None
+
+
+_UNSURE = object()
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+def _quick(text: str):
+    """What `check` answers for `text`, from one `json` call; _UNSURE where only the walk can
+    tell.
+
+    It answers for a text without a backslash, with at most MAX_DEPTH brackets, that `json`
+    reads as an object (NaN and Infinity refused). Such a text is valid JSON, and with no
+    escape anywhere a key reads as it is written. What is left to the walk: a required name
+    whose quoted form occurs twice in the text (serde_json reads every value given for a key,
+    `json` keeps the last), a required number that serde_json would find out of range (an
+    infinite float, an integer beyond 64 bits), and a required number where `integer` is
+    expected (`json` reads `-0` as an integer, serde_json as a float). (A leading BOM stays in
+    the text: `json` refuses it as serde_json does.)
+    """
+    if "\\" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        return _UNSURE
+    try:
+        doc = _plain.decode(text)
+    except (ValueError, _Constant):
+        return _UNSURE
+    if type(doc) is not dict:
+        return _UNSURE
+    # Syntax comes before fields: every required value must be known good before a reason is
+    # given for one of them.
+    for name, expected, quoted in _quoted:
+        if name not in doc:
+            continue
+        if text.count(quoted) > 1:
+            return _UNSURE
+        field = doc[name]
+        kind = type(field)
+        if kind is int and (expected == "integer" or not -(2**63) <= field < 2**64):
+            return _UNSURE
+        if kind is float and (expected == "integer" or field in _INFINITIES):
+            return _UNSURE
+    for name, expected in _required:
+        if name not in doc:
+            return f"missing field {name}"
+        field = doc[name]
+        kind = _KINDS.get(type(field), "float")  # an int or a float: a number either way here
+        if not _accepts(expected, kind):
+            return f"expected {expected} at {name}, found {'number' if kind == 'float' else kind}"
+    return None
+
+
+_KINDS = {str: "string", bool: "boolean", type(None): "null", dict: "object", list: "array"}
 
 
 def _accepts(expected: str, kind: str) -> bool:
@@ -144,6 +208,8 @@ def _reject_constant(name: str):
 
 
 _decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_reject_constant)
+# For `_quick`: numbers as Python reads them.
+_plain = json.JSONDecoder(parse_constant=_reject_constant)
 _blank = re.compile(r"[ \t\n\r]*")
 # Outside strings, the first NaN/Infinity: for the position of a rejected constant.
 _constant = re.compile(r'"(?:[^"\\]|\\.)*"|(NaN|-?Infinity)')
