@@ -249,7 +249,8 @@ pub fn tansu_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port free right now (another process may take it before it is used).
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

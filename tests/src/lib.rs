@@ -243,3 +243,27 @@ pub fn status_kib(field: &str) -> f64 {
         })
         .unwrap_or(f64::NAN)
 }
+
+/// A copy of a component with one more custom section (ignored when it runs): the same code
+/// under a version id of its own.
+pub fn with_custom_section(component: &[u8], name: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}

@@ -471,7 +471,8 @@ fn hot_reload_under_load_loses_nothing() {
     let uploads: Vec<(Vec<u8>, String)> = (0..5)
         .map(|n| {
             let base = if n % 2 == 0 { "noop" } else { "route" };
-            let bytes = with_custom_section(&plugin_bytes(base), &format!("upload-{n}"));
+            let bytes =
+                switchyard_tests::with_custom_section(&plugin_bytes(base), &format!("upload-{n}"));
             let v = sha256(&bytes);
             (bytes, v)
         })
@@ -1234,28 +1235,4 @@ fn stage_config_secrets_reach_init_but_are_never_shown_or_stored() {
     drop(admin);
     running.stop().expect("clean stop");
     drop(broker);
-}
-
-/// A copy of a component with one more custom section (ignored when it runs): the same code
-/// under a version id of its own.
-fn with_custom_section(component: &[u8], name: &str) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name.as_bytes());
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
 }

@@ -13,7 +13,6 @@
 //! and the input rate.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,13 +46,6 @@ fn record(i: u64) -> TestRecord {
     TestRecord::new(&format!("user-{:05}", i % KEYS), value.as_bytes())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A router's config in a directory of its own (its state directory too), admin API on a
 /// fixed port so a restart keeps its URL.
 struct RouterSetup {
@@ -63,7 +55,7 @@ struct RouterSetup {
 
 fn router_setup(broker: &Broker, name: &str) -> RouterSetup {
     let dir = scratch_dir(name);
-    let port = free_port();
+    let port = switchyard_tests::kafka::free_port().expect("a free port");
     let stages: &[StageDef<'_>] = &[
         ("misbehave", "misbehave", &[]),
         (
@@ -137,29 +129,6 @@ fn uncommitted(url: &str) -> u64 {
 fn listening(url: &str) -> bool {
     let address = url.trim_start_matches("http://");
     std::net::TcpStream::connect(address).is_ok()
-}
-
-/// A copy of a component with one more custom section: the same code under a new version.
-fn with_custom_section(component: &[u8], name: &str) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name.as_bytes());
-    let mut out = component.to_vec();
-    out.push(0);
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +278,7 @@ fn a_million_records_through_kills_rebalances_reloads_and_broker_restarts() {
             Fault::GoodUpload | Fault::BadUpload => {
                 uploads += 1;
                 let bytes = if *fault == Fault::GoodUpload {
-                    with_custom_section(&route, &format!("chaos-{uploads}"))
+                    switchyard_tests::with_custom_section(&route, &format!("chaos-{uploads}"))
                 } else {
                     b"not a component".to_vec()
                 };
