@@ -66,9 +66,9 @@ struct PartitionState {
     last_taken: Option<i64>,
     /// The partition's end (the offset the next produced record gets), as last seen.
     high_watermark: Option<i64>,
-    /// The offset the next record should have: the committed offset at the assignment, then
-    /// the last taken + 1 (`None`: not known, e.g. a group with no committed offset).
-    expected: Option<i64>,
+    /// Where the first record should be: the committed offset at the assignment (`None`: not
+    /// known, e.g. a group with no committed offset). After it, the last taken + 1.
+    first_expected: Option<i64>,
     /// Whether a gap on this assignment was reported already (logged once per partition).
     gap_reported: bool,
 }
@@ -183,9 +183,9 @@ impl Tracker {
         if handle.is_revoked() || state.offsets.track(offset).is_err() {
             return Tracked::Refused;
         }
+        let expected = state.last_taken.map(|o| o + 1).or(state.first_expected);
         state.last_taken = Some(offset);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let expected = state.expected.replace(offset.saturating_add(1));
         match expected {
             Some(expected) if offset > expected => {
                 let first = !std::mem::replace(&mut state.gap_reported, true);
@@ -196,13 +196,12 @@ impl Tracker {
     }
 
     /// The partition's first record should be at `offset` (its committed offset, or where
-    /// a start timestamp placed it): a later first record counts as a gap.
+    /// a start timestamp placed it): a later first record counts as a gap. Once a record was
+    /// taken, the next is expected right after it whatever this says.
     pub fn expect(&self, topic: &str, partition: i32, offset: i64) {
         if let Some(handle) = self.handle(topic, partition) {
             let mut state = handle.lock();
-            if state.last_taken.is_none() {
-                state.expected = Some(offset);
-            }
+            state.first_expected = Some(offset);
         }
     }
 
