@@ -48,6 +48,10 @@ pub fn topic_name(group: &str) -> String {
     format!("{group}-changelog")
 }
 
+/// A source partition's position: topic, partition, the offset after the last record whose
+/// effects a state holds.
+pub type Position = (String, i32, i64);
+
 /// What a batch's marker says.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marker {
@@ -55,7 +59,7 @@ pub struct Marker {
     pub batch: String,
     /// Per source partition of the task: the offset after the last record whose effects the
     /// log holds.
-    pub positions: Vec<(String, i32, i64)>,
+    pub positions: Vec<Position>,
     /// The task's watermark after the batch.
     pub watermark: Option<i64>,
 }
@@ -406,6 +410,19 @@ impl RestoreRegistry {
         for task in restoring {
             resets.entry(task).or_default().insert(stage.to_owned());
         }
+    }
+
+    /// Tasks whose restored state no worker has taken yet, each with the source positions
+    /// (topic, partition, next offset) it covers; tasks restored empty are left out.
+    pub fn waiting(&self) -> Vec<(i32, Vec<Position>)> {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks
+            .iter()
+            .filter_map(|(task, (_, restored))| {
+                let positions = &restored.as_ref()?.marker.as_ref()?.positions;
+                (!positions.is_empty()).then(|| (*task, positions.clone()))
+            })
+            .collect()
     }
 
     /// The task's state if its epoch is newer than `installed`.
@@ -836,6 +853,28 @@ mod tests {
     /// A reset reaches tasks restored and not installed yet, and tasks whose restore is
     /// under way (emptied when put): their keys and timers become deletions, and other
     /// stages and tasks keep theirs.
+    #[test]
+    fn restored_tasks_wait_with_their_positions_until_taken() {
+        let registry = RestoreRegistry::default();
+        let marker = Marker {
+            batch: "b".into(),
+            positions: vec![("orders".into(), 3, 42), ("payments".into(), 3, 7)],
+            watermark: None,
+        };
+        registry.put(
+            3,
+            Restored {
+                marker: Some(marker.clone()),
+                ..Restored::default()
+            },
+        );
+        // Restored empty: nothing to run before its first record.
+        registry.put(4, Restored::default());
+        assert_eq!(registry.waiting(), [(3, marker.positions.clone())]);
+        assert!(registry.take_newer(3, 0).is_some());
+        assert_eq!(registry.waiting(), []);
+    }
+
     #[test]
     fn a_reset_reaches_restored_tasks_not_installed_yet() {
         let restored = |keys: &[&str]| {

@@ -35,6 +35,11 @@ pub struct Job {
     pub problem: Option<String>,
 }
 
+/// The lane of `partition` among `lanes` (see [`Ring::lane_of`]).
+pub fn lane_for(partition: i32, lanes: usize) -> usize {
+    (u64::from(partition.unsigned_abs()) % lanes.max(1) as u64) as usize
+}
+
 /// The consumer's end: the sender of every worker's lane.
 pub struct Ring {
     lanes: Vec<SyncSender<Job>>,
@@ -67,7 +72,7 @@ impl Ring {
     /// partitions are spread evenly, and partition N of every source topic (one task of a
     /// stateful stage: its state and watermark) is always run by the same worker.
     pub fn lane_of(&self, _topic: &str, partition: i32) -> usize {
-        (u64::from(partition.unsigned_abs()) % self.lanes.len() as u64) as usize
+        lane_for(partition, self.lanes.len())
     }
 
     /// Hands a record to its partition's worker; blocks while that worker's lane is full.

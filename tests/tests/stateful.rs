@@ -1009,3 +1009,122 @@ fn a_stateful_pipeline_needs_its_changelog_and_equal_partitions() {
         "{e}"
     );
 }
+
+/// Wall-clock timers fire from the host's clock while no record arrives, and a timer set
+/// before a crash fires once after the restart: timers are restored from the changelog.
+#[test]
+fn wall_clock_timers_fire_without_records_and_survive_a_crash() {
+    use switchyard_tests::router_process::RouterProcess;
+    const AFTER_MS: i64 = 2_000;
+    let broker = Broker::tansu().expect("tansu starts");
+    broker
+        .create_topics(&[("events", 1), ("fired", 1), ("events-dlq", 1)])
+        .expect("topics");
+    let after = AFTER_MS.to_string();
+    let pipeline = pipeline_toml(
+        "timers",
+        "events",
+        &[("fired", "fired")],
+        "events-dlq",
+        &[("clock", "statebench", &[("wall_timer_ms", &after)])],
+        "create_internal_topics = true",
+    );
+    let dir = scratch_dir("stateful-wall-clock");
+    let config = write_file(
+        &dir,
+        "switchyard.toml",
+        &format!(
+            "{}\n{}\n{pipeline}",
+            kafka_toml(broker.bootstrap()),
+            switchyard_tests::pipelines::ADMIN_EPHEMERAL
+        ),
+    );
+    let config = config.to_str().expect("UTF-8 path");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64
+    };
+    let send = |ts: i64| {
+        broker
+            .produce(
+                "events",
+                [TestRecord {
+                    key: Some(b"k".to_vec()),
+                    value: Some(b"{}".to_vec()),
+                    timestamp_ms: Some(ts),
+                    ..Default::default()
+                }],
+            )
+            .expect("produced");
+    };
+    // What the timers wrote ("fired <offset>"), the passed records left out, once at least
+    // `n` records are on the topic and no more came for half a second.
+    let fired = |n: usize, log: &dyn Fn() -> String| -> Vec<String> {
+        let read = broker
+            .consume_all(
+                &["fired"],
+                n,
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            )
+            .expect("consumed");
+        assert!(
+            read.len() >= n,
+            "{} records on `fired`, expected {n}: {read:?}; router log:\n{}",
+            read.len(),
+            log()
+        );
+        read.iter()
+            .map(|r| r.value_str().to_owned())
+            .filter(|v| v.starts_with("fired"))
+            .collect()
+    };
+    let mut router = RouterProcess::start(&["run", "--config", config]).expect("router starts");
+
+    // One record, then nothing: its timer fires from the clock.
+    send(now());
+    assert_eq!(
+        fired(2, &|| router.log()),
+        ["fired 0"],
+        "the record passed and its timer fired; log:\n{}",
+        router.log()
+    );
+
+    // A record whose timer is due well after the crash below.
+    send(now() + 13_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while broker
+        .committed("switchyard-timers", "events")
+        .ok()
+        .and_then(|c| c.get(&0).copied())
+        != Some(2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offset 2 never committed; log:\n{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        fired(3, &|| router.log()),
+        ["fired 0"],
+        "the second timer is not due yet"
+    );
+    router.sigkill().expect("killed");
+    router.wait(Duration::from_secs(10)).expect("dead");
+
+    // No record arrives after the restart: the timer comes back from the changelog and fires
+    // once, and the timer that fired before the crash does not fire again.
+    let mut router = RouterProcess::start(&["run", "--config", config]).expect("router restarts");
+    let seen = fired(4, &|| router.log());
+    assert_eq!(
+        seen,
+        ["fired 0", "fired 1"],
+        "each timer fired once; log:\n{}",
+        router.log()
+    );
+    router.stop_cleanly();
+}

@@ -268,6 +268,7 @@ impl Pipeline {
                 tasks: HashMap::new(),
                 timers_checked: std::time::Instant::now(),
                 durable: durable.as_ref().map(|(log, registry)| worker::Durable {
+                    lane: (i, workers),
                     log: log.clone(),
                     registry: registry.clone(),
                     installed: HashMap::new(),

@@ -43,6 +43,8 @@ pub(super) struct Worker {
 
 /// A stateful worker's part in making state durable.
 pub(super) struct Durable {
+    /// This worker's lane and the number of lanes: the tasks it runs.
+    pub(super) lane: (usize, usize),
     pub(super) log: Arc<Changelog>,
     pub(super) registry: Arc<RestoreRegistry>,
     /// Per task, the epoch of the restored state installed.
@@ -124,6 +126,7 @@ impl Worker {
 
     /// Fires the wall-clock timers due now; their outputs wait for no source record.
     fn fire_wall_clock(&mut self) {
+        self.adopt_restored();
         if self.tasks.is_empty() || self.status.health.fatal().is_some() {
             return;
         }
@@ -180,35 +183,73 @@ impl Worker {
         }
     }
 
+    /// Installs `task`'s restored state if the registry holds one newer than the installed
+    /// one (records below the source positions it covers are then skipped); whether it did.
+    fn install_newer(&mut self, task: i32) -> bool {
+        let Some(durable) = self.durable.as_mut() else {
+            return false;
+        };
+        let installed = durable.installed.get(&task).copied().unwrap_or(0);
+        let Some((epoch, restored)) = durable.registry.take_newer(task, installed) else {
+            return false;
+        };
+        durable.log.reset_task(task);
+        let positions: BTreeMap<(String, i32), i64> = restored
+            .marker
+            .iter()
+            .flat_map(|m| m.positions.iter())
+            .map(|(t, p, o)| ((t.clone(), *p), *o))
+            .collect();
+        for (place, offset) in &positions {
+            durable.skip.insert(place.clone(), *offset);
+        }
+        tracing::info!(
+            pipeline = %self.router.pipeline(), task, epoch, positions = ?positions,
+            "Task state installed."
+        );
+        durable.positions.insert(task, positions);
+        durable.installed.insert(task, epoch);
+        self.runner.install_task(task, restored);
+        true
+    }
+
+    /// Installs the restored state of this worker's tasks that no record has reached since
+    /// their assignment, so that their wall-clock timers fire while their partitions stay
+    /// quiet (after a restart or a rebalance).
+    fn adopt_restored(&mut self) {
+        let Some(durable) = self.durable.as_ref() else {
+            return;
+        };
+        let (lane, lanes) = durable.lane;
+        for (task, positions) in durable.registry.waiting() {
+            if crate::ring::lane_for(task, lanes) != lane {
+                continue;
+            }
+            // Its timer outputs name the last record the state holds, of a source partition
+            // assigned here (the consumer restores a task's state before it registers the
+            // task's partitions: until then, the next tick tries again).
+            let owned = positions.iter().find_map(|(topic, partition, next)| {
+                let handle = self.status.tracker.handle(topic, *partition)?;
+                (!handle.is_revoked()).then(|| (handle, next - 1))
+            });
+            if let Some(owned) = owned
+                && self.install_newer(task)
+            {
+                self.tasks.insert(task, owned);
+            }
+        }
+    }
+
     /// A stateful pipeline's group: installs the task's restored state on a new assignment,
     /// skips records whose effects the state already holds, and hands the outputs to the
     /// changelog's gate: the batch's changelog records are written once its outputs are
     /// acknowledged, and its source records finish once those are.
     fn run_group_durably(&mut self, handle: Arc<PartitionHandle>, mut records: Vec<InputRecord>) {
+        let task = handle.partition;
+        self.install_newer(task);
         let Some(durable) = self.durable.as_mut() else {
             return;
         };
-        let task = handle.partition;
-        let installed = durable.installed.get(&task).copied().unwrap_or(0);
-        if let Some((epoch, restored)) = durable.registry.take_newer(task, installed) {
-            durable.log.reset_task(task);
-            let positions: BTreeMap<(String, i32), i64> = restored
-                .marker
-                .iter()
-                .flat_map(|m| m.positions.iter())
-                .map(|(t, p, o)| ((t.clone(), *p), *o))
-                .collect();
-            for (place, offset) in &positions {
-                durable.skip.insert(place.clone(), *offset);
-            }
-            tracing::info!(
-                pipeline = %self.router.pipeline(), task, epoch, positions = ?positions,
-                "Task state installed."
-            );
-            durable.positions.insert(task, positions);
-            durable.installed.insert(task, epoch);
-            self.runner.install_task(task, restored);
-        }
         let place = (handle.topic.to_string(), handle.partition);
         if let Some(&below) = durable.skip.get(&place) {
             let done: Vec<i64> = records

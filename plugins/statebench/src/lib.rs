@@ -16,10 +16,18 @@
 //! | `keys`        | `10000` | how many distinct keys the calls go round, > 0                |
 //! | `value_bytes` | `64`    | size of each value `set` writes                               |
 //! | `timed`       | `false` | `true`: time each call on the monotonic clock and emit the times instead of passing the record |
+//! | `wall_timer_ms` | (none) | also set, per record with a timestamp, a wall-clock timer this many ms after it |
 //!
 //! `get` of a key that is not there yet sets it (to a value of `value_bytes`), so the first
 //! pass over the keys fills them; after it every `get` finds its key. Any other key, an `op`
 //! other than the three, or a number that does not parse fails `init` naming the key.
+//!
+//! # Wall-clock timers
+//!
+//! With `wall_timer_ms = D`, each record with timestamp `T` also sets a wall-clock timer at
+//! `T + D` tagged with the record's offset (in decimal). When it fires, the plugin writes one
+//! record to the pipeline's default route: key = the tag, value = `fired <tag>`. This is how
+//! the tests see the host's clock fire timers while no record arrives, and across restarts.
 //!
 //! # Timed output
 //!
@@ -30,6 +38,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use switchyard_plugin_sdk::timers::{self, Domain};
 use switchyard_plugin_sdk::{
     Batch, Config, Output, Record, StatefulPlugin, Timer, Verdict, host, state,
 };
@@ -53,13 +62,22 @@ pub struct StateBench {
     keys: u64,
     value: Vec<u8>,
     timed: bool,
+    /// How long after a record's timestamp its wall-clock timer fires, if set.
+    wall_timer_ms: Option<i64>,
     /// The key being called, rewritten in place (no allocation per call).
     key: [u8; 2 + DIGITS],
 }
 
 impl StatefulPlugin for StateBench {
     fn init(config: &Config) -> Result<Self, String> {
-        config.check_keys(&["op", "calls", "keys", "value_bytes", "timed"])?;
+        config.check_keys(&[
+            "op",
+            "calls",
+            "keys",
+            "value_bytes",
+            "timed",
+            "wall_timer_ms",
+        ])?;
         let op = match config.get_or("op", "none").trim() {
             "none" => Op::None,
             "get" => Op::Get,
@@ -85,6 +103,7 @@ impl StatefulPlugin for StateBench {
             keys,
             value: vec![b'v'; config.parse_or("value_bytes", 64_usize)?],
             timed: config.parse_or("timed", false)?,
+            wall_timer_ms: config.parse("wall_timer_ms")?,
             key,
         })
     }
@@ -93,6 +112,13 @@ impl StatefulPlugin for StateBench {
         let first = u64::try_from(record.offset())
             .unwrap_or(0)
             .wrapping_mul(self.calls);
+        if let (Some(after), Some(ts)) = (self.wall_timer_ms, record.timestamp_ms()) {
+            timers::set(
+                Domain::WallClock,
+                ts.saturating_add(after),
+                &record.offset().to_string(),
+            );
+        }
         if !self.timed {
             for i in 0..self.calls {
                 self.call(first.wrapping_add(i));
@@ -114,6 +140,13 @@ impl StatefulPlugin for StateBench {
     }
 
     fn on_timer(&mut self, timer: &Timer, _watermark_ms: Option<i64>) -> Vec<Output> {
+        if self.wall_timer_ms.is_some() && timer.domain == Domain::WallClock {
+            return vec![
+                Output::new()
+                    .with_key(timer.tag.as_bytes())
+                    .with_value(format!("fired {}", timer.tag)),
+            ];
+        }
         host::warn(&format!(
             "statebench: ignored a timer it never sets: {timer:?}"
         ));
@@ -197,12 +230,31 @@ mod tests {
     }
 
     #[test]
+    fn wall_timer_fires_one_output_per_record() {
+        let mut task = task(&[("wall_timer_ms", "500")]);
+        task.process("events", vec![at(7), at(9)]);
+        let timers = testing::timers();
+        assert_eq!(timers.len(), 2, "{timers:?}");
+        assert!(timers.iter().all(|t| t.domain == Domain::WallClock));
+        assert_eq!((timers[0].at_ms, timers[0].tag.as_str()), (507, "7"));
+        assert!(task.advance_clock(508).len() == 1, "only the first is due");
+        let fired = task.advance_clock(509);
+        assert_eq!(fired.len(), 1);
+        let outputs = &fired[0].1;
+        assert_eq!(outputs.len(), 1);
+        assert_eq!(outputs[0].key.as_deref(), Some(&b"9"[..]));
+        assert_eq!(outputs[0].value.as_deref(), Some(&b"fired 9"[..]));
+        assert!(testing::timers().is_empty());
+    }
+
+    #[test]
     fn bad_config_names_the_key() {
         for (pairs, key) in [
             (&[("op", "scan")][..], "`op`"),
             (&[("keys", "0")][..], "`keys`"),
             (&[("calls", "x")][..], "calls"),
             (&[("colls", "1")][..], "colls"),
+            (&[("wall_timer_ms", "soon")][..], "wall_timer_ms"),
         ] {
             let error = StateBench::init(&Config::from_pairs(pairs.iter().copied())).unwrap_err();
             assert!(error.contains(key), "{error}");
