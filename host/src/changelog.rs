@@ -850,9 +850,8 @@ mod tests {
         );
     }
 
-    /// A reset reaches tasks restored and not installed yet, and tasks whose restore is
-    /// under way (emptied when put): their keys and timers become deletions, and other
-    /// stages and tasks keep theirs.
+    /// Restored tasks with positions wait until a worker takes them; one restored empty does
+    /// not.
     #[test]
     fn restored_tasks_wait_with_their_positions_until_taken() {
         let registry = RestoreRegistry::default();
@@ -875,6 +874,9 @@ mod tests {
         assert_eq!(registry.waiting(), []);
     }
 
+    /// A reset reaches tasks restored and not installed yet, and tasks whose restore is
+    /// under way (emptied when put): their keys and timers become deletions, and other
+    /// stages and tasks keep theirs.
     #[test]
     fn a_reset_reaches_restored_tasks_not_installed_yet() {
         let restored = |keys: &[&str]| {
